@@ -1,0 +1,138 @@
+"""The RankLLaMA scorer: scored position, padding, and the adapter + head round trip."""
+
+import pytest
+import torch
+
+from relevance_lens.adapters import LoraSettings, attach_lora
+from relevance_lens.data import Passage
+from relevance_lens.errors import InputError
+from relevance_lens.reranker import HEAD_FILE, Reranker, RerankerConfig, pool_last
+from tiny import FAMILIES, save_tiny, tiny_reranker
+
+QUERY = "what is the capital of france"
+PASSAGES = [
+    Passage("d1", "paris", "paris is the capital of france"),
+    Passage("d2", "", "bananas are yellow fruit"),
+    Passage("d3", "python", "how do i sort a list in python use sorted or list sort and more words here"),
+]
+
+
+def _randomize(reranker, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in reranker.named_parameters():
+            if "lora_B" in name or name.startswith("score"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
+def test_pool_last_right_and_left_padding():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float).view(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool_last(hidden, right).squeeze(-1).tolist() == [1.0, 7.0]
+    assert pool_last(hidden, left).squeeze(-1).tolist() == [3.0, 7.0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_right_and_single_scores_agree(family):
+    reranker = tiny_reranker(family)
+    right = reranker.score_pairs(QUERY, PASSAGES)
+    singles = [reranker.score_pairs(QUERY, [p])[0] for p in PASSAGES]
+    reranker.config.padding_side = "left"
+    left = reranker.score_pairs(QUERY, PASSAGES)
+    assert right == pytest.approx(singles, abs=1e-5)
+    assert right == pytest.approx(left, abs=1e-5)
+    assert len(set(round(s, 6) for s in right)) == 3  # the passages really differ
+
+
+def test_eos_is_appended_and_scored_even_when_pad_equals_eos():
+    reranker = tiny_reranker("llama")
+    reranker.tokenizer.pad_token = reranker.tokenizer.eos_token  # the LLaMA-3 / SmolLM2 situation
+    reranker.pad_id = reranker.tokenizer.pad_token_id
+    ids = reranker.tokenize([reranker.format(QUERY, p) for p in PASSAGES])
+    assert all(seq[-1] == reranker.tokenizer.eos_token_id for seq in ids)
+    assert ids[0][0] == reranker.tokenizer.bos_token_id
+    batch = reranker.collate(ids)
+    positions = (batch["attention_mask"] * torch.arange(batch["input_ids"].shape[1])).argmax(-1)
+    picked = batch["input_ids"][torch.arange(3), positions]
+    assert picked.tolist() == [reranker.tokenizer.eos_token_id] * 3
+    assert positions.tolist() == [len(s) - 1 for s in ids]
+
+
+def test_truncation_keeps_eos_and_max_length():
+    reranker = tiny_reranker("llama", max_length=12)
+    ids = reranker.tokenize([reranker.format(QUERY, PASSAGES[2])])[0]
+    assert len(ids) == 12 and ids[-1] == reranker.tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("family,targets", [("llama", "all"), ("gpt_neox", "q"), ("gpt2", "mha"), ("gemma3", "mlp"), ("llama", "none")])
+def test_adapter_and_head_round_trip(tmp_path, family, targets):
+    folder = save_tiny(family, tmp_path / "base")
+    reranker = Reranker.from_pretrained(str(folder))
+    attach_lora(reranker, LoraSettings(rank=2, targets=targets, dropout=0.0))
+    _randomize(reranker)
+    reranker.eval()
+    before = reranker.score_pairs(QUERY, PASSAGES)
+    reranker.save(tmp_path / "adapter")
+
+    fresh = Reranker.from_pretrained(str(folder))
+    untrained = fresh.score_pairs(QUERY, PASSAGES)
+    reloaded = Reranker.from_pretrained(str(folder), adapter=tmp_path / "adapter")
+    after = reloaded.score_pairs(QUERY, PASSAGES)
+    assert after == pytest.approx(before, abs=1e-6)
+    assert untrained != pytest.approx(before, abs=1e-3)  # the head and adapter really were reloaded
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() == (targets != "none")
+
+
+def test_adapter_folder_remembers_its_base_model(tmp_path):
+    folder = save_tiny("llama", tmp_path / "base")
+    reranker = Reranker.from_pretrained(str(folder), config=RerankerConfig(model=str(folder), max_length=64))
+    reranker.save(tmp_path / "adapter")
+    again = Reranker.from_pretrained(adapter=tmp_path / "adapter")
+    assert again.config.model == str(folder) and again.config.max_length == 64
+
+
+def test_missing_head_is_refused(tmp_path):
+    folder = save_tiny("llama", tmp_path / "base")
+    reranker = Reranker.from_pretrained(str(folder))
+    attach_lora(reranker, LoraSettings(rank=2, targets="mha"))
+    reranker.save(tmp_path / "adapter")
+    (tmp_path / "adapter" / HEAD_FILE).unlink()
+    with pytest.raises(InputError, match="score_head.safetensors is missing"):
+        Reranker.from_pretrained(str(folder), adapter=tmp_path / "adapter")
+
+
+def test_truncated_head_is_refused(tmp_path):
+    folder = save_tiny("llama", tmp_path / "base")
+    reranker = Reranker.from_pretrained(str(folder))
+    reranker.save(tmp_path / "adapter")
+    path = tmp_path / "adapter" / HEAD_FILE
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(InputError, match="corrupted or truncated"):
+        Reranker.from_pretrained(str(folder), adapter=tmp_path / "adapter")
+
+
+def test_fused_q_only_changes_only_query_rows(tmp_path):
+    from relevance_lens.roles import architecture_of, role_module, role_rows
+
+    reranker = tiny_reranker("gpt_neox")
+    attach_lora(reranker, LoraSettings(rank=2, targets="q", dropout=0.0))
+    optim = torch.optim.AdamW([p for p in reranker.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(3):
+        batch = reranker.collate(reranker.tokenize([reranker.format(QUERY, p) for p in PASSAGES]))
+        reranker(**batch).sum().backward()
+        optim.step()
+        optim.zero_grad()
+    arch = architecture_of(reranker.base_config)
+    module = role_module(reranker.base_model, arch, 0, "q")
+    b = module.lora_B["default"].weight
+    q_rows = role_rows(reranker.base_config, arch, "q")
+    other = torch.ones(b.shape[0], dtype=torch.bool)
+    other[q_rows] = False
+    assert b[q_rows].abs().sum() > 0
+    assert b[other].abs().sum() == 0
+
+
+def test_bad_template_is_refused():
+    with pytest.raises(InputError, match="unknown field"):
+        RerankerConfig(template="query: {question}")
