@@ -38,7 +38,7 @@ def test_left_right_and_single_scores_agree(family):
     reranker = tiny_reranker(family)
     right = reranker.score_pairs(QUERY, PASSAGES)
     singles = [reranker.score_pairs(QUERY, [p])[0] for p in PASSAGES]
-    reranker.config.padding_side = "left"
+    reranker.settings.padding_side = "left"
     left = reranker.score_pairs(QUERY, PASSAGES)
     assert right == pytest.approx(singles, abs=1e-5)
     assert right == pytest.approx(left, abs=1e-5)
@@ -89,7 +89,7 @@ def test_adapter_folder_remembers_its_base_model(tmp_path):
     reranker = Reranker.from_pretrained(str(folder), config=RerankerConfig(model=str(folder), max_length=64))
     reranker.save(tmp_path / "adapter")
     again = Reranker.from_pretrained(adapter=tmp_path / "adapter")
-    assert again.config.model == str(folder) and again.config.max_length == 64
+    assert again.settings.model == str(folder) and again.settings.max_length == 64
 
 
 def test_missing_head_is_refused(tmp_path):

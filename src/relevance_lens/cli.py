@@ -94,6 +94,79 @@ def evaluate(
     )
 
 
+def _int_list(text: Optional[str], flag: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected comma-separated integers such as 5,10,25") from None
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, help="TOML file with training settings (flags override it)."),
+    model: Optional[str] = typer.Option(None, help="Base model (default smollm2-135m)."),
+    output: Optional[Path] = typer.Option(None, help="Run folder."),
+    data: Optional[str] = typer.Option(None, help="faq | faq+weak | files."),
+    queries: Optional[Path] = typer.Option(None, help="Queries TSV (data=files)."),
+    qrels: Optional[Path] = typer.Option(None, help="Qrels (data=files)."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus (data=files)."),
+    negatives_run: Optional[Path] = typer.Option(None, help="Run to draw hard negatives from (data=files)."),
+    tevatron: Optional[Path] = typer.Option(None, help="Tevatron train JSONL (data=files)."),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank."),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
+    targets: Optional[str] = typer.Option(None, help="mha | mlp | all | none | roles such as q,k."),
+    layers: Optional[str] = typer.Option(None, help="Only these layers, e.g. 4,5,6."),
+    group_size: Optional[int] = typer.Option(None, help="1 positive + G-1 negatives."),
+    queries_per_device: Optional[int] = typer.Option(None, help="Query groups per device per micro-batch."),
+    grad_accum: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    max_length: Optional[int] = typer.Option(None, help="Tokens per pair."),
+    save_steps: Optional[str] = typer.Option(None, help="Checkpoint steps, e.g. 5,10,25,50,100,200."),
+    save_every: Optional[int] = typer.Option(None, help="Also checkpoint every N steps."),
+    precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32."),
+    seed: Optional[int] = typer.Option(None, help="Seed."),
+    eval_split: Optional[str] = typer.Option(None, help="FAQ split for the final evaluation ('none' to skip)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint."),
+):
+    """Fine-tune a LoRA reranker (contrastive groups, HF Trainer); checkpoints are adapter folders."""
+    from .train import evaluate_final, load_config
+    from .train import train as run_training
+
+    settings = load_config(
+        config, model=model, output=str(output) if output else None, data=data,
+        queries=_str(queries), qrels=_str(qrels), corpus=_str(corpus), negatives_run=_str(negatives_run),
+        tevatron=_str(tevatron), rank=rank, alpha=alpha, targets=targets, layers=_int_list(layers, "--layers"),
+        group_size=group_size, queries_per_device=queries_per_device, grad_accum=grad_accum, lr=lr,
+        max_steps=max_steps, max_length=max_length, save_steps=_int_list(save_steps, "--save-steps"),
+        save_every=save_every, precision=precision, seed=seed,
+        eval_split=None if eval_split == "none" else eval_split,
+    )
+    if eval_split == "none":
+        settings.eval_split = None
+    run_dir = run_training(settings, resume=resume)
+    import os
+
+    if settings.eval_split and settings.data != "files" and os.environ.get("RANK", "0") == "0":
+        result = evaluate_final(run_dir, settings.eval_split, settings.eval_depth)
+        from rich.table import Table
+
+        table = Table(title=f"FAQ {settings.eval_split}: BM25 top-{settings.eval_depth} reranked ({result['n_queries']} queries)")
+        table.add_column("system")
+        for metric in result["bm25"]:
+            table.add_column(metric, justify="right")
+        for name in ("bm25", "reranker"):
+            table.add_row(name, *(f"{v:.4f}" for v in result[name].values()))
+        out.print(table)
+    console.print(f"run folder: {run_dir}")
+
+
+def _str(path: Optional[Path]) -> Optional[str]:
+    return str(path) if path is not None else None
+
+
 @data_app.command("build-faq")
 def build_faq(
     output: Path = typer.Option(None, help="Where to write the collection (default: the packaged data folder)."),

@@ -63,7 +63,9 @@ class Reranker(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
-        self.config = config
+        # `settings`, not `config`: HF tools read `model.config` expecting the backbone's.
+        self.config = backbone.config
+        self.settings = config
         self.source = source
         hidden = backbone.config.hidden_size
         self.score = nn.Linear(hidden, 1, bias=config.head_bias)
@@ -123,17 +125,17 @@ class Reranker(nn.Module):
 
     # ---------------------------------------------------------------- text -> tensors
     def format(self, query: str, passage: Passage) -> str:
-        return self.config.template.format(query=query, title=passage.title, text=passage.text).strip()
+        return self.settings.template.format(query=query, title=passage.title, text=passage.text).strip()
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text: BOS as the tokenizer adds it, truncated, EOS appended."""
-        room = self.config.max_length - (1 if self.config.append_eos else 0)
+        room = self.settings.max_length - (1 if self.settings.append_eos else 0)
         enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=room)
         ids = enc["input_ids"]
-        if self.config.append_eos:
+        if self.settings.append_eos:
             eos = self.tokenizer.eos_token_id
             if eos is None:
-                raise InputError(f"model {self.config.model}: tokenizer has no EOS token; set append_eos false")
+                raise InputError(f"model {self.settings.model}: tokenizer has no EOS token; set append_eos false")
             ids = [seq + [eos] for seq in ids]
         return ids
 
@@ -143,7 +145,7 @@ class Reranker(nn.Module):
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for row, seq in enumerate(ids):
-            if self.config.padding_side == "right":
+            if self.settings.padding_side == "right":
                 input_ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
             else:
@@ -180,7 +182,7 @@ class Reranker(nn.Module):
             self.backbone.save_pretrained(directory)
         head = {k: v.detach().to("cpu").contiguous() for k, v in self.score.state_dict().items()}
         save_file(head, directory / HEAD_FILE, metadata={"format": "pt", "role": "relevance score head"})
-        record = {"reranker": asdict(self.config), **(extra or {})}
+        record = {"reranker": asdict(self.settings), **(extra or {})}
         (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
 
     def load_adapter(self, directory: str | Path) -> None:

@@ -1,0 +1,164 @@
+"""Training: the loss falls, resume after SIGKILL is exact, 2 processes match 1, bad configs fail early."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from relevance_lens.errors import InputError
+from relevance_lens.train import GroupDataset, complete_checkpoints, load_config, load_groups, train
+from tiny import save_tiny
+from trainfix import write_collection
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("collection")
+    paths = write_collection(folder)
+    paths["model"] = str(save_tiny("llama", folder / "model"))
+    return paths
+
+
+def _config(collection, output, **overrides):
+    settings = dict(
+        collection, output=str(output), data="files", group_size=4, max_steps=30, save_steps=[5, 10], lr=1e-2,
+        max_length=96, queries_per_device=2, precision="fp32", eval_split=None, logging_steps=1, lora_dropout=0.0,
+        rank=2, warmup_steps=0,
+    )
+    settings.update(overrides)
+    return settings
+
+
+def _trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    weights = load_file(run_dir / "final" / "score_head.safetensors")
+    adapter = run_dir / "final" / "adapter_model.safetensors"
+    if adapter.is_file():
+        weights.update(load_file(adapter))
+    return weights
+
+
+def test_loss_falls_and_checkpoints_follow_the_schedule(collection, tmp_path):
+    run_dir = train(load_config(None, **_config(collection, tmp_path / "run", max_steps=80)), progress=False)
+    log = json.loads((run_dir / "train_summary.json").read_text())["log"]
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.15
+    assert [step for step, _ in complete_checkpoints(run_dir)] == [5, 10, 80]
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["rank"] == 2 and "torch" in record["versions"] and record["data_fingerprints"]
+    saved = json.loads((run_dir / "checkpoint-10" / "reranker.json").read_text())
+    assert saved["step"] == 10 and saved["run"]["config"]["targets"] == "all"
+
+
+def test_negatives_rotate_across_epochs_and_exclude_positives(collection):
+    groups = load_groups(load_config(None, **_config(collection, "unused")))
+    dataset = GroupDataset(groups, group_size=4, epochs=3, seed=7)
+    n = len(groups.queries)
+    seen = [set(), set()]
+    for epoch in range(2):
+        for i in range(n):
+            item = dataset[epoch * n + i]
+            ids = [p.docid for p in item["passages"]]
+            assert len(set(ids)) == 4 and ids[0].startswith("d")
+            assert not set(ids[1:]) & {p for q in groups.positives for p in groups.positives[q] if groups.queries[q] == item["query"]}
+            seen[epoch].add((item["query"], tuple(ids[1:])))
+    assert seen[0] != seen[1]
+    again = GroupDataset(groups, group_size=4, epochs=3, seed=7)
+    assert [p.docid for p in again[5]["passages"]] == [p.docid for p in dataset[5]["passages"]]
+
+
+def _write_toml(path: Path, settings: dict) -> Path:
+    lines = []
+    for key, value in settings.items():
+        if value is None:  # TOML has no null: leave the setting at its default
+            if key == "eval_split":
+                lines.append('eval_split = "none"')
+            continue
+        lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cli(*args, env=None):
+    return [sys.executable, "-m", "relevance_lens", *args]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(collection, tmp_path):
+    settings = _config(collection, tmp_path / "x", max_steps=60, save_steps=[10, 20, 30, 40, 50], lora_dropout=0.1)
+    settings.pop("output")
+    toml = _write_toml(tmp_path / "train.toml", settings)
+    straight = tmp_path / "straight"
+    subprocess.run(_cli("train", "--config", str(toml), "--output", str(straight)), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli("train", "--config", str(toml), "--output", str(killed)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not complete_checkpoints(killed) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists(), "the run finished before it could be killed"
+    subprocess.run(_cli("train", "--config", str(toml), "--output", str(killed), "--resume"), check=True, capture_output=True)
+
+    a, b = _trained_weights(straight), _trained_weights(killed)
+    assert a.keys() == b.keys() and len(a) > 1
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs gloo")
+def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path):
+    one = train(load_config(None, **_config(collection, tmp_path / "one", max_steps=8, queries_per_device=4, save_steps=[])), progress=False)
+    settings = _config(collection, tmp_path / "x", max_steps=8, queries_per_device=2, save_steps=[])
+    settings.pop("output")
+    toml = _write_toml(tmp_path / "train.toml", settings)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "relevance_lens", "train", "--config", str(toml), "--output", str(tmp_path / "two")],
+        check=True, capture_output=True, env=env,
+    )
+    record = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert record["resolved"]["world_size"] == 2 and record["resolved"]["global_batch_queries"] == 4
+    a, b = _trained_weights(one), _trained_weights(tmp_path / "two")
+    for key in a:
+        # Same data, same global batch: only the order of floating-point sums differs.
+        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"rank": 0}, "--rank 0: expected a positive integer"),
+        ({"targets": "q,zz"}, "unknown role or preset 'zz'"),
+        ({"layers": [9]}, "--layers 9: out of range; this model has layers 0..3"),
+        ({"group_size": 40}, "fewer than 39 distinct negatives"),
+        ({"queries": "/no/such/queries.tsv"}, "/no/such/queries.tsv"),
+        ({"group_size": 1}, "--group-size 1"),
+        ({"max_steps": 0}, "--max-steps 0"),
+    ],
+)
+def test_nonsense_fails_before_training(collection, tmp_path, overrides, message):
+    with pytest.raises(InputError, match=message):
+        train(load_config(None, **_config(collection, tmp_path / "run", **overrides)), progress=False)
+    assert not complete_checkpoints(tmp_path / "run")
+
+
+def test_unknown_setting_in_config_file(tmp_path):
+    toml = _write_toml(tmp_path / "t.toml", {"rnak": 4})
+    with pytest.raises(InputError, match="unknown training setting"):
+        load_config(toml)
+
+
+def test_resume_with_changed_settings_is_refused(collection, tmp_path):
+    train(load_config(None, **_config(collection, tmp_path / "run", max_steps=5, save_steps=[])), progress=False)
+    with pytest.raises(InputError, match="settings differ.*rank"):
+        train(load_config(None, **_config(collection, tmp_path / "run", max_steps=5, rank=4)), resume=True, progress=False)

@@ -1,0 +1,29 @@
+"""A tiny training collection written to files (queries, qrels, corpus, negatives run)."""
+
+from pathlib import Path
+
+from relevance_lens.data import Passage, write_corpus, write_qrels, write_queries, write_run
+
+TOPICS = [
+    ("paris", "what is the capital of france", "paris is the capital of france"),
+    ("banana", "which fruit is yellow", "bananas are yellow fruit"),
+    ("sort", "how do i sort a list in python", "use sorted or list sort in python"),
+    ("apt", "how do i install debian packages", "apt installs debian packages"),
+    ("perl", "how do perl regular expressions match", "perl regular expressions match text"),
+    ("query", "what is a query document", "a query document is what you match"),
+]
+
+
+def write_collection(folder: Path, n_distractors: int = 6) -> dict[str, Path]:
+    queries = {f"q{i}": q for i, (_, q, _) in enumerate(TOPICS)}
+    corpus = {f"d{i}": Passage(f"d{i}", name, text) for i, (name, _, text) in enumerate(TOPICS)}
+    for j in range(n_distractors):
+        corpus[f"x{j}"] = Passage(f"x{j}", "", f"{TOPICS[j % len(TOPICS)][2]} and other words {j}")
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(len(TOPICS))}
+    run = {qid: {docid: float(-k) for k, docid in enumerate(sorted(corpus))} for qid in queries}
+    paths = {n: folder / f for n, f in [("queries", "q.tsv"), ("qrels", "qrels.txt"), ("corpus", "c.jsonl"), ("negatives_run", "bm25.run")]}
+    write_queries(queries, paths["queries"])
+    write_qrels(qrels, paths["qrels"])
+    write_corpus(corpus, paths["corpus"])
+    write_run(run, paths["negatives_run"])
+    return {k: str(v) for k, v in paths.items()}
