@@ -31,7 +31,7 @@ from .adapters import LoraSettings, attach_lora
 from .data import Passage, atomic_write, fingerprint, read_corpus, read_qrels, read_queries, read_run, read_tevatron
 from .errors import InputError
 from .provenance import versions
-from .reranker import CONFIG_FILE, HEAD_FILE, Reranker, RerankerConfig
+from .reranker import HEAD_FILE, Reranker, RerankerConfig
 
 RUN_FILE = "run.json"
 TRAINER_STATE = "trainer_state.json"  # written last by the Trainer: its presence marks a complete checkpoint
