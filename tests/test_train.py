@@ -141,7 +141,7 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
         ({"targets": "q,zz"}, "unknown role or preset 'zz'"),
         ({"layers": [9]}, "--layers 9: out of range; this model has layers 0..3"),
         ({"group_size": 40}, "6 of 6 training queries have fewer than 39 distinct negatives"),
-        ({"group_size": 12, "short_groups": "error"}, "have fewer than 11 distinct negatives"),
+        ({"group_size": 13, "short_groups": "error"}, "have fewer than 12 distinct negatives"),
         ({"queries": "/no/such/queries.tsv"}, "/no/such/queries.tsv"),
         ({"group_size": 1}, "--group-size 1"),
         ({"max_steps": 0}, "--max-steps 0"),

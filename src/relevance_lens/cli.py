@@ -116,6 +116,7 @@ def train(
     tevatron: Optional[Path] = typer.Option(None, help="Tevatron train JSONL (data=files)."),
     rank: Optional[int] = typer.Option(None, help="LoRA rank."),
     alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
+    lora_dropout: Optional[float] = typer.Option(None, help="LoRA dropout (the study: 0.1)."),
     targets: Optional[str] = typer.Option(None, help="mha | mlp | all | none | roles such as q,k."),
     layers: Optional[str] = typer.Option(None, help="Only these layers, e.g. 4,5,6."),
     group_size: Optional[int] = typer.Option(None, help="1 positive + G-1 negatives."),
@@ -138,7 +139,7 @@ def train(
     settings = load_config(
         config, model=model, output=str(output) if output else None, data=data,
         queries=_str(queries), qrels=_str(qrels), corpus=_str(corpus), negatives_run=_str(negatives_run),
-        tevatron=_str(tevatron), rank=rank, alpha=alpha, targets=targets, layers=_int_list(layers, "--layers"),
+        tevatron=_str(tevatron), rank=rank, alpha=alpha, lora_dropout=lora_dropout, targets=targets, layers=_int_list(layers, "--layers"),
         group_size=group_size, queries_per_device=queries_per_device, grad_accum=grad_accum, lr=lr,
         max_steps=max_steps, max_length=max_length, save_steps=_int_list(save_steps, "--save-steps"),
         save_every=save_every, precision=precision, seed=seed,
@@ -182,15 +183,183 @@ def build_faq(
 
 @app.command()
 def demo(
-    model: str = typer.Option("smollm2-135m", help="Embedded model."),
-    split: str = typer.Option("test", help="FAQ split to score."),
-    depth: int = typer.Option(20, help="Rerank BM25's top-k."),
-    output: Path = typer.Option(Path("runs/demo"), help="Where runs are written."),
+    quick: bool = typer.Option(False, "--quick", help="Only score the FAQ with the untrained model beside BM25 (a minute)."),
+    workdir: Path = typer.Option(Path("runs/demo"), help="Work folder of the demo study (runs, results store, report)."),
+    model: str = typer.Option("smollm2-135m", help="--quick: embedded model."),
+    split: str = typer.Option("test", help="--quick: FAQ split to score."),
+    depth: int = typer.Option(20, help="--quick: rerank BM25's top-k."),
 ):
-    """Score the embedded FAQ with the embedded model, beside BM25."""
-    from .demo import run_demo
+    """Train, dissect and report on the embedded model and FAQ (the packaged demo study)."""
+    if quick:
+        from .demo import run_demo
 
-    run_demo(model=model, split=split, depth=depth, output=output, console=console, out=out)
+        run_demo(model=model, split=split, depth=depth, output=workdir, console=console, out=out)
+        return
+    from .demo import run_study_demo
+
+    run_study_demo(workdir=workdir, console=console, out=out)
+
+
+# ---------------------------------------------------------------- studies and reports
+
+study_app = typer.Typer(no_args_is_help=True, help="Run a grid of trainings and analyses from one study file.")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("run")
+def study_run(
+    study: str = typer.Argument(..., help="Study TOML file, or a packaged study: demo, embedded-grid, paper."),
+    shard: Optional[str] = typer.Option(None, help="i/n: run only shard i of n (0-based; e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List cells, estimated cost and status; load no weights."),
+    store: Optional[Path] = typer.Option(None, help="Results store (default WORKDIR/results.sqlite, one per shard)."),
+    workdir: Optional[Path] = typer.Option(None, help="Work folder for the runs (default runs/<study name>)."),
+):
+    """Train and analyse every cell of a study; a rerun skips what is done and resumes the rest."""
+    from .study import RunOptions, default_paths, dry_run as list_cells, load_study, parse_shard, run_study
+
+    spec = load_study(study)
+    part = parse_shard(shard)
+    workdir, store = default_paths(spec, workdir, store, part)
+    options = RunOptions(workdir=workdir, store=store, shard=part)
+    if dry_run:
+        list_cells(spec, options, out)
+    else:
+        run_study(spec, options, console)
+
+
+@study_app.command("merge")
+def study_merge(
+    output: Path = typer.Argument(..., help="Store to write (created, or added to)."),
+    stores: List[Path] = typer.Argument(..., help="Shard stores to merge."),
+):
+    """Combine the results stores of several shards into one."""
+    from .study import merge_stores
+
+    merge_stores(output, stores, console)
+
+
+@app.command()
+def report(
+    store: Path = typer.Argument(..., help="Results store (SQLite) written by study run or analyze."),
+    output: Path = typer.Option(Path("report.html"), help="HTML file to write (one self-contained page)."),
+):
+    """Write one self-contained HTML page answering the study's questions from a results store."""
+    from .report import write_report
+
+    path = write_report(store, output)
+    out.print(f"report: {path.resolve()}", highlight=False)
+
+
+# ---------------------------------------------------------------- analyze (dissection)
+
+analyze_app = typer.Typer(no_args_is_help=True, help="Dissect adapters: checkpoints, ablations, weights, lens.")
+app.add_typer(analyze_app, name="analyze")
+
+_SPLIT = typer.Option(None, help="FAQ split to evaluate on (dev, test); default dev unless files are given.")
+_QUERIES = typer.Option(None, "--queries", help="Queries TSV (instead of --split; with --qrels, --corpus, --run).")
+_QRELS = typer.Option(None, "--qrels", help="TREC qrels.")
+_CORPUS = typer.Option(None, "--corpus", help="Corpus TSV or JSONL.")
+_FIRST = typer.Option(None, "--run", help="First-stage TREC run whose top-k is reranked.")
+_DEPTH = typer.Option(10, help="Rerank this many first-stage passages per query.")
+_MAX_Q = typer.Option(None, help="Only the first N judged queries (sorted by id).")
+_METRICS = typer.Option(["nDCG@10", "RR@10"], "--metric", help="ir_measures names (repeat the option).")
+_STORE = typer.Option(Path("runs/results.sqlite"), help="SQLite results store rows are appended to.")
+_DTYPE = typer.Option("auto", help="auto (bf16 where fast), bf16, fp32.")
+_DEVICE = typer.Option("auto", help="auto, cpu, cuda, cuda:N.")
+_BATCH = typer.Option(8192, help="Padded tokens per batch.")
+_FORCE = typer.Option(False, "--force", help="Recompute even if the store has these results.")
+
+
+def _eval_inputs(split, queries, qrels, corpus, first, depth, max_queries):
+    from .evalset import resolve_evalset
+
+    return resolve_evalset(split, queries=queries, qrels=qrels, corpus=corpus, run=first, depth=depth, max_queries=max_queries)
+
+
+def _scoring(depth, dtype, device, batch_tokens):
+    from .score import ScoreConfig
+
+    return ScoreConfig(depth=depth, dtype=dtype, device=device, batch_tokens=batch_tokens)
+
+
+@analyze_app.command("checkpoints")
+def analyze_checkpoints_cmd(
+    run_dir: Path = typer.Argument(..., help="Training run folder (checkpoint-<step>/ and final/)."),
+    baseline: Optional[Path] = typer.Option(None, help="Head-only run folder (targets none): the 'before' point."),
+    split: Optional[str] = _SPLIT, queries: Optional[Path] = _QUERIES, qrels: Optional[Path] = _QRELS,
+    corpus: Optional[Path] = _CORPUS, first: Optional[Path] = _FIRST, depth: int = _DEPTH, max_queries: Optional[int] = _MAX_Q,
+    metric: List[str] = _METRICS, store: Path = _STORE, dtype: str = _DTYPE, device: str = _DEVICE,
+    batch_tokens: int = _BATCH, force: bool = _FORCE,
+):
+    """Metrics of every checkpoint of a run, beside BM25 and a head-only baseline."""
+    from .analyze import analyze_checkpoints
+    from .store import Store
+
+    evalset = _eval_inputs(split, queries, qrels, corpus, first, depth, max_queries)
+    analyze_checkpoints(run_dir, evalset, metric, baseline_run_dir=baseline, store=Store(store), force=force,
+                        score=_scoring(depth, dtype, device, batch_tokens), console=out)
+
+
+@analyze_app.command("ablate")
+def analyze_ablate_cmd(
+    adapter: Path = typer.Argument(..., help="Adapter folder (a checkpoint or final/)."),
+    sweep: List[str] = typer.Option(["drop-layer"], "--sweep", help="drop-layer, keep-layer, window, bottom-up, top-down, roles, drop-layer-role, keep-layer-role (repeat)."),
+    window: int = typer.Option(3, help="Width of the 'window' sweep."),
+    naive: bool = typer.Option(False, "--naive", help="Run every variant in full (no cached restarts)."),
+    permutations: int = typer.Option(10000, help="Sign flips of the paired randomization test."),
+    split: Optional[str] = _SPLIT, queries: Optional[Path] = _QUERIES, qrels: Optional[Path] = _QRELS,
+    corpus: Optional[Path] = _CORPUS, first: Optional[Path] = _FIRST, depth: int = _DEPTH, max_queries: Optional[int] = _MAX_Q,
+    metric: List[str] = _METRICS, store: Path = _STORE, dtype: str = _DTYPE, device: str = _DEVICE,
+    batch_tokens: int = _BATCH, force: bool = _FORCE,
+):
+    """Switch parts of ΔW off (by layer, role, window...) and measure what ranking loses."""
+    from .ablate import SweepConfig
+    from .analyze import analyze_ablate
+    from .store import Store
+
+    evalset = _eval_inputs(split, queries, qrels, corpus, first, depth, max_queries)
+    analyze_ablate(adapter, evalset, sweep, metric, window=window, sweep_config=SweepConfig(cached=not naive, permutations=permutations),
+                   store=Store(store), score=_scoring(depth, dtype, device, batch_tokens), force=force, console=out)
+
+
+@analyze_app.command("weights")
+def analyze_weights_cmd(
+    adapter: Path = typer.Argument(..., help="Adapter folder, or a run folder (each checkpoint vs final)."),
+    other: Optional[Path] = typer.Option(None, help="Second adapter for subspace similarity (e.g. the r32 run's final/)."),
+    side: str = typer.Option("left", help="left: output-space directions of ΔW; right: input-space."),
+    store: Path = _STORE, force: bool = _FORCE,
+):
+    """ΔW norms, spectra and effective ranks per layer x role; subspace similarity."""
+    from .analyze import analyze_weights
+    from .store import Store
+
+    analyze_weights(adapter, other=other, side=side, store=Store(store), force=force, console=out)
+
+
+@analyze_app.command("lens")
+def analyze_lens_cmd(
+    adapter: Optional[Path] = typer.Argument(None, help="Adapter folder (omit with --model for a bare base model)."),
+    model: Optional[str] = typer.Option(None, help="Base model when no adapter is given (its head is untrained)."),
+    adapter_off: bool = typer.Option(False, "--adapter-off", help="Trained head on the frozen base (all LoRA parts off)."),
+    probe: str = typer.Option("none", help="Per-layer probe: none, ridge, logistic."),
+    probe_split: str = typer.Option("train", help="FAQ split the probe is fitted on."),
+    l2: float = typer.Option(1.0, help="Probe L2 penalty."),
+    split: Optional[str] = _SPLIT, queries: Optional[Path] = _QUERIES, qrels: Optional[Path] = _QRELS,
+    corpus: Optional[Path] = _CORPUS, first: Optional[Path] = _FIRST, depth: int = _DEPTH, max_queries: Optional[int] = _MAX_Q,
+    metric: List[str] = _METRICS, store: Path = _STORE, dtype: str = _DTYPE, device: str = _DEVICE,
+    batch_tokens: int = _BATCH, force: bool = _FORCE,
+):
+    """Rank with the score head on every layer's last-token state (and optional probes)."""
+    from .analyze import analyze_lens
+    from .evalset import faq_evalset
+    from .lens import LensConfig
+    from .store import Store
+
+    evalset = _eval_inputs(split, queries, qrels, corpus, first, depth, max_queries)
+    config = LensConfig(probe=probe, l2=l2)
+    probe_set = faq_evalset(probe_split, depth) if config.probe != "none" else None
+    analyze_lens(adapter, evalset, metric, model=model, adapter_off=adapter_off, lens_config=config, probe_set=probe_set,
+                 store=Store(store), score=_scoring(depth, dtype, device, batch_tokens), force=force, console=out)
 
 
 def main() -> None:
@@ -198,7 +367,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except InputError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # messages name TOML tables like [study]: not markup
+
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -47,3 +47,19 @@ def run_demo(
     pairs = sum(min(depth, len(r)) for r in data.run.values())
     console.print(f"reranked {pairs} pairs in {seconds:.1f} s (load included); run written to {output}")
     return {name: ev.aggregate for name, ev in results.items()}
+
+
+def run_study_demo(*, workdir: Path = Path("runs/demo"), console: Console | None = None, out: Console | None = None) -> Path:
+    """The README's demo: run the packaged ``demo`` study (resumable), then write its report."""
+    from .report import write_report
+    from .study import RunOptions, default_paths, load_study, run_study
+
+    console = console or Console(stderr=True)
+    out = out or Console()
+    started = time.perf_counter()
+    study = load_study("demo")
+    workdir, store = default_paths(study, workdir, None, None)
+    run_study(study, RunOptions(workdir=workdir, store=store), console)
+    report = write_report(store, workdir / "report.html")
+    out.print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; report: {report.resolve()}", highlight=False)
+    return report

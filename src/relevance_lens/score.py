@@ -7,7 +7,7 @@ token budget, so padding stays small and memory stays flat however large the run
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Iterator, Literal, Mapping
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -30,6 +30,19 @@ class ScoreConfig:
     chunk_pairs: int = field(default=4096, metadata={"help": "Pairs tokenized and length-sorted together."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where fast), bf16, fp32."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
+    fast: bool = field(
+        default=True,
+        metadata={"help": "Score with relevance_lens.fastscore (same scores, tested): the paths below. Off: the plain forward."},
+    )
+    merge_lora: bool = field(
+        default=True, metadata={"help": "fast: merge LoRA into a scoring copy (costs one copy of the model's memory)."}
+    )
+    share_prefix: bool = field(
+        default=True, metadata={"help": "fast: run each query's shared prefix once and reuse its KV cache."}
+    )
+    compile: Literal["auto", "on", "off"] = field(
+        default="auto", metadata={"help": "fast: torch.compile the decoder blocks; auto = when the run is large enough to pay."}
+    )
 
     def __post_init__(self) -> None:
         if self.depth < 1:
@@ -38,6 +51,8 @@ class ScoreConfig:
             raise InputError(f"--dtype {self.dtype}: expected auto, bf16 or fp32")
         if self.batch_tokens < 16 or self.max_batch < 1:
             raise InputError("batch_tokens must be >= 16 and max_batch >= 1")
+        if self.compile not in ("auto", "on", "off"):
+            raise InputError(f"--compile {self.compile}: expected auto, on or off")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,15 +116,29 @@ def rerank(
     progress: bool = True,
     description: str = "reranking",
 ) -> Run:
-    """Score each query's top-``depth`` passages; returns a run of reranker scores."""
+    """Score each query's top-``depth`` passages; returns a run of reranker scores.
+
+    With ``config.fast`` (the default) the scores come from a
+    :class:`relevance_lens.fastscore.FastScorer` built once for the run; ``reranker`` itself is
+    left as it was (LoRA unmerged, not compiled).
+    """
     config = config or ScoreConfig()
     pairs = candidate_pairs(run, queries, corpus, config.depth)
     out: Run = {qid: {} for qid in run}
+    scorer = None
+    if config.fast:
+        from .fastscore import FastScorer
+
+        scorer = FastScorer(reranker, config, expected_tokens=len(pairs) * reranker.settings.max_length)
     with _progress(progress) as bar:
         task = bar.add_task(description, total=len(pairs))
         for start in range(0, len(pairs), config.chunk_pairs):
             chunk = pairs[start : start + config.chunk_pairs]
-            scores = score_chunk(reranker, [(queries[q], corpus[d]) for q, d in chunk], config, bar, task)
+            items = [(queries[q], corpus[d]) for q, d in chunk]
+            if scorer is not None:
+                scores = scorer.score(items, bar, task)
+            else:
+                scores = score_chunk(reranker, items, config, bar, task)
             for (qid, docid), value in zip(chunk, scores):
                 out[qid][docid] = value
     return out

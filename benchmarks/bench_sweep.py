@@ -1,0 +1,148 @@
+"""Ablation sweep cost: a full single-layer sweep, cached restarts vs naive full forwards.
+
+    python benchmarks/bench_sweep.py                         # drop-layer sweep, SmolLM2-135M
+    python benchmarks/bench_sweep.py --sweep keep-layer --adapter runs/x/final
+
+Runs :func:`relevance_lens.ablate.sweep` twice on the same reranker, variants, pairs and metric:
+``SweepConfig(cached=True)`` (restart each variant from the cached block input where it first
+differs from the full adapter or the base) and ``cached=False`` (every variant a full forward).
+Both must give the same scores for every variant before their times are compared. Forward work
+is the ablation module's own count (blocks run × padded tokens). Peak memory: each mode again in
+a child process of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from bench_scoring import load_reranker, synthetic_adapter  # noqa: E402
+from common import (  # noqa: E402
+    README, RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
+    python_argv, report_peak_rss, write_result,
+)
+
+from relevance_lens.ablate import SweepConfig, build_variants, lora_parts, sweep  # noqa: E402
+from relevance_lens.evalset import encode_pairs, faq_evalset, ir_metrics  # noqa: E402
+from relevance_lens.roles import num_layers  # noqa: E402
+from relevance_lens.score import ScoreConfig, prepare  # noqa: E402
+
+TARGET = 2.0
+TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}  # the same blocks on the same inputs: only summation order may differ
+
+
+def setup(args, adapter: Path):
+    reranker = prepare(load_reranker(args.model, adapter, args.max_length), ScoreConfig(dtype=args.dtype, device="cpu"))
+    evalset = faq_evalset(args.split, depth=args.depth, max_queries=args.queries)
+    encoded = encode_pairs(reranker, evalset, batch_tokens=args.batch_tokens)
+    metrics = ir_metrics(evalset, ["nDCG@10"])
+    variants = build_variants(args.sweep, lora_parts(reranker), num_layers(reranker.base_config))
+    return reranker, evalset, encoded, metrics, variants
+
+
+def run_mode(reranker, encoded, metrics, variants, cached: bool, name: str):
+    start = time.perf_counter()
+    result = sweep(reranker, variants, encoded, metrics, SweepConfig(cached=cached, permutations=200), name=name)
+    return result, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--adapter", type=Path, default=None, help="Trained adapter folder (default: synthetic).")
+    parser.add_argument("--sweep", default="drop-layer", help="A single-layer sweep: drop-layer or keep-layer.")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--queries", type=int, default=8)
+    parser.add_argument("--depth", type=int, default=10)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--probe", choices=["cached", "naive"], default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    work = args.work or (args.results / "_work")
+    work.mkdir(parents=True, exist_ok=True)
+    adapter = args.adapter or synthetic_adapter(args.model, work / "adapter", args.max_length)
+    reranker, evalset, encoded, metrics, variants = setup(args, adapter)
+
+    if args.probe:
+        run_mode(reranker, encoded, metrics, variants, args.probe == "cached", args.sweep)
+        report_peak_rss(mode=args.probe)
+        return {}
+
+    info = machine(measure=True)
+    rows, results = [], {}
+    for mode in ("naive", "cached"):
+        load_start = load_average()
+        result, seconds = run_mode(reranker, encoded, metrics, variants, mode == "cached", args.sweep)
+        results[mode] = result
+        rows.append({"mode": mode, "seconds": seconds, "work_computed": result.work.computed,
+                     "work_naive": result.work.naive, "fallback": result.fallback,
+                     "load_average": [load_start, load_average()]})
+        print(f"{mode:7s} {seconds:7.1f} s  work {result.work.computed:,} layer-tokens", flush=True)
+
+    # Same scores for every variant, or nothing is compared.
+    gaps = {name: max(abs(a - b) for a, b in zip(results["naive"].scores[name], results["cached"].scores[name]))
+            for name in results["naive"].scores}
+    scale = max(1.0, max(abs(x) for x in results["naive"].scores["full"]))
+    worst = max(gaps, key=gaps.get)
+    if gaps[worst] > TOLERANCE[args.dtype] * scale:
+        raise BenchmarkError(f"cached sweep differs from naive for variant {worst}: max |Δscore| {gaps[worst]:.3g}")
+    if args.memory:
+        for row in rows:
+            cmd = python_argv(Path(__file__), "--probe", row["mode"], "--model", args.model, "--adapter", str(adapter),
+                              "--sweep", args.sweep, "--split", args.split, "--queries", str(args.queries),
+                              "--depth", str(args.depth), "--max-length", str(args.max_length),
+                              "--batch-tokens", str(args.batch_tokens), "--dtype", args.dtype, "--work", str(work))
+            row["peak_rss_bytes"], _ = child_peak_rss(cmd)
+    naive, cached = rows
+    record = {
+        "benchmark": "sweep",
+        "machine": info,
+        "config": {"model": args.model, "adapter": str(adapter), "synthetic_adapter": args.adapter is None,
+                   "sweep": args.sweep, "variants": len(variants), "split": args.split, "queries": args.queries,
+                   "depth": args.depth, "pairs": len(encoded.pairs), "max_length": args.max_length, "dtype": args.dtype,
+                   "layers": num_layers(reranker.base_config), "load_average_end": load_average()},
+        "check": {"max_abs_diff": gaps[worst], "variant": worst, "tolerance": TOLERANCE[args.dtype] * scale},
+        "modes": rows,
+        "summary": results["cached"].summary(),
+        "ratios": {"time": {"speedup": naive["seconds"] / cached["seconds"], "target": TARGET},
+                   "work": {"speedup": cached["work_naive"] / cached["work_computed"], "target": TARGET}},
+    }
+    markdown = render(record)
+    write_result("sweep", record, markdown, args.results, README if args.results == RESULTS else None)
+    print(markdown)
+    return record
+
+
+def render(record: dict) -> str:
+    cfg = record["config"]
+    rows = [[r["mode"], r["seconds"], f"{r['work_computed']:,}",
+             f"{r['peak_rss_bytes'] / 2**20:,.0f}" if r.get("peak_rss_bytes") else "", r["fallback"] or ""]
+            for r in record["modes"]]
+    lines = [
+        f"**Ablation sweep** — {machine_line(record['machine'])}",
+        "",
+        f"{cfg['model']}, `{cfg['sweep']}` sweep: {cfg['variants']} variants + full + base over {cfg['pairs']} pairs "
+        f"({cfg['queries']} FAQ-{cfg['split']} queries × top-{cfg['depth']}), {cfg['layers']} layers, {cfg['dtype']}; "
+        f"cached and naive scores agree to {record['check']['max_abs_diff']:.2g}. "
+        f"Load average at end: {cfg['load_average_end']:.2f}.",
+        "",
+        markdown_table(["mode", "seconds", "forward work (layer·tokens)", "peak RSS MiB", "fallback"], rows),
+        "",
+    ]
+    for key, r in record["ratios"].items():
+        met = "met" if r["speedup"] >= r["target"] else f"missed: {r['speedup'] / r['target']:.2f} of the target"
+        lines.append(f"- {key}: cached is {r['speedup']:.2f}× cheaper than naive (target ≥ {r['target']:g}×: {met})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

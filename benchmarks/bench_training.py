@@ -1,0 +1,310 @@
+"""Training throughput: relevance-lens ``train`` vs sentence-transformers' ``CrossEncoderTrainer``.
+
+    python benchmarks/bench_training.py                      # SmolLM2-135M, FAQ train groups
+    python benchmarks/bench_training.py --steps 10 --group-size 16
+
+Same model, LoRA (rank, alpha, all seven roles, dropout 0), group size, queries per step, max
+length, precision (frozen weights bf16, LoRA and head fp32, bf16 autocast) and groups — the
+first ``steps`` groups of relevance-lens's own seeded :class:`~relevance_lens.train.GroupDataset`
+— and a listwise cross-entropy with the positive as target (ours: ``group_loss``; theirs:
+``ListNetLoss`` with labels 0 for the positive and -1e4 for the negatives, whose softmax is
+exactly one-hot, all pairs of a step in one forward). Before timing, both must give the same loss
+on the first step's groups (LoRA B starts at zero, so the models are equal there); the benchmark
+stops otherwise. Step times come from one Trainer callback (``on_step_begin`` to
+``on_step_end``: forward, backward, optimizer); the first ``--warmup`` steps are left out. Ours
+runs through :func:`relevance_lens.train.train` itself. Peak memory: each system again in a
+child process of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import peers  # noqa: E402
+from common import (  # noqa: E402
+    README, RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
+    python_argv, report_peak_rss, write_result,
+)
+
+import relevance_lens.train as rl_train  # noqa: E402
+from relevance_lens.reranker import Reranker  # noqa: E402
+
+TARGET = 1.5
+NEGATIVE_LABEL = -1e4  # softmax([0, -1e4, ...]) is one-hot in fp32: ListNet's target = the positive
+
+
+def _timer_callback(times: list[float]):
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall time of each optimizer step (forward, backward, optimizer; no logging or saving)."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.start)
+
+    return StepTimer()
+
+
+@contextmanager
+def timed_train(times: list[float]):
+    """Run :func:`relevance_lens.train.train` with a step timer beside its checkpoint schedule."""
+    original = rl_train._schedule_callback
+
+    def with_timer(config):
+        schedule = original(config)
+        timer = _timer_callback(times)
+
+        class Both(type(schedule)):
+            def on_step_begin(self, *a, **k):
+                timer.on_step_begin(*a, **k)
+
+            def on_step_end(self, *a, **k):
+                control = super().on_step_end(*a, **k)
+                timer.on_step_end(*a, **k)
+                return control
+
+        both = Both()
+        both.__dict__.update(schedule.__dict__)
+        return both
+
+    rl_train._schedule_callback = with_timer
+    try:
+        yield
+    finally:
+        rl_train._schedule_callback = original
+
+
+def train_config(args, output: Path):
+    return rl_train.load_config(
+        None, model=args.model, output=str(output), group_size=args.group_size, queries_per_device=args.queries,
+        max_steps=args.steps, max_length=args.max_length, rank=args.rank, alpha=args.alpha, lora_dropout=0.0,
+        targets="all", precision=args.precision, save_steps=[], eval_split="none", logging_steps=10_000,
+        warmup_steps=0,
+    )
+
+
+def groups_for(config, steps: int) -> list[dict]:
+    """The groups relevance-lens's own dataset yields for the first ``steps`` steps, in order."""
+    groups = rl_train.load_groups(config)
+    groups.check(config.group_size, config.short_groups)
+    world = config.queries_per_device * config.grad_accum
+    epochs = max(1, -(-steps * world // len(groups.queries)))
+    dataset = rl_train.GroupDataset(groups, config.group_size, epochs, config.seed)
+    return [dataset[i] for i in range(steps * config.queries_per_device)]
+
+
+# ---------------------------------------------------------------- the two systems
+
+
+def run_ours(args, times: list[float]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp, timed_train(times):
+        config = train_config(args, Path(tmp) / "run")
+        start = time.perf_counter()
+        rl_train.train(config, progress=False)
+        return {"wall_seconds": time.perf_counter() - start}
+
+
+def cross_encoder_model(args, reranker: Reranker, work: Path):
+    """CrossEncoder on the seq-cls copy of the same model and head; LoRA added like ours, bf16 frozen weights."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    from relevance_lens.adapters import modules_for
+    from relevance_lens.roles import architecture_of, num_layers, resolve_roles
+
+    model_dir, _ = peers.seqcls_folder(reranker, None, work / "training")
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    ce = CrossEncoder(str(model_dir), num_labels=1, max_length=args.max_length, device="cpu",
+                      model_kwargs={"dtype": dtype})
+    arch = architecture_of(reranker.base_config)
+    n = num_layers(reranker.base_config)
+    targets = sorted(modules_for(arch, resolve_roles("all", arch), list(range(n))))
+    torch.manual_seed(args.seed)
+    # CrossEncoder.add_adapter goes through transformers, which wants peft >= 0.22; PEFT's own
+    # injection is what it calls and works with the installed peft.
+    inject_adapter_in_model(LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
+                                       target_modules=targets, bias="none"), ce.model)
+    for name, p in ce.model.named_parameters():
+        p.requires_grad_("lora_" in name or name.startswith("score."))
+        if p.requires_grad:
+            p.data = p.data.float()  # as ours: trainable weights in fp32, frozen ones in bf16
+    return ce
+
+
+def ce_dataset(reranker: Reranker, items: list[dict]):
+    from datasets import Dataset
+
+    queries, docs, labels = [], [], []
+    for item in items:
+        split = [peers.split_pair(reranker, item["query"], p) for p in item["passages"]]
+        queries.append(split[0][0])
+        docs.append([b for _, b in split])
+        labels.append([0.0] + [NEGATIVE_LABEL] * (len(split) - 1))
+    return Dataset.from_dict({"query": queries, "docs": docs, "labels": labels})
+
+
+def run_cross_encoder(args, items: list[dict], work: Path, times: list[float]) -> dict:
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import ListNetLoss
+
+    start = time.perf_counter()
+    reranker = Reranker.from_pretrained(args.model)
+    ce = cross_encoder_model(args, reranker, work)
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = CrossEncoderTrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=args.queries, max_steps=args.steps, learning_rate=3e-4,
+            warmup_steps=0, lr_scheduler_type="linear", bf16=args.precision == "bf16", seed=args.seed,
+            logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+            max_grad_norm=1.0, disable_tqdm=True,
+        )
+        trainer = CrossEncoderTrainer(
+            model=ce, args=targs, train_dataset=ce_dataset(reranker, items),
+            loss=ListNetLoss(ce, mini_batch_size=-1), callbacks=[_timer_callback(times)],
+        )
+        # The dataset is already in relevance-lens's seeded order: read it in that order.
+        trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
+        trainer.train()
+    return {"wall_seconds": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------- equality before timing
+
+
+def first_step_losses(args, items: list[dict], work: Path) -> dict:
+    """Loss of both systems on the first step's groups, with LoRA B = 0 (the models are equal)."""
+    from sentence_transformers.cross_encoder.losses import ListNetLoss
+
+    config = train_config(args, work / "unused")
+    ours = rl_train.build_model(config).eval()
+    batch = rl_train.GroupCollator(ours)(items[: args.queries])
+    size = int(batch.pop("group_size"))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    with torch.no_grad(), autocast:
+        our_loss = float(rl_train.group_loss(ours(**batch), size))
+    ce = cross_encoder_model(args, ours, work).eval()
+    with torch.no_grad():
+        ce.model.score.weight.copy_(ours.score.weight)  # both heads start from ours
+    data = ce_dataset(ours, items[: args.queries])
+    loss = ListNetLoss(ce, mini_batch_size=-1)
+    with torch.no_grad(), autocast:
+        their_loss = float(loss([data["query"], data["docs"]], [torch.tensor(x) for x in data["labels"]]))
+    tolerance = 2e-2 if args.precision == "bf16" else 1e-4
+    record = {"relevance_lens": our_loss, "crossencoder": their_loss, "tolerance": tolerance}
+    if abs(our_loss - their_loss) > tolerance:
+        raise BenchmarkError(f"first-step losses differ: relevance-lens {our_loss:.5f}, CrossEncoderTrainer "
+                             f"{their_loss:.5f} (tolerance {tolerance}): the two do not train the same thing")
+    return record
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, default=6, help="Optimizer steps per system.")
+    parser.add_argument("--warmup", type=int, default=1, help="First steps left out of the rate.")
+    parser.add_argument("--queries", type=int, default=4, help="Query groups per step.")
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=64.0)
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--probe", choices=["relevance-lens", "CrossEncoderTrainer"], default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.steps <= args.warmup:
+        parser.error("--steps must exceed --warmup")
+    work = args.work or (args.results / "_work")
+    work.mkdir(parents=True, exist_ok=True)
+    items = groups_for(train_config(args, work / "unused"), args.steps)
+
+    if args.probe:
+        times: list[float] = []
+        (run_ours(args, times) if args.probe == "relevance-lens" else run_cross_encoder(args, items, work, times))
+        report_peak_rss(steps=len(times))
+        return {}
+
+    info = machine(measure=True)
+    check = first_step_losses(args, items, work)
+    print(f"first-step losses agree: {check}", flush=True)
+    rows = []
+    for name, runner in (("relevance-lens", lambda t: run_ours(args, t)),
+                         ("CrossEncoderTrainer", lambda t: run_cross_encoder(args, items, work, t))):
+        times: list[float] = []
+        load_start = load_average()
+        extra = runner(times)
+        if len(times) != args.steps:
+            raise BenchmarkError(f"{name}: timed {len(times)} steps, expected {args.steps}")
+        steady = times[args.warmup :]
+        step = statistics.mean(steady)
+        rows.append({"system": name, "step_seconds": steady, "mean_step_seconds": step,
+                     "groups_per_s": args.queries / step,
+                     "tokens_per_s": None, "first_step_seconds": times[0],
+                     "load_average": [load_start, load_average()], **extra})
+        print(f"{name:22s} {step:6.2f} s/step  {args.queries / step:5.2f} groups/s", flush=True)
+    if args.memory:
+        for row in rows:
+            cmd = python_argv(Path(__file__), "--probe", row["system"], "--model", args.model, "--steps", "2",
+                              "--warmup", "1", "--queries", str(args.queries), "--group-size", str(args.group_size),
+                              "--max-length", str(args.max_length), "--rank", str(args.rank), "--alpha", str(args.alpha),
+                              "--precision", args.precision, "--work", str(work))
+            row["peak_rss_bytes"], _ = child_peak_rss(cmd)
+    ours, theirs = rows
+    speedup = theirs["mean_step_seconds"] / ours["mean_step_seconds"]
+    record = {
+        "benchmark": "training",
+        "machine": info,
+        "config": {k: getattr(args, k) for k in ("model", "steps", "warmup", "queries", "group_size", "max_length",
+                                                 "rank", "alpha", "precision", "seed")}
+                  | {"sequences_per_step": args.queries * args.group_size, "load_average_end": load_average()},
+        "check": check,
+        "systems": rows,
+        "ratios": {"vs_crossencoder_trainer": {"speedup": speedup, "target": TARGET}},
+    }
+    markdown = render(record)
+    write_result("training", record, markdown, args.results, README if args.results == RESULTS else None)
+    print(markdown)
+    return record
+
+
+def render(record: dict) -> str:
+    cfg = record["config"]
+    rows = [[r["system"], r["mean_step_seconds"], r["groups_per_s"], r["first_step_seconds"],
+             f"{r['peak_rss_bytes'] / 2**20:,.0f}" if r.get("peak_rss_bytes") else ""] for r in record["systems"]]
+    r = record["ratios"]["vs_crossencoder_trainer"]
+    met = "met" if r["speedup"] >= r["target"] else f"missed: {r['speedup'] / r['target']:.2f} of the target"
+    return "\n".join([
+        f"**Training** — {machine_line(record['machine'])}",
+        "",
+        f"{cfg['model']}, LoRA r{cfg['rank']} α{cfg['alpha']:g} on all roles, {cfg['queries']} groups × "
+        f"{cfg['group_size']} passages per step ({cfg['sequences_per_step']} sequences), max length "
+        f"{cfg['max_length']}, {cfg['precision']}; mean of steps {cfg['warmup'] + 1}-{cfg['steps']}. "
+        f"First-step loss: ours {record['check']['relevance_lens']:.4f}, CrossEncoderTrainer "
+        f"{record['check']['crossencoder']:.4f}. Load average at end: {cfg['load_average_end']:.2f}.",
+        "",
+        markdown_table(["system", "s/step", "query groups/s", "first step s", "peak RSS MiB"], rows),
+        "",
+        f"- {r['speedup']:.2f}× CrossEncoderTrainer (target ≥ {r['target']:g}×: {met})",
+    ])
+
+
+if __name__ == "__main__":
+    main()

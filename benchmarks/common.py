@@ -1,0 +1,179 @@
+"""Shared parts of the benchmarks: the machine record, matmul rates, peak memory, result files.
+
+Every benchmark writes ``results/<name>.json`` (the full record, machine included) and
+``results/<name>.md`` (its table), and refreshes that table in ``benchmarks/README.md`` between
+``<!-- results:<name> -->`` markers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+
+
+class BenchmarkError(SystemExit):
+    """Raised (exit status 1) when systems disagree: a benchmark never times wrong outputs."""
+
+    def __init__(self, message: str):
+        super().__init__(f"BENCHMARK FAILED: {message}")
+        self.message = message
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """Measured GFLOP/s of an ``n x n`` matmul in ``dtype`` on this process's threads (best of runs)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    with torch.inference_mode():
+        for _ in range(2):
+            a @ b
+        best = float("inf")
+        stop = time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def machine(measure: bool = True) -> dict:
+    """CPU, cores, versions, load; with ``measure``, the bf16 and fp32 matmul rates in GFLOP/s."""
+    info = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "peft": _version("peft"),
+        "sentence_transformers": _version("sentence-transformers"),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_1min": load_average(),
+    }
+    if measure:
+        info["matmul_gflops"] = {"bf16": matmul_rate(torch.bfloat16), "fp32": matmul_rate(torch.float32)}
+    return info
+
+
+def machine_line(info: dict) -> str:
+    rates = info.get("matmul_gflops") or {}
+    rate = f"; matmul 2048²: bf16 {rates['bf16']:,.0f}, fp32 {rates['fp32']:,.0f} GFLOP/s" if rates else ""
+    load = info.get("load_average_1min")
+    return (
+        f"{info['date']} · {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads) · "
+        f"torch {info['torch']}, transformers {info['transformers']}, peft {info['peft']}, "
+        f"sentence-transformers {info['sentence_transformers']}{rate}"
+        + (f" · load average at start {load:.2f}" if load is not None else "")
+    )
+
+
+# ---------------------------------------------------------------- memory
+
+
+def peak_rss_self() -> int:
+    """This process's peak resident set (VmHWM), in bytes.
+
+    VmHWM belongs to the address space, which ``exec`` replaces, so a child reports its own peak.
+    ``ru_maxrss`` does not do: it survives ``exec`` and a child of a large parent starts at the
+    parent's size.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def report_peak_rss(**extra) -> None:
+    """Last line of a probe child's stdout: its peak RSS, read by :func:`child_peak_rss`."""
+    print(json.dumps({"peak_rss_bytes": peak_rss_self(), **extra}), flush=True)
+
+
+def child_peak_rss(argv: Sequence[str], timeout: float = 3600) -> tuple[int, dict]:
+    """Run a probe child (which ends with :func:`report_peak_rss`); returns (its peak RSS bytes, its report)."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError(f"{' '.join(argv)} ran past {timeout} s") from None
+    if done.returncode != 0:
+        raise BenchmarkError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return int(report["peak_rss_bytes"]), report
+
+
+def python_argv(script: Path, *args: str) -> list[str]:
+    return [sys.executable, str(script), *args]
+
+
+# ---------------------------------------------------------------- results
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(name: str, record: dict, markdown: str, results: Path = RESULTS, readme: Path | None = README) -> Path:
+    """Write ``results/<name>.json`` and ``.md``; refresh the README section ``results:<name>``."""
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    (results / f"{name}.md").write_text(markdown + "\n")
+    if readme is not None and readme.is_file():
+        text = readme.read_text()
+        start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            readme.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")
+    return path

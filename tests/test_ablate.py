@@ -1,0 +1,294 @@
+"""Ablating parts of ΔW: the switch against hand-merged weights, cached sweeps against naive ones."""
+
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from relevance_lens import ablate
+from relevance_lens.ablate import (
+    SWEEPS, SweepConfig, Variant, build_variants, lora_parts, restart_plan, score_variants, sweep, switch_off,
+)
+from relevance_lens.data import Passage
+from relevance_lens.errors import InputError
+from relevance_lens.evalset import encode_pairs, ir_metrics, mean
+from relevance_lens.roles import MHA_ROLES, MLP_ROLES, role_of_module
+from relevance_lens.stats import holm, paired_randomization
+from dissectfix import DISSECT_FAMILIES, bare_reranker, lora_reranker, one_thread, tiny_evalset  # noqa: F401
+
+QUERY = "what is the capital of france"
+PASSAGES = [
+    Passage("d1", "paris", "paris is the capital of france"),
+    Passage("d2", "", "bananas are yellow fruit"),
+    Passage("d3", "python", "how do i sort a list in python use sorted"),
+]
+
+
+def _fused_rows(family: str, role: str) -> torch.Tensor:
+    """Hand-written q/k/v output rows of the tiny configs (hidden 32, 4 heads of 8)."""
+    i = "qkv".index(role)
+    if family == "gpt2":  # contiguous [q | k | v]
+        return torch.arange(32 * i, 32 * (i + 1))
+    # gpt_neox: per head [q k v], 24 rows per head
+    return torch.cat([torch.arange(24 * h + 8 * i, 24 * h + 8 * i + 8) for h in range(4)])
+
+
+def merged_reference(family: str, reranker, keep) -> torch.nn.Module:
+    """A plain model (no LoRA layers) whose weights are W + the kept parts of PEFT's own ΔW."""
+    plain = bare_reranker(family)
+    plain.score.load_state_dict(reranker.score.state_dict())
+    arch = reranker.architecture
+    with torch.no_grad():
+        for name, module in reranker.base_model.named_modules():
+            if not hasattr(module, "get_delta_weight"):
+                continue
+            layer, roles = role_of_module(arch, name)
+            delta = module.get_delta_weight("default")  # already in the base weight's layout
+            mask = torch.zeros_like(delta)
+            for role in roles:
+                if (layer, role) in keep:
+                    rows = _fused_rows(family, role) if len(roles) > 1 else slice(None)
+                    if arch.conv1d:
+                        mask[:, rows] = 1
+                    else:
+                        mask[rows] = 1
+            plain.base_model.get_submodule(name).weight += delta * mask
+    return plain.eval()
+
+
+MODES = {
+    "drop layer 1": lambda parts: parts - {p for p in parts if p[0] == 1},
+    "keep layer 2": lambda parts: {p for p in parts if p[0] == 2},
+    "drop q": lambda parts: {p for p in parts if p[1] != "q"},
+    "keep k": lambda parts: {p for p in parts if p[1] == "k"},
+    "keep v": lambda parts: {p for p in parts if p[1] == "v"},
+    "mha only": lambda parts: {p for p in parts if p[1] in MHA_ROLES},
+    "mlp only": lambda parts: {p for p in parts if p[1] in MLP_ROLES},
+    "drop L2.k": lambda parts: parts - {(2, "k")},
+    "keep L0.q + L3.down": lambda parts: {(0, "q"), (3, "down")} & parts,
+    "none": lambda parts: set(),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("family", DISSECT_FAMILIES)
+def test_switch_equals_hand_merged_weights(family, mode):
+    reranker = lora_reranker(family)
+    parts = lora_parts(reranker)
+    keep = frozenset(MODES[mode](parts))
+    full = torch.tensor(reranker.score_pairs(QUERY, PASSAGES))
+    with switch_off(reranker, keep):
+        switched = torch.tensor(reranker.score_pairs(QUERY, PASSAGES))
+    expected = torch.tensor(merged_reference(family, reranker, keep).score_pairs(QUERY, PASSAGES))
+    assert torch.allclose(switched, expected, rtol=1e-4, atol=1e-4), (switched, expected)
+    assert not torch.allclose(switched, full, atol=1e-3)  # the mode really removed something
+    assert torch.equal(torch.tensor(reranker.score_pairs(QUERY, PASSAGES)), full)  # and it was restored
+
+
+def test_switch_restores_weights_after_an_error():
+    reranker = lora_reranker("gpt_neox")
+    before = {k: v.clone() for k, v in reranker.state_dict().items()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with switch_off(reranker, frozenset()):
+            assert all(not v.any() for k, v in reranker.state_dict().items() if "lora_B" in k)
+            raise RuntimeError("boom")
+    after = reranker.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("family,targets,expected_roles", [
+    ("gpt_neox", "q", {"q"}),
+    ("gpt2", "k,v", {"k", "v"}),
+    ("gpt2", "mlp", {"up", "down"}),
+    ("llama", "up,gate", {"gate", "up"}),
+    ("llama", "all", {"q", "k", "v", "o", "gate", "up", "down"}),
+])
+def test_parts_of_an_adapter(family, targets, expected_roles):
+    parts = lora_parts(lora_reranker(family, targets=targets))
+    assert parts == {(layer, role) for layer in range(4) for role in expected_roles}
+
+
+@pytest.mark.parametrize("name,count,first", [
+    ("drop-layer", 4, ("-L0", 21)),
+    ("keep-layer", 4, ("L0", 7)),
+    ("window", 2, ("L0-2", 21)),
+    ("bottom-up", 4, ("L0-0", 7)),
+    ("top-down", 4, ("L0-3", 28)),
+    ("roles", 16, ("-q", 24)),
+    ("drop-layer-role", 28, ("-L0.q", 27)),
+    ("keep-layer-role", 28, ("L0.q", 1)),
+])
+def test_sweep_builders(name, count, first):
+    parts = frozenset((l, r) for l in range(4) for r in ("q", "k", "v", "o", "gate", "up", "down"))
+    variants = build_variants(name, parts, 4)
+    assert len(variants) == count
+    assert (variants[0].name, len(variants[0].keep)) == first
+    assert all(v.keep <= parts for v in variants)
+
+
+def test_unknown_sweep_and_empty_adapter_are_refused():
+    with pytest.raises(InputError, match="expected one of drop-layer"):
+        build_variants("layers", frozenset({(0, "q")}), 4)
+    with pytest.raises(InputError, match="no LoRA parts"):
+        build_variants("roles", frozenset(), 4)
+    with pytest.raises(InputError, match="between 1 and the 4 layers"):
+        build_variants("window", frozenset({(0, "q")}), 4, window=5)
+
+
+PARTS = frozenset((l, r) for l in range(4) for r in ("q", "up"))
+
+
+@pytest.mark.parametrize("keep,plan", [
+    (PARTS, ("full", 4)),
+    (frozenset(), ("base", 4)),
+    (PARTS - {(2, "up")}, ("full", 2)),
+    (frozenset({(2, "q"), (3, "q")}), ("base", 2)),
+    (PARTS - {(0, "q")}, ("full", 0)),
+    (frozenset({(0, "q")}), ("full", 0)),  # differs from both at layer 0: a full forward
+])
+def test_restart_plan(keep, plan):
+    assert restart_plan(keep, PARTS, 4) == plan
+
+
+@pytest.mark.parametrize("family", DISSECT_FAMILIES)
+def test_cached_sweeps_equal_naive(family):
+    """Every named sweep at once (one full and one base forward per batch serve all of them)."""
+    reranker = lora_reranker(family)
+    encoded = encode_pairs(reranker, tiny_evalset(depth=2), max_batch=6)
+    assert len(encoded.batches) > 1  # the cache really is per batch
+    parts = lora_parts(reranker)
+    variants = [Variant(f"{name}:{v.name}", v.keep) for name in SWEEPS for v in build_variants(name, parts, 4)]
+    cached, work, fallback = score_variants(reranker, variants, encoded, SweepConfig(cached=True))
+    naive, naive_work, _ = score_variants(reranker, variants, encoded, SweepConfig(cached=False))
+    assert fallback is None
+    assert naive_work.computed == naive_work.naive and work.computed < 0.75 * work.naive
+    assert len(naive) == len(variants) + 2
+    for key in naive:
+        assert cached[key] == pytest.approx(naive[key], abs=1e-4), key
+    assert len({round(s, 4) for s in cached["full"]}) > 1
+
+
+def test_work_accounting_of_a_drop_layer_sweep():
+    reranker = lora_reranker("llama")
+    encoded = encode_pairs(reranker, tiny_evalset(depth=3), max_batch=8)
+    variants = build_variants("drop-layer", lora_parts(reranker), 4)
+    _, work, _ = score_variants(reranker, variants, encoded, SweepConfig())
+    tokens = sum(encoded.tokens(b) for b in encoded.batches)
+    first = encoded.tokens(encoded.batches[0])
+    # full + base: 4 blocks each. -L1..-L3 restart from the full adapter at 1..3 (3+2+1 blocks);
+    # -L0 agrees with the *base* on layer 0 and restarts from it at 1 (3 blocks). One check: 2.
+    assert work.naive == (2 + 4) * 4 * tokens
+    assert work.computed == (8 + 3 + 3 + 2 + 1) * tokens + 2 * first
+
+
+def test_a_restart_that_breaks_falls_back_to_naive(monkeypatch):
+    from relevance_lens.hooks import start_at_layer
+
+    def broken(base_model, arch, layer, hidden):
+        return start_at_layer(base_model, arch, layer, hidden * 2)
+
+    reranker = lora_reranker("llama")
+    encoded = encode_pairs(reranker, tiny_evalset(depth=3), max_batch=8)
+    variants = build_variants("drop-layer", lora_parts(reranker), 4)
+    naive, _, _ = score_variants(reranker, variants, encoded, SweepConfig(cached=False))
+    monkeypatch.setattr(ablate, "start_at_layer", broken)
+    with pytest.warns(UserWarning, match="running every variant in full"):
+        scores, work, fallback = score_variants(reranker, variants, encoded, SweepConfig())
+    assert fallback is not None
+    assert all(scores[k] == pytest.approx(naive[k], abs=1e-5) for k in naive)
+
+
+def _relevant_score(evalset):
+    """A metric as any function of a run: the score margin of the relevant passage over the rest."""
+    def metric(run):
+        out = {}
+        for qid in evalset.query_ids:
+            docs = run.get(qid, {})
+            rel = [s for d, s in docs.items() if evalset.qrels[qid].get(d)]
+            rest = [s for d, s in docs.items() if not evalset.qrels[qid].get(d)]
+            out[qid] = (sum(rel) / len(rel) if rel else 0.0) - (sum(rest) / len(rest) if rest else 0.0)
+        return out
+    return metric
+
+
+def test_sweep_driver_reports_deltas_and_tests():
+    reranker = lora_reranker("llama")
+    evalset = tiny_evalset(depth=3)
+    encoded = encode_pairs(reranker, evalset, max_batch=8)
+    parts = lora_parts(reranker)
+    variants = [Variant("everything", parts), Variant("nothing", frozenset()), *build_variants("keep-layer", parts, 4)]
+    metrics = {**ir_metrics(evalset, ["RR@10"]), "margin": _relevant_score(evalset)}
+    result = sweep(reranker, variants, encoded, metrics, SweepConfig(permutations=2000), name="test")
+    by_name = {v.name: v for v in result.variants}
+    assert by_name["everything"].delta_full == {"RR@10": 0.0, "margin": 0.0}
+    assert by_name["everything"].p_full["margin"] == 1.0
+    assert by_name["nothing"].delta_base == {"RR@10": 0.0, "margin": 0.0}
+    assert by_name["nothing"].metrics["margin"] == pytest.approx(result.base["margin"])
+    assert result.full["margin"] != pytest.approx(result.base["margin"])
+    # The function-metric equals a direct computation from the scores.
+    direct = _relevant_score(evalset)(
+        {q: {d: s for (qq, d), s in zip(encoded.pairs, result.scores["L2"]) if qq == q} for q in evalset.query_ids}
+    )
+    assert by_name["L2"].metrics["margin"] == pytest.approx(mean(direct))
+    assert result.n_queries == 6 and by_name["L2"].layer == 2
+    assert all(0 < v.p_full[m] <= 1 for v in result.variants for m in metrics)
+
+
+def test_sweep_refuses_reserved_and_duplicate_names():
+    reranker = lora_reranker("llama")
+    encoded = encode_pairs(reranker, tiny_evalset(depth=3))
+    for variants in ([Variant("full", frozenset())], [Variant("a", frozenset()), Variant("a", frozenset())]):
+        with pytest.raises(InputError, match="unique"):
+            sweep(reranker, variants, encoded, {"m": lambda run: {}})
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("raw,adjusted", [
+    ([0.01, 0.04, 0.03], [0.03, 0.06, 0.06]),
+    ([0.2, 0.01], [0.2, 0.02]),
+    ([0.5, 0.6, 0.9], [1.0, 1.0, 1.0]),
+    ([], []),
+])
+def test_holm(raw, adjusted):
+    assert holm(raw) == pytest.approx(adjusted)
+
+
+def test_paired_randomization_matches_an_exact_permutation_test():
+    gen = torch.Generator().manual_seed(3)
+    a = (torch.rand(10, generator=gen) + 0.2).tolist()
+    b = torch.rand(10, generator=gen).tolist()
+    exact = scipy_stats.permutation_test(
+        (a, b), lambda x, y: sum(x) / len(x) - sum(y) / len(y), permutation_type="samples", n_resamples=float("inf")
+    ).pvalue
+    assert paired_randomization(a, b, permutations=20000) == pytest.approx(exact, abs=0.01)
+    assert paired_randomization(a, a) == 1.0
+    assert paired_randomization(a, b, seed=5) == paired_randomization(a, b, seed=5)
+
+
+@pytest.mark.slow
+def test_real_model_restarts_equal_full_forwards():
+    """SmolLM2-135M (30 layers, GQA, tied embeddings): cached restarts are exact in fp32, and the
+    lens's last layer is the model's own score."""
+    from relevance_lens.adapters import LoraSettings, attach_lora
+    from relevance_lens.evalset import faq_evalset
+    from relevance_lens.lens import layer_states
+    from relevance_lens.reranker import Reranker, RerankerConfig
+    from dissectfix import randomize_lora
+
+    reranker = Reranker.from_pretrained("smollm2-135m", config=RerankerConfig(model="smollm2-135m", max_length=64))
+    attach_lora(reranker, LoraSettings(rank=8, targets="all", dropout=0.0))
+    randomize_lora(reranker, scale=0.002)
+    reranker.eval()
+    encoded = encode_pairs(reranker, faq_evalset("test", depth=3, max_queries=2), max_batch=4)
+    parts = lora_parts(reranker)
+    by_name = {v.name: v for name in ("drop-layer", "window", "roles", "top-down") for v in build_variants(name, parts, 30)}
+    variants = [by_name[n] for n in ("-L0", "-L15", "-L29", "L10-12", "up", "L20-29")]
+    cached, work, fallback = score_variants(reranker, variants, encoded, SweepConfig())
+    naive, _, _ = score_variants(reranker, variants, encoded, SweepConfig(cached=False))
+    assert fallback is None and work.saved > 0.2
+    for key in naive:
+        assert cached[key] == pytest.approx(naive[key], abs=1e-4), key
+    assert cached["-L15"] != pytest.approx(cached["full"], abs=1e-4)
+    lens = layer_states(reranker, encoded).scores
+    assert lens[:, -1].tolist() == pytest.approx(cached["full"], abs=1e-4)

@@ -1,0 +1,147 @@
+"""The analyses end to end on a fake training run of a tiny model, through the store and the CLI."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from relevance_lens import analyze
+from relevance_lens.adapters import LoraSettings, attach_lora
+from relevance_lens.analyze import analyze_ablate, analyze_checkpoints, analyze_lens, analyze_weights, describe_adapter
+from relevance_lens.cli import app
+from relevance_lens.data import write_corpus, write_qrels, write_queries, write_run
+from relevance_lens.errors import InputError
+from relevance_lens.evalset import encode_pairs, ir_metrics, mean, run_from_scores, score_encoded
+from relevance_lens.reranker import Reranker
+from relevance_lens.score import ScoreConfig
+from relevance_lens.store import Store
+from dissectfix import one_thread, randomize_lora, tiny_evalset  # noqa: F401
+from tiny import save_tiny
+
+FP32 = ScoreConfig(depth=3, dtype="fp32", device="cpu")
+METRICS = ["RR@10", "nDCG@10"]
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    """RUN/checkpoint-5, checkpoint-10, final (= step 10) and a head-only BASELINE/final."""
+    root = tmp_path_factory.mktemp("analyze")
+    base = save_tiny("llama", root / "base")
+    record = {"config": {"model": str(base), "rank": 2, "targets": "all"}}
+    run = root / "r2-all"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps(record))
+    reranker = Reranker.from_pretrained(str(base))
+    attach_lora(reranker, LoraSettings(rank=2, targets="all", dropout=0.0))
+    for step, seed in ((5, 1), (10, 2)):
+        randomize_lora(reranker, seed=seed)
+        reranker.save(run / f"checkpoint-{step}", extra={"run": record, "step": step})
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    reranker.save(run / "final", extra={"run": record, "step": 10})
+    head_only = Reranker.from_pretrained(str(base))
+    randomize_lora(head_only, seed=3)
+    head_only.save(root / "head-only" / "final", extra={"run": {"config": {**record["config"], "targets": "none"}}})
+    return {"root": root, "run": run, "baseline": root / "head-only"}
+
+
+def test_describe_adapter(fake_run):
+    info = describe_adapter(fake_run["run"] / "checkpoint-5")
+    assert (info.run, info.checkpoint, info.rank, info.targets) == ("r2-all", "checkpoint-5", 2, "all")
+    base = describe_adapter(fake_run["baseline"] / "final")
+    assert (base.run, base.checkpoint, base.rank, base.targets) == ("head-only", "final", None, "none")
+    with pytest.raises(InputError, match="no score_head.safetensors"):
+        describe_adapter(fake_run["root"] / "base")
+
+
+def _direct(folder, evalset):
+    """Metrics of an adapter scored the ordinary way, to check the analyses against."""
+    reranker = Reranker.from_pretrained(adapter=folder).eval()
+    encoded = encode_pairs(reranker, evalset)
+    run = run_from_scores(encoded.pairs, score_encoded(reranker, encoded))
+    return {m: mean(fn(run)) for m, fn in ir_metrics(evalset, METRICS).items()}
+
+
+def test_checkpoints_with_bm25_and_baseline_and_rerun_skips(fake_run, tmp_path, monkeypatch):
+    evalset = tiny_evalset()
+    store = Store(tmp_path / "results.sqlite")
+    rows = analyze_checkpoints(fake_run["run"], evalset, METRICS, baseline_run_dir=fake_run["baseline"], store=store, score=FP32)
+    got = {(r["run"], r["checkpoint"], r["metric"]): r for r in rows}
+    assert {(run, c) for run, c, _ in got} == {
+        ("r2-all", "bm25"), ("r2-all", "checkpoint-5"), ("r2-all", "checkpoint-10"), ("r2-all", "final"), ("head-only", "final")
+    }
+    final = _direct(fake_run["run"] / "final", evalset)
+    assert got["r2-all", "final", "RR@10"]["value"] == pytest.approx(final["RR@10"], abs=1e-6)
+    assert got["r2-all", "checkpoint-10", "nDCG@10"]["value"] == pytest.approx(final["nDCG@10"], abs=1e-6)
+    assert got["head-only", "final", "RR@10"]["value"] == pytest.approx(_direct(fake_run["baseline"] / "final", evalset)["RR@10"])
+    bm25 = {m: mean(fn(evalset.first_stage())) for m, fn in ir_metrics(evalset, METRICS).items()}
+    assert got["r2-all", "bm25", "RR@10"]["value"] == pytest.approx(bm25["RR@10"])
+    assert 0 < got["r2-all", "final", "RR@10"]["p_value"] <= 1
+
+    scored = []
+    monkeypatch.setattr(analyze, "_score_folders", lambda items, *a: scored.extend(items) or [])
+    again = analyze_checkpoints(fake_run["run"], evalset, METRICS, baseline_run_dir=fake_run["baseline"], store=store, score=FP32)
+    assert scored == [] and len(again) == len(rows) and len(store.rows()) == len(rows)
+
+
+def test_ablate_rows_agree_with_the_checkpoint_scores(fake_run, tmp_path, monkeypatch):
+    evalset = tiny_evalset()
+    store = Store(tmp_path / "results.sqlite")
+    rows = analyze_ablate(fake_run["run"] / "final", evalset, ["drop-layer", "roles"], METRICS, store=store, score=FP32)
+    by = {(r["analysis"], r["variant"], r["metric"]): r for r in rows}
+    final = _direct(fake_run["run"] / "final", evalset)
+    assert by["ablate:drop-layer", "full", "RR@10"]["value"] == pytest.approx(final["RR@10"], abs=1e-6)
+    assert by["ablate:drop-layer", "-L2", "RR@10 Δfull"]["value"] == pytest.approx(
+        by["ablate:drop-layer", "-L2", "RR@10"]["value"] - final["RR@10"], abs=1e-6)
+    assert by["ablate:drop-layer", "-L2", "RR@10"]["layer"] == 2 and by["ablate:roles", "-up", "RR@10"]["role"] == "up"
+    assert by["ablate:drop-layer", None, "work_saved"]["value"] > 0.2
+    assert by["ablate:roles", None, "work_saved"]["value"] == 0.0
+    assert len(store.rows()) == len(rows)
+    monkeypatch.setattr("relevance_lens.ablate.sweep", lambda *a, **k: pytest.fail("should have been skipped"))
+    assert len(analyze_ablate(fake_run["run"] / "final", evalset, ["drop-layer"], METRICS, store=store, score=FP32)) == len(
+        [r for r in rows if r["analysis"] == "ablate:drop-layer"])
+
+
+def test_weights_of_a_run_compare_each_checkpoint_with_final(fake_run, tmp_path):
+    rows = analyze_weights(fake_run["run"], store=Store(tmp_path / "results.sqlite"))
+    weights = [r for r in rows if r["analysis"] == "weights" and r["metric"] == "frobenius"]
+    assert {r["checkpoint"] for r in weights} == {"checkpoint-5", "checkpoint-10", "final"}
+    assert len(weights) == 3 * 28 and all(r["value"] > 0 for r in weights)
+    phi = {(r["checkpoint"], r["layer"], r["role"]): r["value"] for r in rows if r["metric"] == "phi_mean"}
+    assert all(v == pytest.approx(1.0) for (c, _, _), v in phi.items() if c == "checkpoint-10")  # same weights as final
+    assert all(v < 0.99 for (c, _, _), v in phi.items() if c == "checkpoint-5")
+    assert {r["variant"] for r in rows if r["analysis"] == "subspace"} == {"r2-all/final"}
+
+
+def test_lens_rows_end_at_the_models_metric(fake_run, tmp_path):
+    evalset = tiny_evalset()
+    store = Store(tmp_path / "results.sqlite")
+    rows = analyze_lens(fake_run["run"] / "final", evalset, METRICS, store=store, score=FP32)
+    head = {(r["layer"], r["metric"]): r["value"] for r in rows if r["variant"] == "head"}
+    assert sorted({layer for layer, _ in head}) == [0, 1, 2, 3, 4]
+    final = _direct(fake_run["run"] / "final", evalset)
+    assert head[4, "RR@10"] == pytest.approx(final["RR@10"], abs=1e-6)
+    frozen = analyze_lens(fake_run["run"] / "final", evalset, METRICS, adapter_off=True, store=store, score=FP32)
+    base = analyze_ablate(fake_run["run"] / "final", evalset, ["keep-layer"], METRICS, score=FP32)
+    base_rr = next(r["value"] for r in base if r["variant"] == "base" and r["metric"] == "RR@10")
+    assert next(r["value"] for r in frozen if r["layer"] == 4 and r["metric"] == "RR@10") == pytest.approx(base_rr, abs=1e-6)
+
+
+def test_cli_analyze_commands(fake_run, tmp_path):
+    evalset = tiny_evalset()
+    files = {"queries": tmp_path / "q.tsv", "qrels": tmp_path / "qrels.txt", "corpus": tmp_path / "c.jsonl", "run": tmp_path / "bm25.run"}
+    write_queries(evalset.queries, files["queries"])
+    write_qrels(evalset.qrels, files["qrels"])
+    write_corpus(evalset.corpus, files["corpus"])
+    write_run(evalset.run, files["run"])
+    eval_args = [a for k, v in files.items() for a in (f"--{k}", str(v))] + ["--depth", "3", "--dtype", "fp32"]
+    db = tmp_path / "results.sqlite"
+    runner = CliRunner()
+    result = runner.invoke(app, ["analyze", "ablate", str(fake_run["run"] / "final"), "--sweep", "top-down", "--store", str(db), *eval_args])
+    assert result.exit_code == 0, result.output
+    assert "L2-3" in result.output and Store(db).has("r2-all", "ablate:top-down")
+    result = runner.invoke(app, ["analyze", "weights", str(fake_run["run"] / "final"), "--store", str(db)])
+    assert result.exit_code == 0 and "||ΔW||_F (effective rank)" in result.output
+    result = runner.invoke(app, ["analyze", "ablate", str(fake_run["run"] / "final"), "--sweep", "layers", "--store", str(db), *eval_args])
+    assert isinstance(result.exception, InputError) and "expected one of drop-layer" in str(result.exception)
+    result = runner.invoke(app, ["analyze", "lens", str(fake_run["run"] / "final"), "--split", "dev", "--queries", str(files["queries"])])
+    assert isinstance(result.exception, InputError) and "not both" in str(result.exception)

@@ -1,0 +1,142 @@
+"""Smoke versions of the benchmarks (tiny model, few items): correctness and output files, never timings."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import save_tiny, tiny_reranker
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_scoring  # noqa: E402
+import common  # noqa: E402
+import peers  # noqa: E402
+
+from relevance_lens.data import Passage  # noqa: E402
+
+# Byte-level tiny tokenizer: FAQ queries run to ~100 tokens. The peers truncate a pair
+# longest-first (both halves when both exceed half the budget), we truncate the end; 400 tokens
+# keeps every query under half, where the two agree (the token-id check would stop a mismatch).
+TINY_ARGS = ["--max-length", "400", "--queries", "2", "--depth", "3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    return save_tiny("llama", tmp_path_factory.mktemp("tiny") / "llama")
+
+
+# ---------------------------------------------------------------- fast: the checks themselves
+
+
+def test_ranking_check_fails_loudly():
+    pairs = [("q", "a"), ("q", "b"), ("q", "c")]
+    reference = [3.0, 2.0, 1.0]
+    assert bench_scoring.compare("same", "fp32", pairs, reference, [3.0, 2.0, 1.0])["ranking_flips"] == 0
+    with pytest.raises(common.BenchmarkError, match="disagrees"):
+        bench_scoring.compare("swapped", "bf16", pairs, reference, [1.0, 2.0, 3.0])
+    with pytest.raises(common.BenchmarkError, match="disagrees"):
+        bench_scoring.compare("off", "fp32", pairs, reference, [3.0, 2.0, 1.1])
+
+
+def test_token_id_check_fails_loudly():
+    with pytest.raises(common.BenchmarkError, match="other token ids"):
+        peers.check_same_inputs([[1, 2, 3]], {"peer": [[1, 2, 4]]})
+    peers.check_same_inputs([[1, 2, 3]], {"peer": [[1, 2, 3]]})
+
+
+def test_pair_tokenizer_reproduces_our_ids():
+    reranker = tiny_reranker("llama")
+    passages = [Passage("d1", "perl", "regular expressions match text"), Passage("d2", "", "apt installs packages")]
+    pairs = [peers.split_pair(reranker, "how do i sort", p) for p in passages]
+    ours = reranker.tokenize([reranker.format("how do i sort", p) for p in passages])
+    with_eos = peers.pair_tokenizer(reranker.tokenizer, append_eos=True)
+    got = [with_eos(a, b)["input_ids"] for a, b in pairs]
+    assert got == ours
+    assert peers.tevatron_ids(peers.pair_tokenizer(reranker.tokenizer, append_eos=False), pairs, 128) == ours
+    assert peers.pad_token_id(reranker.tokenizer) != reranker.tokenizer.eos_token_id
+
+
+def test_forward_flops_counts_dense_and_attention():
+    reranker = tiny_reranker("llama")
+    flops = bench_scoring.forward_flops(reranker, [10, 20])
+    embed = reranker.base_model.get_input_embeddings().weight.numel()
+    params = sum(p.numel() for p in reranker.base_model.parameters()) - embed
+    assert flops["dense"] == 2 * params * 30
+    assert flops["attention"] == 2 * 4 * 4 * 8 * (10**2 + 20**2)  # layers, heads, head_dim
+    assert flops["total"] == flops["dense"] + flops["attention"]
+
+
+def test_write_result_refreshes_readme_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:x -->\nold\n<!-- /results:x -->\noutro\n")
+    common.write_result("x", {"a": 1}, "| new |", tmp_path / "results", readme)
+    assert readme.read_text() == "intro\n<!-- results:x -->\n| new |\n<!-- /results:x -->\noutro\n"
+    assert json.loads((tmp_path / "results" / "x.json").read_text()) == {"a": 1}
+
+
+def test_child_peak_rss_is_the_childs_own():
+    code = "import sys; sys.path.insert(0, %r); import common; x = bytearray(300 * 2**20); x[::4096] = b'a' * len(x[::4096]); common.report_peak_rss()"  # noqa: E501
+    small, _ = common.child_peak_rss([sys.executable, "-c", code.replace("300", "1") % str(BENCH)])
+    large, _ = common.child_peak_rss([sys.executable, "-c", code % str(BENCH)])
+    assert large - small > 250 * 2**20
+
+
+# ---------------------------------------------------------------- slow: each benchmark end to end
+
+
+def _load(results: Path, name: str) -> dict:
+    record = json.loads((results / f"{name}.json").read_text())
+    assert {"machine", "config", "ratios"} <= set(record)
+    assert {"bf16", "fp32"} == set(record["machine"]["matmul_gflops"])
+    assert (results / f"{name}.md").is_file()
+    return record
+
+
+@pytest.mark.slow
+def test_machine_smoke(tmp_path):
+    import machine
+
+    machine.main(["--results", str(tmp_path)])
+    _load_machine = json.loads((tmp_path / "machine.json").read_text())
+    assert _load_machine["machine"]["cores"] >= 1
+
+
+@pytest.mark.slow
+def test_scoring_smoke(tiny_folder, tmp_path):
+    bench_scoring.main(["--model", str(tiny_folder), *TINY_ARGS, "--check-queries", "1", "--results", str(tmp_path),
+                        "--systems", "relevance-lens,rl: + merged + shared prefix,CrossEncoder fp32,Tevatron loop fp32"])
+    record = _load(tmp_path, "scoring")
+    names = {r["system"] for r in record["systems"]}
+    assert names == {"relevance-lens", "rl: + merged + shared prefix", "CrossEncoder fp32", "Tevatron loop fp32"}
+    assert all(r["check"]["ranking_flips"] == 0 for r in record["systems"])
+    assert all(r["peak_rss_bytes"] > 0 for r in record["systems"])
+    assert {c["system"] for c in record["checks"]} >= names
+    assert {"vs_plain_loop_best", "vs_crossencoder_best", "fraction_of_bf16_matmul"} == set(record["ratios"])
+
+
+@pytest.mark.slow
+def test_training_smoke(tiny_folder, tmp_path):
+    import bench_training
+
+    bench_training.main(["--model", str(tiny_folder), "--steps", "2", "--queries", "2", "--group-size", "3",
+                         "--max-length", "400", "--no-memory", "--results", str(tmp_path)])
+    record = _load(tmp_path, "training")
+    assert [r["system"] for r in record["systems"]] == ["relevance-lens", "CrossEncoderTrainer"]
+    assert abs(record["check"]["relevance_lens"] - record["check"]["crossencoder"]) <= record["check"]["tolerance"]
+    assert all(len(r["step_seconds"]) == 1 for r in record["systems"])
+
+
+@pytest.mark.slow
+def test_sweep_smoke(tiny_folder, tmp_path):
+    import bench_sweep
+
+    bench_sweep.main(["--model", str(tiny_folder), *TINY_ARGS, "--results", str(tmp_path)])
+    record = _load(tmp_path, "sweep")
+    cached, naive = (next(r for r in record["modes"] if r["mode"] == m) for m in ("cached", "naive"))
+    assert cached["work_computed"] < naive["work_computed"] == cached["work_naive"]
+    assert record["check"]["max_abs_diff"] <= record["check"]["tolerance"]
+    assert all(r["peak_rss_bytes"] > 0 for r in record["modes"])

@@ -1,0 +1,392 @@
+"""Studies: a tiny grid run end to end, killed and resumed, sharded and merged; the packaged
+studies resolve without weights or network; bad study files fail before any training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from tiny import save_tiny
+from trainfix import write_collection
+
+from relevance_lens import study as st
+from relevance_lens.errors import InputError
+from relevance_lens.train import complete_checkpoints
+
+STUDY = """
+[study]
+name = "tiny"
+models = ["{model}"]
+ranks = [1, 2]
+targets = ["mha", "mlp"]
+seeds = [0]
+
+[train]
+data = "files"
+queries = "{queries}"
+qrels = "{qrels}"
+corpus = "{corpus}"
+negatives_run = "{negatives_run}"
+group_size = 4
+queries_per_device = 2
+max_steps = 24
+save_steps = [3, 6]
+lr = 1e-2
+max_length = 64
+precision = "fp32"
+warmup_steps = 0
+logging_steps = 1
+
+[baseline_train]
+max_steps = 6
+save_steps = [3]
+
+[evals.tiny]
+queries = "{queries}"
+qrels = "{qrels}"
+corpus = "{corpus}"
+run = "{negatives_run}"
+depth = 4
+
+[analyses.checkpoints]
+
+[analyses.ablate]
+sweeps = ["drop-layer", "roles", "drop-layer-role"]
+permutations = {permutations}
+
+[analyses.weights]
+vs_rank = 2
+
+[analyses.lens]
+adapter_off = true
+
+[scoring]
+dtype = "fp32"
+device = "cpu"
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """Writes study files for the tiny grid: ``make(name, **format overrides) -> path``."""
+    root = tmp_path_factory.mktemp("study")
+    paths = write_collection(root)
+    paths["model"] = str(save_tiny("llama", root / "model"))
+
+    def make(name: str = "tiny.toml", text: str = STUDY, **overrides) -> Path:
+        for key, value in {**paths, "permutations": 200, **overrides}.items():
+            text = text.replace("{" + key + "}", str(value))
+        path = root / name
+        path.write_text(text)
+        return path
+
+    make.root = root
+    return make
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread, in this process and in subprocesses: float sums in one fixed order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(study_path: Path, workdir: Path, shard=None, store=None) -> tuple[Path, dict]:
+    spec = st.load_study(study_path)
+    workdir, store = st.default_paths(spec, workdir, store, shard)
+    counts = st.run_study(spec, st.RunOptions(workdir=workdir, store=store, shard=shard, progress=False), Console(quiet=True))
+    return store, counts
+
+
+def _rows(store: Path) -> list[tuple]:
+    """Every row minus its timestamp, sorted."""
+    with closing(sqlite3.connect(store)) as conn:
+        cursor = conn.execute("SELECT * FROM results")
+        names = [d[0] for d in cursor.description]
+        rows = [tuple(v for n, v in zip(names, row) if n != "created") for row in cursor.fetchall()]
+    return sorted(rows, key=repr)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_study, tmp_path_factory):
+    """The tiny grid run once, uninterrupted."""
+    torch.set_num_threads(1)
+    work = tmp_path_factory.mktemp("reference")
+    started = time.perf_counter()
+    store, counts = _run(tiny_study(), work)
+    return {"work": work, "store": store, "counts": counts, "seconds": time.perf_counter() - started}
+
+
+# ---------------------------------------------------------------- the grid
+
+
+@pytest.mark.slow
+def test_grid_cells_rows_and_rerun_skips(reference, tiny_study):
+    assert reference["counts"]["cells"] == 23  # 5 runs; 4 analyses per LoRA run, 2 for the head-only run
+    rows = _rows(reference["store"])
+    analyses = {r[5] for r in rows}
+    assert {"train", "checkpoints", "ablate:drop-layer", "ablate:roles", "ablate:drop-layer-role", "weights", "subspace", "lens", "study"} <= analyses
+    runs = sorted(p.name for p in (reference["work"] / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 5 and sum("-head-" in r for r in runs) == 1
+    for run in runs:
+        assert (reference["work"] / "runs" / run / "final" / "score_head.safetensors").is_file()
+    # The train rows carry the exact config of each run.
+    with closing(sqlite3.connect(reference["store"])) as conn:
+        configs = [json.loads(c) for (c,) in conn.execute("SELECT config_json FROM results WHERE analysis='train' AND metric='steps'")]
+    assert sorted(c["train"]["rank"] for c in configs if c["train"]["targets"] != "none") == [1, 1, 2, 2]
+    again = _run(tiny_study(), reference["work"])[1]
+    assert again["ran"] == 0 and again["skipped"] == 23
+    assert _rows(reference["store"]) == rows
+
+
+@pytest.mark.slow
+def test_report_of_a_real_study_has_every_section(reference, tmp_path):
+    from relevance_lens.report import write_report
+
+    text = write_report(reference["store"], tmp_path / "report.html").read_text()
+    for section in ("checkpoints", "ranks", "targets", "layer-heatmap", "layer-sweeps", "roles", "weights", "lens", "configs"):
+        body = text.split(f'<section id="{section}">', 1)[1].split("</section>", 1)[0]
+        assert 'class="note"' not in body, section
+    assert text.count("data:image/png;base64,") >= 8
+
+
+@pytest.mark.slow
+def test_changed_setting_makes_cells_pending(reference, tiny_study):
+    changed = st.load_study(tiny_study("changed.toml", permutations=300))
+    store = st.Store(reference["store"])
+    states = {(c.kind, c.what, c.run): st.status(c, reference["work"], store) for c in st.expand(changed)}
+    pending = {k for k, s in states.items() if s != "done"}
+    assert pending and all(what.startswith("ablate") for _, what, _ in pending)
+    assert sum(1 for k in states if k[0] == "train" and states[k] == "done") == 5
+    # A training setting changes the run (a new folder), so its cells are all pending.
+    lr = st.load_study(tiny_study("lr.toml", text=STUDY.replace("lr = 1e-2", "lr = 2e-2")))
+    lora_trains = [c for c in st.expand(lr) if c.kind == "train" and "-head-" not in c.run]
+    assert all(st.status(c, reference["work"], store) == "pending" for c in lora_trains)
+
+
+@pytest.mark.slow
+def test_added_metric_is_computed_not_skipped(reference, tiny_study, tmp_path):
+    import shutil
+
+    work = tmp_path / "copy"
+    shutil.copytree(reference["work"], work)
+    only_checkpoints = STUDY[: STUDY.index("[analyses.ablate]")] + "[scoring]\ndtype = \"fp32\"\ndevice = \"cpu\"\n"
+    text = only_checkpoints.replace("depth = 4", "depth = 4\nmetrics = [\"nDCG@10\", \"RR@10\", \"P@1\"]")
+    store, counts = _run(tiny_study("p1.toml", text=text), work)
+    assert counts["ran"] == 5 and counts["skipped"] == 5  # trainings done; the checkpoint analyses rerun
+    with closing(sqlite3.connect(store)) as conn:
+        runs = {r for (r,) in conn.execute("SELECT DISTINCT run FROM results WHERE analysis='checkpoints' AND metric='P@1' AND checkpoint='final'")}
+    assert len(runs) == 5
+
+
+def _mid_training(work: Path, store: Path) -> bool:
+    """Some results are stored and some run is between its first checkpoint and final/."""
+    if not store.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(store, timeout=0.1)) as conn:
+            if not conn.execute("SELECT 1 FROM results WHERE analysis='checkpoints' LIMIT 1").fetchone():
+                return False
+    except sqlite3.Error:
+        return False
+    runs = work / "runs"
+    return any(complete_checkpoints(r) and not (r / "final").exists() for r in runs.iterdir() if r.is_dir()) if runs.is_dir() else False
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_uninterrupted(reference, tiny_study, tmp_path):
+    study_path = tiny_study()
+    work = tmp_path / "killed"
+    store = work / "results.sqlite"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "relevance_lens", "study", "run", str(study_path), "--workdir", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not _mid_training(work, store):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the study finished before it could be killed"
+    unfinished = [r.name for r in (work / "runs").iterdir() if r.is_dir() and not (r / "final").exists()]
+    assert unfinished, "expected a run killed mid-training"
+    counts = _run(study_path, work)[1]
+    assert counts["skipped"] >= 1 and counts["ran"] >= 1
+    assert _rows(store) == _rows(reference["store"])
+
+
+@pytest.mark.slow
+def test_shards_then_merge_equal_one_run(reference, tiny_study, tmp_path):
+    study_path = tiny_study()
+    cells = st.expand(st.load_study(study_path))
+    # Pick a shard count that splits this grid's runs (their hashes depend on the tmp paths).
+    n = next(n for n in (2, 3, 4, 5) if len({st.shard_of(c, n) for c in cells}) > 1)
+    stores = []
+    for i in range(n):  # separate work folders, as on separate machines
+        store, counts = _run(study_path, tmp_path / f"shard{i}", shard=(i, n))
+        if counts["cells"]:
+            stores.append(store)
+    assert len(stores) > 1
+    assert all(0 < len(_rows(s)) < len(_rows(reference["store"])) for s in stores)
+    merged = tmp_path / "merged.sqlite"
+    st.merge_stores(merged, stores)
+    assert _rows(merged) == _rows(reference["store"])
+
+
+def test_shard_assignment_is_stable_and_keeps_runs_together(tiny_study):
+    cells = st.expand(st.load_study(tiny_study()))
+    for n in (2, 3):
+        parts = [st.select(cells, (i, n)) for i in range(n)]
+        owned = [[c for c in part if st.shard_of(c, n) == i] for i, part in enumerate(parts)]
+        assert sorted(c.id for part in owned for c in part) == sorted(c.id for c in cells)
+        for i, part in enumerate(parts):
+            trained = {c.run for c in part if c.kind == "train"}
+            assert all(set(c.needs) <= trained for c in part if c.kind == "analyze")
+            assert all(st.shard_of(c, n) == i for c in part if c.kind == "analyze")
+    assert [c.id for c in st.select(cells, (0, 2))] == [c.id for c in st.select(st.expand(st.load_study(tiny_study())), (0, 2))]
+
+
+@pytest.mark.parametrize("text", ["1", "2/2", "-1/2", "a/b", "0/0"])
+def test_bad_shard(text):
+    with pytest.raises(InputError, match="--shard"):
+        st.parse_shard(text)
+
+
+# ---------------------------------------------------------------- dry runs, no weights
+
+
+@pytest.fixture
+def no_weights_no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run must not load weights or touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr("relevance_lens.models.resolve_model", refuse)
+    monkeypatch.setattr("relevance_lens.models.load_backbone", refuse)
+    monkeypatch.setattr("transformers.AutoModel.from_pretrained", refuse)
+    monkeypatch.setattr("transformers.AutoConfig.from_pretrained", refuse)
+
+
+def test_paper_dry_run_resolves_every_cell(no_weights_no_network, tmp_path):
+    spec = st.load_study("paper")
+    text = tmp_path / "out.txt"
+    with open(text, "w") as fh:
+        listed = st.dry_run(spec, st.RunOptions(workdir=tmp_path / "w", store=tmp_path / "w" / "r.sqlite"), Console(file=fh, width=250))
+    out = text.read_text()
+    trains = [c for c, _ in listed if c.kind == "train"]
+    assert len(trains) == 3 * 4 * 3 + 3  # models x ranks x targets, + a head-only run per model
+    assert {c.config["train"]["targets"] for c in trains} == {"mha", "mlp", "all", "none"}
+    assert all(c.config["train"]["queries_per_device"] * c.config["train"]["grad_accum"] == 128 for c in trains)
+    assert all(s == "pending" for _, s in listed)
+    for name, family in (("mistralai/Mistral-7B-v0.1", "mistral"), ("meta-llama/Llama-3.1-8B", "llama"), ("EleutherAI/pythia-6.9b", "gpt_neox")):
+        assert f"model {name}: family {family}, 32 layers, hidden 4096 (from the built-in table of hub ids)" in out
+    assert "built-in table of hub ids" in out
+    ablate = [c for c, _ in listed if c.what == "ablate on dl19" and c.run.startswith("pythia-6.9b-r8-mlp")]
+    # Pythia's MLP is up + down (no gate): 32 drop-layer + 28 windows + 4 role + 64 layer-role variants, + full and base per sweep.
+    assert ablate and ablate[0].cost.startswith("136 passes")
+
+
+def test_embedded_studies_dry_run_without_dequantizing(no_weights_no_network, tmp_path):
+    for name, runs in (("demo", 2), ("embedded-grid", 2 * 4 * 3 + 2)):
+        spec = st.load_study(name)
+        listed = st.dry_run(spec, st.RunOptions(workdir=tmp_path / name, store=tmp_path / name / "r.sqlite"), Console(quiet=True))
+        assert sum(c.kind == "train" for c, _ in listed) == runs
+    demo = st.expand(st.load_study("demo"))
+    assert [c.what for c in demo if c.kind == "analyze" and "-head-" not in c.run] == ["checkpoints on dev", "ablate on dev", "weights", "lens on dev"]
+
+
+def test_hub_model_family_from_the_study_file():
+    info = st.model_info(st.ModelSpec(name="acme/unknown-7b", family="mistral"))
+    assert (info.family, info.source) == ("mistral", "study file (family =)")
+
+
+# ---------------------------------------------------------------- bad study files
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (("[study]", "[study]\nmodles = []"), r"\[study\]: unknown key\(s\) modles"),
+        (("[train]", "[train]\nrnak = 4"), r"unknown training setting\(s\) rnak"),
+        (("[train]", "[train]\nrank = 4"), "rank is set by the study, not here; use ranks"),
+        (("ranks = [1, 2]", "ranks = [0, 2]"), "rank 0 is impossible"),
+        (("ranks = [1, 2]", "ranks = [4096, 2]"), "rank 4096 is impossible for hidden size 32"),
+        (("targets = [\"mha\", \"mlp\"]", "targets = [\"mha\", \"attention\"]"), "unknown role or preset 'attention'"),
+        (("models = [", "models = [\"acme/unknown-7b\", "), "acme/unknown-7b: unknown model family"),
+        (("models = [", "models = [{name = \"acme/x-7b\", family = \"bogus\"}, "), "family 'bogus' has no role table"),
+        (("sweeps = [", "sweeps = [\"drop-everything\", "), r"unknown sweep\(s\) drop-everything"),
+        (("[analyses.lens]", "[analyses.lens]\nevals = [\"dev\"]"), "eval set 'dev' is not defined"),
+        (("[scoring]", "[scoring]\nbatch_tokens = 4"), "batch_tokens must be >= 16"),
+        (("depth = 4", "depth = 4\nsplit = \"dev\""), "give exactly one of split"),
+        (("[study]", "[stuff]\nx = 1\n[study]"), r"unknown table\(s\) stuff"),
+    ],
+)
+def test_bad_study_fails_before_training(tiny_study, tmp_path, edit, message):
+    text = STUDY.replace(*edit, 1)
+    assert text != STUDY
+    path = tiny_study("bad.toml", text=text)
+    with pytest.raises(InputError, match=message):
+        _run(path, tmp_path / "w")
+    assert not (tmp_path / "w" / "runs").exists()
+
+
+def test_cli_error_is_one_line_with_exit_code_2(tiny_study, tmp_path):
+    path = tiny_study("bad-cli.toml", text=STUDY.replace("[train]", "[train]\nrnak = 4"))
+    result = subprocess.run([sys.executable, "-m", "relevance_lens", "study", "run", str(path), "--workdir", str(tmp_path / "w")],
+                            check=False, capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "[train]: unknown training setting(s) rnak" in lines[0]
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_dry_run_and_merge_errors(no_weights_no_network, tmp_path):
+    from typer.testing import CliRunner
+
+    from relevance_lens.cli import app
+
+    result = CliRunner().invoke(app, ["study", "run", "paper", "--dry-run", "--workdir", str(tmp_path / "w"), "--shard", "1/3"])
+    assert result.exit_code == 0, result.output
+    assert "shard 1/3" in result.output and "training runs" in result.output
+    assert not (tmp_path / "w").exists()  # a dry run writes nothing
+    result = CliRunner().invoke(app, ["study", "merge", str(tmp_path / "out.sqlite"), str(tmp_path / "missing.sqlite")])
+    assert isinstance(result.exception, InputError) and "no such store" in str(result.exception)
+
+
+def test_ir_datasets_eval_set_fetches_only_the_reranked_passages(monkeypatch):
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    Query, Qrel, Scored, Doc = (namedtuple(n, f) for n, f in (("Query", "query_id text"), ("Qrel", "query_id doc_id relevance iteration"),
+                                                              ("Scored", "query_id doc_id score"), ("Doc", "doc_id text")))
+    fetched = []
+
+    class Store:
+        def get_many(self, ids):
+            fetched.extend(ids)
+            return {d: Doc(d, f"text of {d}") for d in ids}
+
+    dataset = SimpleNamespace(
+        has_scoreddocs=lambda: True,
+        queries_iter=lambda: iter([Query("1", "judged query"), Query("2", "unjudged query")]),
+        qrels_iter=lambda: iter([Qrel("1", "d3", 2, "0")]),
+        scoreddocs_iter=lambda: iter([Scored("1", f"d{i}", 10.0 - i) for i in range(6)] + [Scored("2", "d9", 1.0)]),
+        docs_store=lambda: Store(),
+    )
+    monkeypatch.setitem(sys.modules, "ir_datasets", SimpleNamespace(load=lambda name: dataset))
+    evalset = st.build_evalset({"name": "dl", "ir_datasets": "msmarco-passage/trec-dl-2019", "depth": 4, "max_queries": None})
+    assert evalset.name == "dl" and evalset.query_ids == ["1"]
+    assert sorted(fetched) == ["d0", "d1", "d2", "d3"]
+    assert evalset.pairs() == [("1", "d0"), ("1", "d1"), ("1", "d2"), ("1", "d3")] and evalset.corpus["d3"].text == "text of d3"
