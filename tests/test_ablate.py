@@ -292,3 +292,13 @@ def test_real_model_restarts_equal_full_forwards():
     assert cached["-L15"] != pytest.approx(cached["full"], abs=1e-4)
     lens = layer_states(reranker, encoded).scores
     assert lens[:, -1].tolist() == pytest.approx(cached["full"], abs=1e-4)
+
+
+@pytest.mark.parametrize("n,width,stride,starts", [(30, 6, 3, [0, 3, 6, 9, 12, 15, 18, 21, 24]), (10, 4, 4, [0, 4, 6]), (5, 2, 1, [0, 1, 2, 3])])
+def test_window_stride_starts(n, width, stride, starts):
+    from relevance_lens.ablate import sliding_windows
+
+    parts = frozenset((layer, "q") for layer in range(n))
+    variants = sliding_windows(parts, n, width=width, stride=stride)
+    assert [v.layer for v in variants] == starts
+    assert all(len(v.keep) == width for v in variants)

@@ -143,11 +143,19 @@ def keep_each_layer(parts: frozenset[Part], n_layers: int) -> list[Variant]:
     return [Variant(f"L{l}", _at(parts, [l]), layer=l) for l in _layers_of(parts)]
 
 
-def sliding_windows(parts: frozenset[Part], n_layers: int, width: int = 3) -> list[Variant]:
-    """Windows of ``width`` consecutive layers kept, everything else off: ``L4-6``."""
+def sliding_windows(parts: frozenset[Part], n_layers: int, width: int = 3, stride: int = 1) -> list[Variant]:
+    """Windows of ``width`` consecutive layers kept, everything else off: ``L4-6``.
+
+    ``stride`` > 1 skips start positions (a coarser, cheaper sweep); the top window is always kept.
+    """
     if not 1 <= width <= n_layers:
         raise InputError(f"--window {width}: expected a width between 1 and the {n_layers} layers")
-    return [Variant(f"L{s}-{s + width - 1}", _at(parts, range(s, s + width)), layer=s) for s in range(n_layers - width + 1)]
+    if stride < 1:
+        raise InputError(f"--window-stride {stride}: expected a positive integer")
+    starts = list(range(0, n_layers - width + 1, stride))
+    if starts[-1] != n_layers - width:
+        starts.append(n_layers - width)
+    return [Variant(f"L{s}-{s + width - 1}", _at(parts, range(s, s + width)), layer=s) for s in starts]
 
 
 def bottom_up(parts: frozenset[Part], n_layers: int) -> list[Variant]:
@@ -201,14 +209,14 @@ SWEEPS: dict[str, Builder] = {
 }
 
 
-def build_variants(name: str, parts: frozenset[Part], n_layers: int, window: int = 3) -> list[Variant]:
-    """The variants of a named sweep (``window`` sets the width of ``window``)."""
+def build_variants(name: str, parts: frozenset[Part], n_layers: int, window: int = 3, stride: int = 1) -> list[Variant]:
+    """The variants of a named sweep (``window``/``stride`` shape the ``window`` sweep)."""
     if name not in SWEEPS:
         raise InputError(f"--sweep {name!r}: expected one of {', '.join(SWEEPS)}")
     if not parts:
         raise InputError("the adapter has no LoRA parts to ablate (a head-only run, targets none?)")
     if name == "window":
-        return sliding_windows(parts, n_layers, width=window)
+        return sliding_windows(parts, n_layers, width=window, stride=stride)
     return SWEEPS[name](parts, n_layers)
 
 

@@ -245,6 +245,7 @@ def analyze_ablate(
     metrics: Sequence[str] = DEFAULT_METRICS,
     *,
     window: int = 3,
+    window_stride: int = 1,
     sweep_config=None,
     store: Store | None = None,
     score: ScoreConfig | None = None,
@@ -268,6 +269,7 @@ def analyze_ablate(
     rows: list[dict[str, Any]] = []
     for name in sweeps:
         config = {**evalset.describe(), "dtype": score.dtype, "sweep": name, "window": window if name == "window" else None,
+                  "window_stride": window_stride if name == "window" and window_stride != 1 else None,
                   "permutations": sweep_config.permutations, "seed": sweep_config.seed}
         analysis = f"ablate:{name}"
         if store is not None and not force and store.has(info.run, analysis, checkpoint=info.checkpoint, config=config):
@@ -277,7 +279,7 @@ def analyze_ablate(
             reranker = load_reranker(adapter_dir, None, score)
             encoded = encode_pairs(reranker, evalset, score.batch_tokens, score.max_batch)
         n_layers = len(reranker.base_model.get_submodule(reranker.architecture.layers))
-        variants = build_variants(name, lora_parts(reranker), n_layers, window=window)
+        variants = build_variants(name, lora_parts(reranker), n_layers, window=window, stride=window_stride)
         result = sweep(reranker, variants, encoded, fns, sweep_config, name=name)
         new = [normalize(r) for r in _ablate_rows(info, analysis, result, config)]
         if store is not None:

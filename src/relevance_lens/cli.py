@@ -305,6 +305,7 @@ def analyze_ablate_cmd(
     adapter: Path = typer.Argument(..., help="Adapter folder (a checkpoint or final/)."),
     sweep: List[str] = typer.Option(["drop-layer"], "--sweep", help="drop-layer, keep-layer, window, bottom-up, top-down, roles, drop-layer-role, keep-layer-role (repeat)."),
     window: int = typer.Option(3, help="Width of the 'window' sweep."),
+    window_stride: int = typer.Option(1, help="Step between window starts."),
     naive: bool = typer.Option(False, "--naive", help="Run every variant in full (no cached restarts)."),
     permutations: int = typer.Option(10000, help="Sign flips of the paired randomization test."),
     split: Optional[str] = _SPLIT, queries: Optional[Path] = _QUERIES, qrels: Optional[Path] = _QRELS,
@@ -318,7 +319,7 @@ def analyze_ablate_cmd(
     from .store import Store
 
     evalset = _eval_inputs(split, queries, qrels, corpus, first, depth, max_queries)
-    analyze_ablate(adapter, evalset, sweep, metric, window=window, sweep_config=SweepConfig(cached=not naive, permutations=permutations),
+    analyze_ablate(adapter, evalset, sweep, metric, window=window, window_stride=window_stride, sweep_config=SweepConfig(cached=not naive, permutations=permutations),
                    store=Store(store), score=_scoring(depth, dtype, device, batch_tokens), force=force, console=out)
 
 

@@ -108,6 +108,7 @@ class AblateSpec:
     evals: list[str] = field(default_factory=list, metadata={"help": "Eval sets (default: all)."})
     sweeps: list[str] = field(default_factory=lambda: ["drop-layer"], metadata={"help": "Named sweeps (see relevance-lens analyze ablate)."})
     window: int = field(default=3, metadata={"help": "Width of the window sweep."})
+    window_stride: int = field(default=1, metadata={"help": "Step between window starts (1: every layer)."})
     permutations: int = field(default=10000, metadata={"help": "Sign flips of the paired randomization test."})
 
 
@@ -528,7 +529,7 @@ def _analysis_cost(name: str, spec, run: Cell, info: ModelInfo, ev: EvalSpec, qu
             steps |= set(range(train["save_every"], train["max_steps"] + 1, train["save_every"]))
         passes = len([s for s in steps if s <= train["max_steps"]]) + 1 + (0 if head_only else 1)  # + final, + baseline
     elif name == "ablate":
-        passes = sum(len(_variants(s, spec.window, train, info)) + 2 for s in spec.sweeps) if info.layers else None
+        passes = sum(len(_variants(s, spec, train, info)) + 2 for s in spec.sweeps) if info.layers else None
     else:  # lens
         passes = 1 + (1 if spec.adapter_off and not head_only else 0)
     if pairs is None or passes is None:
@@ -536,13 +537,13 @@ def _analysis_cost(name: str, spec, run: Cell, info: ModelInfo, ev: EvalSpec, qu
     return f"{passes} pass{'es' if passes > 1 else ''} x {pairs} pairs{' (at most)' if name == 'ablate' else ''}", passes * pairs
 
 
-def _variants(sweep: str, window: int, train: dict, info: ModelInfo) -> list:
+def _variants(sweep: str, spec: "AblateSpec", train: dict, info: ModelInfo) -> list:
     from .ablate import build_variants
     from .roles import ARCHITECTURES, resolve_roles
 
     roles = resolve_roles(train["targets"], ARCHITECTURES[info.family])
     layers = train["layers"] if train["layers"] is not None else range(info.layers)
-    return build_variants(sweep, frozenset((l, r) for l in layers for r in roles), info.layers, window=window)
+    return build_variants(sweep, frozenset((l, r) for l in layers for r in roles), info.layers, window=spec.window, stride=spec.window_stride)
 
 
 # ---------------------------------------------------------------- shards and status
@@ -757,7 +758,8 @@ def _analyze(cell: Cell, options: RunOptions, store: Store, console: Console) ->
             an.analyze_checkpoints(run_dir, evalset, metrics, baseline_run_dir=baseline, **common)
         elif c["analysis"] == "ablate":
             sweep = SweepConfig(permutations=settings["permutations"])
-            an.analyze_ablate(final, evalset, settings["sweeps"], metrics, window=settings["window"], sweep_config=sweep, **common)
+            an.analyze_ablate(final, evalset, settings["sweeps"], metrics, window=settings["window"],
+                              window_stride=settings.get("window_stride", 1), sweep_config=sweep, **common)
         else:
             from .evalset import faq_evalset
 
