@@ -57,11 +57,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--adapter", type=Path, default=None, help="Trained adapter folder (default: synthetic).")
     parser.add_argument("--sweep", default="drop-layer", help="A single-layer sweep: drop-layer or keep-layer.")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--queries", type=int, default=8)
+    parser.add_argument("--queries", type=int, default=4)
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--rounds", type=int, default=2, help="Run both modes this many times; keep each one's faster.")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=None)
@@ -78,15 +79,23 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     info = machine(measure=True)
-    rows, results = [], {}
-    for mode in ("naive", "cached"):
-        load_start = load_average()
-        result, seconds = run_mode(reranker, encoded, metrics, variants, mode == "cached", args.sweep)
-        results[mode] = result
-        rows.append({"mode": mode, "seconds": seconds, "work_computed": result.work.computed,
-                     "work_naive": result.work.naive, "fallback": result.fallback,
-                     "load_average": [load_start, load_average()]})
-        print(f"{mode:7s} {seconds:7.1f} s  work {result.work.computed:,} layer-tokens", flush=True)
+    # Rounds: both modes once per round, each mode's faster round kept (a shared machine's busy
+    # spells otherwise land on one mode and not the other).
+    best: dict[str, dict] = {}
+    results = {}
+    for round_ in range(args.rounds):
+        for mode in ("naive", "cached"):
+            load_start = load_average()
+            result, seconds = run_mode(reranker, encoded, metrics, variants, mode == "cached", args.sweep)
+            results[mode] = result
+            print(f"round {round_}: {mode:7s} {seconds:7.1f} s  work {result.work.computed:,} layer-tokens", flush=True)
+            times = best.get(mode, {}).get("all_rounds_seconds", []) + [seconds]
+            if mode not in best or seconds < best[mode]["seconds"]:
+                best[mode] = {"mode": mode, "seconds": seconds, "work_computed": result.work.computed,
+                              "work_naive": result.work.naive, "fallback": result.fallback, "round": round_,
+                              "load_average": [load_start, load_average()]}
+            best[mode]["all_rounds_seconds"] = times
+    rows = [best["naive"], best["cached"]]
 
     # Same scores for every variant, or nothing is compared.
     gaps = {name: max(abs(a - b) for a, b in zip(results["naive"].scores[name], results["cached"].scores[name]))

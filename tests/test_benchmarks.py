@@ -51,7 +51,7 @@ def test_token_id_check_fails_loudly():
 def test_pair_tokenizer_reproduces_our_ids():
     reranker = tiny_reranker("llama")
     passages = [Passage("d1", "perl", "regular expressions match text"), Passage("d2", "", "apt installs packages")]
-    pairs = [peers.split_pair(reranker, "how do i sort", p) for p in passages]
+    pairs = [peers.split_pair(reranker.settings, "how do i sort", p) for p in passages]
     ours = reranker.tokenize([reranker.format("how do i sort", p) for p in passages])
     with_eos = peers.pair_tokenizer(reranker.tokenizer, append_eos=True)
     got = [with_eos(a, b)["input_ids"] for a, b in pairs]
@@ -115,17 +115,18 @@ def test_scoring_smoke(tiny_folder, tmp_path):
     assert all(r["check"]["ranking_flips"] == 0 for r in record["systems"])
     assert all(r["peak_rss_bytes"] > 0 for r in record["systems"])
     assert {c["system"] for c in record["checks"]} >= names
-    assert {"vs_plain_loop_best", "vs_crossencoder_best", "fraction_of_bf16_matmul"} == set(record["ratios"])
+    assert {"vs_plain_loop_best", "vs_crossencoder_best", "fraction_of_bf16_matmul"} <= set(record["ratios"])
 
 
 @pytest.mark.slow
 def test_training_smoke(tiny_folder, tmp_path):
     import bench_training
 
-    bench_training.main(["--model", str(tiny_folder), "--steps", "2", "--queries", "2", "--group-size", "3",
+    bench_training.main(["--model", str(tiny_folder), "--no-proposal", "--rounds", "1", "--steps", "2", "--queries", "2", "--group-size", "3",
                          "--max-length", "400", "--no-memory", "--results", str(tmp_path)])
     record = _load(tmp_path, "training")
     assert [r["system"] for r in record["systems"]] == ["relevance-lens", "CrossEncoderTrainer"]
+    assert set(record["ratios"]) == {"vs_crossencoder_trainer"}
     assert abs(record["check"]["relevance_lens"] - record["check"]["crossencoder"]) <= record["check"]["tolerance"]
     assert all(len(r["step_seconds"]) == 1 for r in record["systems"])
 
@@ -134,7 +135,7 @@ def test_training_smoke(tiny_folder, tmp_path):
 def test_sweep_smoke(tiny_folder, tmp_path):
     import bench_sweep
 
-    bench_sweep.main(["--model", str(tiny_folder), *TINY_ARGS, "--results", str(tmp_path)])
+    bench_sweep.main(["--model", str(tiny_folder), *TINY_ARGS, "--rounds", "1", "--results", str(tmp_path)])
     record = _load(tmp_path, "sweep")
     cached, naive = (next(r for r in record["modes"] if r["mode"] == m) for m in ("cached", "naive"))
     assert cached["work_computed"] < naive["work_computed"] == cached["work_naive"]
