@@ -163,3 +163,39 @@ def test_resume_with_changed_settings_is_refused(collection, tmp_path):
     train(load_config(None, **_config(collection, tmp_path / "run", max_steps=5, save_steps=[])), progress=False)
     with pytest.raises(InputError, match="settings differ.*rank"):
         train(load_config(None, **_config(collection, tmp_path / "run", max_steps=5, rank=4)), resume=True, progress=False)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_the_same_model(collection, tmp_path):
+    """compile=on is a fast path: the same losses and weights as the eager blocks, up to float rounding."""
+    from relevance_lens.fastscore import can_compile
+
+    if can_compile(torch.device("cpu")):
+        pytest.skip(can_compile(torch.device("cpu")))
+    runs = {}
+    for mode in ("off", "on"):
+        settings = _config(collection, tmp_path / mode, max_steps=6, save_steps=[], compile=mode, lora_dropout=0.0)
+        runs[mode] = train(load_config(None, **settings), progress=False)
+    record = json.loads((runs["on"] / "run.json").read_text())["resolved"]["compiled_blocks"]
+    assert record["on"] is True and "compile=on" in record["why"]
+    assert json.loads((runs["off"] / "run.json").read_text())["resolved"]["compiled_blocks"]["on"] is False
+    losses = {m: [e["loss"] for e in json.loads((r / "train_summary.json").read_text())["log"] if "loss" in e] for m, r in runs.items()}
+    assert len(losses["on"]) == 6 and losses["on"] == pytest.approx(losses["off"], rel=1e-4, abs=1e-5)
+    a, b = _trained_weights(runs["off"]), _trained_weights(runs["on"])
+    assert a.keys() == b.keys() and len(a) > 2
+    assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)  # training moved B off zero
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-4, rtol=1e-3), key
+
+
+def test_auto_compile_skips_runs_too_small_to_pay_back(collection, tmp_path):
+    from relevance_lens.train import build_model, compile_decision
+
+    config = load_config(None, **_config(collection, tmp_path / "run", max_steps=3))
+    compiled, why = compile_decision(config, build_model(config))
+    assert not compiled and "would not pay back" in why
+
+
+def test_compile_setting_is_checked(collection, tmp_path):
+    with pytest.raises(InputError, match="--compile sometimes: expected auto, on or off"):
+        load_config(None, **_config(collection, tmp_path / "run", compile="sometimes"))

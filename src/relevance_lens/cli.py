@@ -130,6 +130,7 @@ def train(
     precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32."),
     seed: Optional[int] = typer.Option(None, help="Seed."),
     eval_split: Optional[str] = typer.Option(None, help="FAQ split for the final evaluation ('none' to skip)."),
+    compile: Optional[str] = typer.Option(None, "--compile", help="torch.compile the decoder blocks: auto | on | off."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint."),
 ):
     """Fine-tune a LoRA reranker (contrastive groups, HF Trainer); checkpoints are adapter folders."""
@@ -143,7 +144,7 @@ def train(
         group_size=group_size, queries_per_device=queries_per_device, grad_accum=grad_accum, lr=lr,
         max_steps=max_steps, max_length=max_length, save_steps=_int_list(save_steps, "--save-steps"),
         save_every=save_every, precision=precision, seed=seed,
-        eval_split=None if eval_split == "none" else eval_split,
+        eval_split=None if eval_split == "none" else eval_split, compile=compile,
     )
     if eval_split == "none":
         settings.eval_split = None

@@ -34,6 +34,12 @@ from .provenance import versions
 from .reranker import HEAD_FILE, Reranker, RerankerConfig
 
 RUN_FILE = "run.json"
+#: ``compile="auto"`` compiles the decoder blocks when a run's forward and backward work
+#: (6 x block parameters x tokens) reaches this. Measured on the 2-core AMX CPU of
+#: benchmarks/README.md with SmolLM2-135M: compiling costs ~3 s (warm inductor cache) to ~30 s
+#: (cold) and saves ~2 s of a 6.6 s step, so it pays back after ~15 steps of 32 x 96 tokens
+#: (~3e13 FLOPs); a tiny test model never reaches it.
+COMPILE_MIN_FLOPS = 3e13
 TRAINER_STATE = "trainer_state.json"  # written last by the Trainer: its presence marks a complete checkpoint
 
 
@@ -73,6 +79,10 @@ class TrainConfig:
     template: str = field(default="query: {query} document: {title} {text}", metadata={"help": "Input template."})
     precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp32. bf16 keeps frozen weights in bf16."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (7B models)."})
+    compile: str = field(
+        default="auto",
+        metadata={"help": "torch.compile each decoder block: auto (when the run's work pays the compile back), on or off."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed for init, negatives, order and dropout."})
     # checkpoints
     save_steps: list[int] = field(default_factory=lambda: [5, 10, 25, 50], metadata={"help": "Explicit checkpoint steps."})
@@ -102,6 +112,8 @@ class TrainConfig:
             raise InputError(f"--precision {self.precision}: expected auto, bf16 or fp32")
         if any(s < 1 for s in self.save_steps) or self.save_every < 0:
             raise InputError(f"--save-steps {self.save_steps}: expected positive step numbers")
+        if self.compile not in ("auto", "on", "off"):
+            raise InputError(f"--compile {self.compile}: expected auto, on or off")
         if self.short_groups not in ("skip", "error"):
             raise InputError(f"short_groups {self.short_groups!r}: expected skip or error")
         if self.data not in ("faq", "faq+weak", "files"):
@@ -377,6 +389,33 @@ def build_model(config: TrainConfig) -> Reranker:
     return reranker
 
 
+def compile_decision(config: TrainConfig, reranker: Reranker) -> tuple[bool, str]:
+    """Whether to ``torch.compile`` the decoder blocks for training, and why.
+
+    Compiled blocks fuse the element-wise work (norms, rotary, SiLU, LoRA scaling) of the
+    forward and the backward; the math is the same, only float rounding moves
+    (``tests/test_train.py`` holds the two paths to each other).
+    """
+    from .fastscore import can_compile
+    from .roles import blocks
+
+    if config.compile == "off":
+        return False, "compile=off"
+    blocker = can_compile(reranker.device)
+    if blocker is None and (config.deepspeed or config.fsdp or config.gradient_checkpointing):
+        blocker = "sharded or checkpointed training wraps the blocks itself"
+    if blocker:
+        if config.compile == "on":
+            raise InputError(f"--compile on: cannot compile here ({blocker}); use --compile auto or off")
+        return False, blocker
+    params = sum(p.numel() for block in blocks(reranker.base_model, reranker.architecture) for p in block.parameters())
+    tokens = config.max_steps * config.grad_accum * config.queries_per_device * config.group_size * config.max_length
+    work = 6.0 * params * tokens
+    if config.compile == "auto" and work < COMPILE_MIN_FLOPS:
+        return False, f"compile=auto: {work:.2g} FLOPs of training < {COMPILE_MIN_FLOPS:.0e}, compiling would not pay back"
+    return True, f"compile={config.compile}: {work:.2g} FLOPs of training"
+
+
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a reranker as ``config`` says; returns the run folder. See the module doc."""
     from transformers import TrainingArguments, set_seed
@@ -394,12 +433,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
     set_seed(config.seed)
     reranker = build_model(config)
+    compiled, why = compile_decision(config, reranker)
+    if compiled:
+        from .fastscore import compile_blocks
+
+        compile_blocks(reranker)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     global_batch = config.queries_per_device * config.grad_accum * world
     epochs = max(1, math.ceil(config.max_steps * global_batch / len(groups.queries)))
     dataset = GroupDataset(groups, config.group_size, epochs, config.seed)
     record = _run_record(config, groups, world, global_batch, epochs)
     record["resolved"]["skipped_short_queries"] = dropped
+    record["resolved"]["compiled_blocks"] = {"on": compiled, "why": why}
     if int(os.environ.get("RANK", "0")) == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(run_dir / RUN_FILE) as fh:
@@ -490,7 +535,8 @@ def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
         return
     before = json.loads(path.read_text())["config"]
     now = asdict(config)
-    changed = sorted(k for k in now if k not in ("output",) and before.get(k) != now[k])
+    # Compiling changes how blocks run, not what they compute: a resumed run may switch it.
+    changed = sorted(k for k in now if k not in ("output", "compile") and before.get(k) != now[k])
     if changed:
         raise InputError(
             f"--resume {run_dir}: settings differ from the saved run ({', '.join(changed)}); "
