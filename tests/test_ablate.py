@@ -84,6 +84,38 @@ def test_switch_equals_hand_merged_weights(family, mode):
     assert torch.equal(torch.tensor(reranker.score_pairs(QUERY, PASSAGES)), full)  # and it was restored
 
 
+@pytest.mark.parametrize("family", DISSECT_FAMILIES)
+def test_weight_swap_is_as_exact_as_the_lora_switch_and_restores_the_model(family):
+    """Every mode of the table through merged weights (weightswap) and through LoRA layers, both
+    against the LoRA layers in fp64: the swap may round differently, never worse than 4x as much."""
+    reranker = lora_reranker(family)
+    before = {k: v.clone() for k, v in reranker.state_dict().items()}
+    full = torch.tensor(reranker.score_pairs(QUERY, PASSAGES))
+    encoded = encode_pairs(reranker, tiny_evalset(depth=2), max_batch=6)
+    parts = lora_parts(reranker)
+    variants = [Variant(mode, frozenset(MODES[mode](parts))) for mode in MODES]
+    swapped, work, _ = score_variants(reranker, variants, encoded, SweepConfig(cached=False, merge="on"))
+    switched, lora_work, _ = score_variants(reranker, variants, encoded, SweepConfig(cached=False, merge="off"))
+    assert work.merged and not lora_work.merged
+    after = reranker.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(torch.tensor(reranker.score_pairs(QUERY, PASSAGES)), full)  # LoRA layers are live again
+    exact, _, _ = score_variants(reranker.double(), variants, encoded, SweepConfig(cached=False, merge="off"))
+    for key in exact:
+        truth = torch.tensor(exact[key])
+        swap_error = float((torch.tensor(swapped[key], dtype=torch.float64) - truth).abs().max())
+        lora_error = float((torch.tensor(switched[key], dtype=torch.float64) - truth).abs().max())
+        assert swap_error <= 4 * lora_error + 1e-4 * float(truth.abs().max()), (key, swap_error, lora_error)
+    assert swapped["drop q"] != pytest.approx(swapped["full"], abs=1e-3)
+
+
+def test_merge_setting_is_checked():
+    reranker = lora_reranker("llama")
+    encoded = encode_pairs(reranker, tiny_evalset(depth=2))
+    with pytest.raises(InputError, match="merge 'yes': expected auto, on or off"):
+        score_variants(reranker, [], encoded, SweepConfig(merge="yes"))
+
+
 def test_switch_restores_weights_after_an_error():
     reranker = lora_reranker("gpt_neox")
     before = {k: v.clone() for k, v in reranker.state_dict().items()}
@@ -149,17 +181,19 @@ def test_restart_plan(keep, plan):
     assert restart_plan(keep, PARTS, 4) == plan
 
 
+@pytest.mark.parametrize("merge", ["on", "off"])
 @pytest.mark.parametrize("family", DISSECT_FAMILIES)
-def test_cached_sweeps_equal_naive(family):
-    """Every named sweep at once (one full and one base forward per batch serve all of them)."""
+def test_cached_sweeps_equal_naive(family, merge):
+    """Every named sweep at once (one full and one base forward per batch serve all of them),
+    through merged weights and through LoRA layers."""
     reranker = lora_reranker(family)
     encoded = encode_pairs(reranker, tiny_evalset(depth=2), max_batch=6)
     assert len(encoded.batches) > 1  # the cache really is per batch
     parts = lora_parts(reranker)
     variants = [Variant(f"{name}:{v.name}", v.keep) for name in SWEEPS for v in build_variants(name, parts, 4)]
-    cached, work, fallback = score_variants(reranker, variants, encoded, SweepConfig(cached=True))
-    naive, naive_work, _ = score_variants(reranker, variants, encoded, SweepConfig(cached=False))
-    assert fallback is None
+    cached, work, fallback = score_variants(reranker, variants, encoded, SweepConfig(cached=True, merge=merge))
+    naive, naive_work, _ = score_variants(reranker, variants, encoded, SweepConfig(cached=False, merge=merge))
+    assert fallback is None and work.merged == naive_work.merged == (merge == "on")
     assert naive_work.computed == naive_work.naive and work.computed < 0.75 * work.naive
     assert len(naive) == len(variants) + 2
     for key in naive:

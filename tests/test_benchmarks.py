@@ -137,7 +137,10 @@ def test_sweep_smoke(tiny_folder, tmp_path):
 
     bench_sweep.main(["--model", str(tiny_folder), *TINY_ARGS, "--rounds", "1", "--results", str(tmp_path)])
     record = _load(tmp_path, "sweep")
-    cached, naive = (next(r for r in record["modes"] if r["mode"] == m) for m in ("cached", "naive"))
-    assert cached["work_computed"] < naive["work_computed"] == cached["work_naive"]
-    assert record["check"]["max_abs_diff"] <= record["check"]["tolerance"]
+    modes = {r["mode"]: r for r in record["modes"]}
+    assert list(modes) == ["naive", "cached", "cached + merged"]
+    assert modes["cached"]["work_computed"] < modes["naive"]["work_computed"] == modes["cached"]["work_naive"]
+    assert modes["cached + merged"]["work_computed"] == modes["cached"]["work_computed"]
+    for check in record["check"].values():
+        assert check["max_abs_diff"] <= check["tolerance"] and check["ranking_flips"] == 0
     assert all(r["peak_rss_bytes"] > 0 for r in record["modes"])

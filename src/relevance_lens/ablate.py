@@ -228,6 +228,11 @@ class SweepConfig:
     """How a sweep is run and tested."""
 
     cached: bool = field(default=True, metadata={"help": "Restart variants from cached block inputs (exact; saves work)."})
+    merge: str = field(
+        default="auto",
+        metadata={"help": "Run variants on merged weights, W or W+ΔW per module (relevance_lens.weightswap), not "
+                          "through LoRA layers: auto (when a second copy of the adapted weights fits), on, off."},
+    )
     verify: bool = field(default=True, metadata={"help": "Check once that a restarted forward equals a full one; fall back to naive if not."})
     permutations: int = field(default=PERMUTATIONS, metadata={"help": "Sign flips in the paired randomization test."})
     seed: int = field(default=SEED, metadata={"help": "Seed of the randomization test."})
@@ -239,6 +244,7 @@ class Work:
 
     computed: int = 0
     naive: int = 0
+    merged: bool = False  # forwards ran on merged weights (weightswap), not through LoRA layers
 
     @property
     def saved(self) -> float:
@@ -263,9 +269,11 @@ def _scores(reranker, tensors) -> torch.Tensor:
     return reranker(**tensors).float().cpu()
 
 
-def _forward_from(reranker, keep: frozenset[Part], tensors, start: int = 0, hidden: torch.Tensor | None = None) -> torch.Tensor:
+def _forward_from(
+    reranker, keep: frozenset[Part], tensors, start: int = 0, hidden: torch.Tensor | None = None, switch=None
+) -> torch.Tensor:
     """Scores with only ``keep`` switched on, from block ``start`` fed ``hidden`` (0: a full forward)."""
-    with switch_off(reranker, keep):
+    with (switch or partial(switch_off, reranker))(keep):
         if start == 0:
             return _scores(reranker, tensors)
         with start_at_layer(reranker.base_model, architecture_of(reranker.base_config), start, hidden):
@@ -284,23 +292,44 @@ def score_variants(
     abandoned (None when it was not).
     """
     config = config or SweepConfig()
+    with _switch(reranker, config) as switch:
+        return _score_variants(reranker, variants, encoded, config, progress, switch)
+
+
+@contextmanager
+def _switch(reranker, config: SweepConfig):
+    """The LoRA switch, or the weight swap when ``config.merge`` asks for it and it can run."""
+    from .weightswap import MergedSwitch, merge_blocker, merge_fits
+
+    if config.merge not in ("auto", "on", "off"):
+        raise InputError(f"merge {config.merge!r}: expected auto, on or off")
+    use = config.merge == "on" or (config.merge == "auto" and merge_blocker(reranker) is None and merge_fits(reranker))
+    if not use:
+        yield None
+        return
+    with MergedSwitch(reranker).active() as switch:
+        yield switch
+
+
+def _score_variants(reranker, variants, encoded, config, progress, switch):
     parts = lora_parts(reranker)
     base_model, arch = reranker.base_model, architecture_of(reranker.base_config)
     n = num_layers(reranker.base_config)
     plans = {v.name: restart_plan(v.keep, parts, n) for v in variants}
     scores = {name: [0.0] * len(encoded.pairs) for name in [FULL, BASE, *plans]}
-    work, fallback, cached = Work(), None, config.cached
+    work, fallback, cached = Work(merged=switch is not None), None, config.cached
+    turn = switch or partial(switch_off, reranker)
     for batch in encoded.batches:
         tensors, tokens = encoded.tensors(reranker, batch), encoded.tokens(batch)
         out: dict[str, torch.Tensor] = {}
         caches: dict[str, dict[int, torch.Tensor]] = {}
         for name, keep in ((FULL, parts), (BASE, frozenset())):
-            with switch_off(reranker, keep), record_block_inputs(base_model, arch, keep_final=False) as cache:
+            with turn(keep), record_block_inputs(base_model, arch, keep_final=False) as cache:
                 out[name] = _scores(reranker, tensors)
             caches[name] = dict(cache) if cached else {}
         restarts = any(0 < layer < n for _, layer in plans.values())
         if cached and restarts and config.verify and fallback is None and work.computed == 0:
-            fallback = _verify_restart(reranker, parts, caches[FULL], out[FULL], tensors, n)
+            fallback = _verify_restart(reranker, parts, caches[FULL], out[FULL], tensors, n, switch)
             work.computed += (n - n // 2) * tokens
             cached = fallback is None
         work.computed += 2 * n * tokens
@@ -311,7 +340,7 @@ def score_variants(
             if start >= n:  # equal to a reference on every layer: its scores, no forward
                 out[variant.name] = out[source]
                 continue
-            out[variant.name] = _forward_from(reranker, variant.keep, tensors, start, caches[source].get(start))
+            out[variant.name] = _forward_from(reranker, variant.keep, tensors, start, caches[source].get(start), switch)
             work.computed += (n - start) * tokens
         for name, values in out.items():
             for i, value in zip(batch, values.tolist()):
@@ -321,10 +350,10 @@ def score_variants(
     return scores, work, fallback
 
 
-def _verify_restart(reranker, parts, cache, full_scores, tensors, n: int) -> str | None:
+def _verify_restart(reranker, parts, cache, full_scores, tensors, n: int, switch=None) -> str | None:
     """Restart the full adapter halfway up; it must reproduce the full forward's scores."""
     layer = n // 2
-    again = _forward_from(reranker, parts, tensors, layer, cache[layer])
+    again = _forward_from(reranker, parts, tensors, layer, cache[layer], switch)
     gap = float((again - full_scores).abs().max())
     tolerance = 1e-3 * (1.0 + float(full_scores.abs().max()))
     if gap <= tolerance:
