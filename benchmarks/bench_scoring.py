@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                         help="Peak RSS of each system in a child process.")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="scoring", help="Result name: results/NAME.json and README section NAME.")
     parser.add_argument("--work", type=Path, default=None, help="Where converted models go (default results/_work).")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # child process: one system, print scores
     parser.add_argument("--probe-pairs", type=int, default=0, help=argparse.SUPPRESS)
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     record = summarise(args, info, reranker, pairs, lengths, timed, checks, adapter)
     markdown = render(record)
-    write_result("scoring", record, markdown, args.results, README if args.results == RESULTS else None)
+    write_result(args.name, record, markdown, args.results, README if args.results == RESULTS else None)
     print(markdown)
     return record
 

@@ -9,8 +9,9 @@ off: what one would write by hand), ``cached`` (each variant restarts from the c
 input where it first differs from the full adapter or the base) and ``cached + merged`` (the
 same restarts on merged weights, W or W+ΔW per module, :mod:`relevance_lens.weightswap`).
 ``cached`` must give naive's scores (same blocks, same inputs); ``cached + merged`` rounds the
-merged weights once, so in bf16 it must agree within the scoring benchmark's bf16 tolerance and
-order every query's candidates the same way; the benchmark stops before timing otherwise.
+merged weights once, so in bf16 it must agree within twice the scoring benchmark's bf16 tolerance
+(each bf16 path is within it of the fp32 scores) and order every query's clearly separated
+candidates the same way; the benchmark stops before timing otherwise.
 Forward work is the ablation module's own count (blocks run × padded tokens). Peak memory: each
 mode again in a child process of its own.
 """
@@ -118,8 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
     # Same scores for every variant (merged: within bf16 rounding, same order), or nothing is compared.
     scale = max(1.0, max(abs(x) for x in results["naive"].scores["full"]))
     checks = {"cached": check(encoded, results["naive"], results["cached"], TOLERANCE[args.dtype] * scale, False),
+              # Each bf16 path lies within the scoring tolerance of the fp32 scores (measured on this
+              # adapter: LoRA layers 0.27, merged 0.15 of 1.65), so the two lie within twice it.
               "cached + merged": check(encoded, results["naive"], results["cached + merged"],
-                                       SCORING_TOLERANCE[args.dtype] * scale, True)}
+                                       2 * SCORING_TOLERANCE[args.dtype] * scale, True)}
     for mode, c in checks.items():
         if c["max_abs_diff"] > c["tolerance"] or c["ranking_flips"]:
             raise BenchmarkError(f"{mode} sweep differs from naive for variant {c['variant']}: max |Δscore| "
