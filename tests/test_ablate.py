@@ -325,7 +325,8 @@ def test_real_model_restarts_equal_full_forwards():
         assert cached[key] == pytest.approx(naive[key], abs=1e-4), key
     assert cached["-L15"] != pytest.approx(cached["full"], abs=1e-4)
     lens = layer_states(reranker, encoded).scores
-    assert lens[:, -1].tolist() == pytest.approx(cached["full"], abs=1e-4)
+    # The lens runs the LoRA layers, the sweep merged weights (merge=auto): fp32 rounding only.
+    assert lens[:, -1].tolist() == pytest.approx(cached["full"], rel=1e-5, abs=1e-4)
 
 
 @pytest.mark.parametrize("n,width,stride,starts", [(30, 6, 3, [0, 3, 6, 9, 12, 15, 18, 21, 24]), (10, 4, 4, [0, 4, 6]), (5, 2, 1, [0, 1, 2, 3])])

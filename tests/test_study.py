@@ -362,7 +362,7 @@ def test_cli_dry_run_and_merge_errors(no_weights_no_network, tmp_path):
     assert "shard 1/3" in result.output and "training runs" in result.output
     assert not (tmp_path / "w").exists()  # a dry run writes nothing
     result = CliRunner().invoke(app, ["study", "merge", str(tmp_path / "out.sqlite"), str(tmp_path / "missing.sqlite")])
-    assert isinstance(result.exception, InputError) and "no such store" in str(result.exception)
+    assert isinstance(result.exception, InputError) and "no such results store" in str(result.exception)
 
 
 def test_ir_datasets_eval_set_fetches_only_the_reranked_passages(monkeypatch):

@@ -304,7 +304,8 @@ def _ablate_rows(info: AdapterInfo, analysis: str, result, config) -> list[dict[
 
 def _ablate_table(result, metrics: list[str]) -> Table:
     table = Table(title=f"ablate {result.name}: {result.n_queries} queries, {result.n_parts} parts; "
-                        f"forward work {result.work.computed:,} of {result.work.naive:,} layer-tokens (saved {result.work.saved:.0%})")
+                        f"forward work {result.work.computed:,} of {result.work.naive:,} layer-tokens (saved {result.work.saved:.0%})"
+                        f"{'; merged weights' if result.work.merged else ''}")
     table.add_column("variant")
     table.add_column("parts", justify="right")
     for m in metrics:

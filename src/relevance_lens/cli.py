@@ -308,6 +308,7 @@ def analyze_ablate_cmd(
     window: int = typer.Option(3, help="Width of the 'window' sweep."),
     window_stride: int = typer.Option(1, help="Step between window starts."),
     naive: bool = typer.Option(False, "--naive", help="Run every variant in full (no cached restarts)."),
+    merge: str = typer.Option("auto", help="Variants on merged weights (W or W+ΔW per module) instead of LoRA layers: auto | on | off."),
     permutations: int = typer.Option(10000, help="Sign flips of the paired randomization test."),
     split: Optional[str] = _SPLIT, queries: Optional[Path] = _QUERIES, qrels: Optional[Path] = _QRELS,
     corpus: Optional[Path] = _CORPUS, first: Optional[Path] = _FIRST, depth: int = _DEPTH, max_queries: Optional[int] = _MAX_Q,
@@ -320,7 +321,7 @@ def analyze_ablate_cmd(
     from .store import Store
 
     evalset = _eval_inputs(split, queries, qrels, corpus, first, depth, max_queries)
-    analyze_ablate(adapter, evalset, sweep, metric, window=window, window_stride=window_stride, sweep_config=SweepConfig(cached=not naive, permutations=permutations),
+    analyze_ablate(adapter, evalset, sweep, metric, window=window, window_stride=window_stride, sweep_config=SweepConfig(cached=not naive, merge=merge, permutations=permutations),
                    store=Store(store), score=_scoring(depth, dtype, device, batch_tokens), force=force, console=out)
 
 

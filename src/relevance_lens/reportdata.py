@@ -4,30 +4,20 @@ report's sections need them (per analysis, per eval set, per run)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .store import read_results
 
 # ---------------------------------------------------------------- reading the store
 
 
 def read_rows(store: str | Path) -> list[dict[str, Any]]:
     """Every row of a results store, opened read-only; config_json parsed into ``config``."""
-    path = Path(store)
-    if not path.is_file():
-        raise InputError(f"report: {path}: no such results store; run relevance-lens study run (or analyze) first")
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-            conn.row_factory = sqlite3.Row
-            rows = [dict(r) for r in conn.execute("SELECT * FROM results ORDER BY rowid")]
-    except sqlite3.Error as exc:
-        raise InputError(f"report: {path}: not a relevance-lens results store ({exc})") from None
+    rows = read_results(store, "report")
     parsed: dict[str, dict] = {}
     for row in rows:
         text = row.get("config_json") or "{}"

@@ -168,3 +168,20 @@ def _where(where: Mapping[str, Any]) -> tuple[str, list[Any]]:
             parts.append(f"{column} = ?")
             params.append(value)
     return (" WHERE " + " AND ".join(parts) if parts else ""), params
+
+
+def read_results(path: str | Path, who: str) -> list[dict[str, Any]]:
+    """Every row of a results store, opened read-only, in insertion order.
+
+    ``who`` prefixes the one-line error (``report``, ``study merge``) for a missing file or one
+    that is not a results store.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{who}: {path}: no such results store; run relevance-lens study run (or analyze) first")
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(r) for r in conn.execute("SELECT * FROM results ORDER BY rowid")]
+    except sqlite3.Error as exc:
+        raise InputError(f"{who}: {path}: not a relevance-lens results store ({exc})") from None

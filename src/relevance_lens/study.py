@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import InputError
-from .store import Store
+from .store import Store, read_results
 from .studyplan import (
     IRDS_QUERIES,
     KNOWN_MODELS,
@@ -360,24 +360,13 @@ def merge_stores(output: str | Path, inputs: list[str | Path], console: Console 
     The same row (same run, checkpoint, analysis, variant, layer, role, metric, settings) from
     two stores becomes one; if their values differ, the last store's wins and a warning says so.
     """
-    import sqlite3
-    from contextlib import closing
-
     if not inputs:
         raise InputError("study merge: name at least one store to merge")
     seen: dict[tuple, float] = {}
     conflicts = 0
     rows = []
     for path in inputs:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"study merge: {path}: no such store")
-        try:
-            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-                conn.row_factory = sqlite3.Row
-                found = [dict(r) for r in conn.execute("SELECT * FROM results ORDER BY rowid")]
-        except sqlite3.Error as exc:
-            raise InputError(f"study merge: {path}: not a results store ({exc})") from None
+        found = read_results(path, "study merge")
         for row in found:
             key = tuple(row[k] for k in ("run", "checkpoint", "analysis", "variant", "layer", "role", "metric", "config_hash"))
             if key in seen and seen[key] != row["value"]:

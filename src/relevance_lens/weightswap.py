@@ -20,9 +20,9 @@ one sweep, the full adapter and the base included, is computed the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -109,7 +109,7 @@ class MergedSwitch:
                 self.slots.append(_Slot(module, weight, layer, roles, base, merged))
 
     @contextmanager
-    def active(self) -> Iterator["MergedSwitch"]:
+    def active(self) -> Iterator[MergedSwitch]:
         """Bypass the LoRA layers for the forwards inside; restore base weights and flags after."""
         # PEFT's public enable_adapters(True) also sets requires_grad on the LoRA weights; the
         # flag alone bypasses them and leaves the caller's model as it was.
