@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import peers  # noqa: E402
 from common import (  # noqa: E402
-    README, RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
-    python_argv, report_peak_rss, write_result,
+    RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
+    publish, python_argv, report_peak_rss,
 )
 
 from relevance_lens.reranker import Reranker, RerankerConfig, read_saved_config  # noqa: E402
@@ -366,10 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
             row["memory_pairs"] = probe_pairs
 
     record = summarise(args, info, reranker, pairs, lengths, timed, checks, adapter)
-    markdown = render(record)
-    write_result(args.name, record, markdown, args.results, README if args.results == RESULTS else None)
-    print(markdown)
-    return record
+    return publish(args.name, record, render(record), args.results)
 
 
 def summarise(args, info, reranker, pairs, lengths, timed, checks, adapter) -> dict:

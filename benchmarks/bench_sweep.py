@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from bench_scoring import TOLERANCE as SCORING_TOLERANCE  # noqa: E402
 from bench_scoring import load_reranker, ranking_agrees, synthetic_adapter  # noqa: E402
 from common import (  # noqa: E402
-    README, RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
-    python_argv, report_peak_rss, write_result,
+    RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
+    publish, python_argv, report_peak_rss,
 )
 
 from relevance_lens.ablate import SweepConfig, build_variants, lora_parts, sweep  # noqa: E402
@@ -149,10 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "time_cached_only": {"speedup": naive["seconds"] / best["cached"]["seconds"], "target": TARGET},
                    "work": {"speedup": fastest["work_naive"] / fastest["work_computed"], "target": TARGET}},
     }
-    markdown = render(record)
-    write_result("sweep", record, markdown, args.results, README if args.results == RESULTS else None)
-    print(markdown)
-    return record
+    return publish("sweep", record, render(record), args.results)
 
 
 def render(record: dict) -> str:

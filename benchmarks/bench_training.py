@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import peers  # noqa: E402
 from common import (  # noqa: E402
-    README, RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
-    python_argv, report_peak_rss, write_result,
+    RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
+    publish, python_argv, report_peak_rss,
 )
 
 import relevance_lens.train as rl_train  # noqa: E402
@@ -297,10 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratios": {name: {"speedup": theirs / by[name]["mean_step_seconds"], "target": TARGET}
                    for name in (OURS, EAGER) if name in by},
     }
-    markdown = render(record)
-    write_result("training", record, markdown, args.results, README if args.results == RESULTS else None)
-    print(markdown)
-    return record
+    return publish("training", record, render(record), args.results)
 
 
 def render(record: dict) -> str:

@@ -177,3 +177,10 @@ def write_result(name: str, record: dict, markdown: str, results: Path = RESULTS
             _, tail = rest.split(end, 1)
             readme.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")
     return path
+
+
+def publish(name: str, record: dict, markdown: str, results: Path = RESULTS) -> dict:
+    """Write the result (and the README's table when ``results`` is the shipped folder); print the table."""
+    write_result(name, record, markdown, results, README if results == RESULTS else None)
+    print(markdown)
+    return record

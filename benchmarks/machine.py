@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import README, RESULTS, machine, machine_line, markdown_table, write_result  # noqa: E402
+from common import RESULTS, machine, machine_line, markdown_table, publish  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
         [[info["cpu"], info["cores"], info["torch"], rates["bf16"], rates["fp32"], info["load_average_1min"]]],
     )
     markdown = f"{machine_line(info)}\n\n{table}"
-    write_result("machine", {"machine": info}, markdown, args.results, readme=README if args.results == RESULTS else None)
-    print(markdown)
+    publish("machine", {"machine": info}, markdown, args.results)
     return info
 
 

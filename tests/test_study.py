@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dissectfix import one_thread  # noqa: F401  (autouse: one thread, float sums in one fixed order)
 from rich.console import Console
 from tiny import save_tiny
 from trainfix import write_collection
@@ -93,15 +94,6 @@ def tiny_study(tmp_path_factory):
 
     make.root = root
     return make
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread, in this process and in subprocesses: float sums in one fixed order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(study_path: Path, workdir: Path, shard=None, store=None) -> tuple[Path, dict]:

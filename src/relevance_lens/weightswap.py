@@ -26,6 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
+# ablate imports this module only inside a function, so importing from it here is not circular.
+from .ablate import _lora_modules as lora_modules
+from .ablate import switch_off
 from .errors import InputError
 
 
@@ -39,13 +42,6 @@ class _Slot:
     roles: list[str]
     base: torch.Tensor
     merged: torch.Tensor
-
-
-def lora_modules(reranker) -> dict[str, tuple[torch.nn.Module, int, list[str]]]:
-    """Module path -> (LoRA module, layer, roles it holds); the ablation module's own table."""
-    from .ablate import _lora_modules
-
-    return _lora_modules(reranker)
 
 
 def merge_blocker(reranker) -> str | None:
@@ -138,11 +134,5 @@ class MergedSwitch:
 
     def _partial(self, slot: _Slot, keep: frozenset) -> torch.Tensor:
         """``W`` plus the kept roles' rows of a fused module's ΔW (the LoRA switch picks the rows)."""
-        from .ablate import switch_off
-
-        with torch.inference_mode(False), torch.no_grad():
-            slot.module._disable_adapters = False
-            with switch_off(self.reranker, keep):
-                delta = _delta(slot.module)
-            slot.module._disable_adapters = True
-            return (slot.base.float() + delta.float()).to(slot.base.dtype)
+        with torch.inference_mode(False), torch.no_grad(), switch_off(self.reranker, keep):
+            return (slot.base.float() + _delta(slot.module).float()).to(slot.base.dtype)
