@@ -70,6 +70,21 @@ def check(encoded, naive, other, tolerance: float, ranking: bool) -> dict:
     return {"max_abs_diff": gaps[worst], "variant": worst, "tolerance": tolerance, "ranking_flips": flips}
 
 
+def same_scores(encoded, results: dict, dtype: str) -> dict:
+    """Every mode gives naive's scores for every variant (merged: within bf16 rounding, same order); raises if not."""
+    scale = max(1.0, max(abs(x) for x in results["naive"].scores["full"]))
+    checks = {"cached": check(encoded, results["naive"], results["cached"], TOLERANCE[dtype] * scale, False),
+              # Each bf16 path lies within the scoring tolerance of the fp32 scores (measured on this
+              # adapter: LoRA layers 0.27, merged 0.15 of 1.65), so the two lie within twice it.
+              "cached + merged": check(encoded, results["naive"], results["cached + merged"],
+                                       2 * SCORING_TOLERANCE[dtype] * scale, True)}
+    for mode, c in checks.items():
+        if c["max_abs_diff"] > c["tolerance"] or c["ranking_flips"]:
+            raise BenchmarkError(f"{mode} sweep differs from naive for variant {c['variant']}: max |Δscore| "
+                                 f"{c['max_abs_diff']:.3g} (tolerance {c['tolerance']:.3g}), {c['ranking_flips']} ranking flips")
+    return checks
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -98,6 +113,13 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     info = machine(measure=True)
+    # Before any timing: the three modes agree on the first query's pairs.
+    first = faq_evalset(args.split, depth=args.depth, max_queries=1)
+    first_pairs = encode_pairs(reranker, first, batch_tokens=args.batch_tokens)
+    first_metrics = ir_metrics(first, ["nDCG@10"])
+    first_results = {mode: run_mode(reranker, first_pairs, first_metrics, variants, mode, args.sweep)[0] for mode in MODES}
+    same_scores(first_pairs, first_results, args.dtype)
+    print(f"equality check passed on {len(first_pairs.pairs)} pairs before timing", flush=True)
     # Rounds: both modes once per round, each mode's faster round kept (a shared machine's busy
     # spells otherwise land on one mode and not the other).
     best: dict[str, dict] = {}
@@ -116,17 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             best[mode]["all_rounds_seconds"] = times
     rows = [best[mode] for mode in MODES]
 
-    # Same scores for every variant (merged: within bf16 rounding, same order), or nothing is compared.
-    scale = max(1.0, max(abs(x) for x in results["naive"].scores["full"]))
-    checks = {"cached": check(encoded, results["naive"], results["cached"], TOLERANCE[args.dtype] * scale, False),
-              # Each bf16 path lies within the scoring tolerance of the fp32 scores (measured on this
-              # adapter: LoRA layers 0.27, merged 0.15 of 1.65), so the two lie within twice it.
-              "cached + merged": check(encoded, results["naive"], results["cached + merged"],
-                                       2 * SCORING_TOLERANCE[args.dtype] * scale, True)}
-    for mode, c in checks.items():
-        if c["max_abs_diff"] > c["tolerance"] or c["ranking_flips"]:
-            raise BenchmarkError(f"{mode} sweep differs from naive for variant {c['variant']}: max |Δscore| "
-                                 f"{c['max_abs_diff']:.3g} (tolerance {c['tolerance']:.3g}), {c['ranking_flips']} ranking flips")
+    checks = same_scores(encoded, results, args.dtype)  # and again on every timed output
     if args.memory:
         for row in rows:
             cmd = python_argv(Path(__file__), "--probe", row["mode"], "--model", args.model, "--adapter", str(adapter),

@@ -144,3 +144,18 @@ def test_sweep_smoke(tiny_folder, tmp_path):
     for check in record["check"].values():
         assert check["max_abs_diff"] <= check["tolerance"] and check["ranking_flips"] == 0
     assert all(r["peak_rss_bytes"] > 0 for r in record["modes"])
+
+
+@pytest.mark.slow
+def test_sweep_stops_before_timing_when_a_mode_disagrees(tiny_folder, tmp_path, monkeypatch):
+    import bench_sweep
+
+    from relevance_lens import weightswap
+
+    real_delta = weightswap._delta
+    monkeypatch.setattr(weightswap, "_delta", lambda module: 5 * real_delta(module))  # a wrong merge
+    timed = []
+    monkeypatch.setattr(bench_sweep, "load_average", lambda: timed.append(1) or 0.0)  # called once per timed mode
+    with pytest.raises(common.BenchmarkError, match="cached \\+ merged sweep differs from naive"):
+        bench_sweep.main(["--model", str(tiny_folder), *TINY_ARGS, "--rounds", "1", "--no-memory", "--results", str(tmp_path)])
+    assert not timed and not (tmp_path / "sweep.json").exists()
