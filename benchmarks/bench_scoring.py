@@ -39,9 +39,12 @@ from common import (  # noqa: E402
     publish, python_argv, report_peak_rss,
 )
 
-from relevance_lens.reranker import Reranker, RerankerConfig, read_saved_config  # noqa: E402
-from relevance_lens.fastscore import COMPILE_MIN_TOKENS  # noqa: E402
-from relevance_lens.score import ScoreConfig, candidate_pairs, prepare, rerank, score_chunk  # noqa: E402
+from relevance_lens.model.reranker import Reranker, RerankerConfig, read_saved_config  # noqa: E402
+from relevance_lens.score.fast import COMPILE_MIN_TOKENS  # noqa: E402
+from relevance_lens.score.batching import candidate_pairs  # noqa: E402
+from relevance_lens.score.config import ScoreConfig, prepare  # noqa: E402
+from relevance_lens.score.rerank import rerank  # noqa: E402
+from relevance_lens.score.scorer import PlainScorer  # noqa: E402
 
 TARGET_VS_PLAIN = 3.0
 TARGET_FRACTION = 0.40
@@ -52,7 +55,7 @@ TARGET_FRACTION = 0.40
 
 def synthetic_adapter(model: str, folder: Path, max_length: int, seed: int = 0) -> Path:
     """A LoRA adapter (r8, alpha 64, all roles) with seeded random B and head: the weights of a trained one."""
-    from relevance_lens.adapters import LoraSettings, attach_lora
+    from relevance_lens.model.lora import LoraSettings, attach_lora
 
     if (folder / "reranker.json").is_file():
         return folder
@@ -69,7 +72,7 @@ def synthetic_adapter(model: str, folder: Path, max_length: int, seed: int = 0) 
 
 
 def load_pairs(split: str, n_queries: int, depth: int):
-    from relevance_lens.faq import load_faq
+    from relevance_lens.data.faq import load_faq
 
     data = load_faq(split)
     qids = sorted(q for q in data.run if data.qrels.get(q) and q in data.queries)[:n_queries]
@@ -123,7 +126,7 @@ class Systems:
         if getattr(self, "_tev_tok", None) is None:
             from transformers import AutoTokenizer
 
-            from relevance_lens.models import resolve_model
+            from relevance_lens.model.backbone import resolve_model
 
             base = AutoTokenizer.from_pretrained(resolve_model(self.args.model).path)
             self._tev_tok = peers.pair_tokenizer(base, append_eos=False)
@@ -322,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_items = [(data.queries[q], data.corpus[d]) for q, d in check_pairs]
     check_text = [tp for p, tp in zip(pairs, text_pairs) if p[0] in check_q]
     check_run = {q: run[q] for q in check_q}
-    reference = score_chunk(systems.ours("fp32"), check_items, ScoreConfig(dtype="fp32", device="cpu", fast=False))
+    reference = PlainScorer(systems.ours("fp32"), ScoreConfig(dtype="fp32", device="cpu", fast=False)).score(check_items)
     checks = []
     # Our fast paths in fp32 (not compiled: an fp32 compile only for a check costs a minute).
     fp32_fast = ("relevance-lens", "relevance-lens", "fp32", {"compile": "off"})

@@ -3,11 +3,11 @@
     python benchmarks/bench_sweep.py                         # drop-layer sweep, SmolLM2-135M
     python benchmarks/bench_sweep.py --sweep keep-layer --adapter runs/x/final
 
-Runs :func:`relevance_lens.ablate.sweep` on the same reranker, variants, pairs and metric in
+Runs :func:`relevance_lens.dissect.ablate.sweep` on the same reranker, variants, pairs and metric in
 three modes: ``naive`` (every variant a full forward through the LoRA layers, B rows switched
 off: what one would write by hand), ``cached`` (each variant restarts from the cached block
 input where it first differs from the full adapter or the base) and ``cached + merged`` (the
-same restarts on merged weights, W or W+ΔW per module, :mod:`relevance_lens.weightswap`).
+same restarts on merged weights, W or W+ΔW per module, :mod:`relevance_lens.dissect.switch`).
 ``cached`` must give naive's scores (same blocks, same inputs); ``cached + merged`` rounds the
 merged weights once, so in bf16 it must agree within twice the scoring benchmark's bf16 tolerance
 (each bf16 path is within it of the fp32 scores) and order every query's clearly separated
@@ -33,10 +33,10 @@ from common import (  # noqa: E402
     publish, python_argv, report_peak_rss,
 )
 
-from relevance_lens.ablate import SweepConfig, build_variants, lora_parts, sweep  # noqa: E402
-from relevance_lens.evalset import encode_pairs, faq_evalset, ir_metrics  # noqa: E402
-from relevance_lens.roles import num_layers  # noqa: E402
-from relevance_lens.score import ScoreConfig, prepare  # noqa: E402
+from relevance_lens.dissect.ablate import SweepConfig, build_variants, lora_parts, sweep  # noqa: E402
+from relevance_lens.dissect.evalset import encode_evalset, faq_evalset, ir_metrics  # noqa: E402
+from relevance_lens.model.roles import num_layers  # noqa: E402
+from relevance_lens.score.rerank import ScoreConfig, prepare  # noqa: E402
 
 TARGET = 2.0
 TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}  # the same blocks on the same inputs: only summation order may differ
@@ -48,7 +48,7 @@ MODES = {"naive": {"cached": False, "merge": "off"}, "cached": {"cached": True, 
 def setup(args, adapter: Path):
     reranker = prepare(load_reranker(args.model, adapter, args.max_length), ScoreConfig(dtype=args.dtype, device="cpu"))
     evalset = faq_evalset(args.split, depth=args.depth, max_queries=args.queries)
-    encoded = encode_pairs(reranker, evalset, batch_tokens=args.batch_tokens)
+    encoded = encode_evalset(reranker, evalset, batch_tokens=args.batch_tokens)
     metrics = ir_metrics(evalset, ["nDCG@10"])
     variants = build_variants(args.sweep, lora_parts(reranker), num_layers(reranker.base_config))
     return reranker, evalset, encoded, metrics, variants
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = machine(measure=True)
     # Before any timing: the three modes agree on the first query's pairs.
     first = faq_evalset(args.split, depth=args.depth, max_queries=1)
-    first_pairs = encode_pairs(reranker, first, batch_tokens=args.batch_tokens)
+    first_pairs = encode_evalset(reranker, first, batch_tokens=args.batch_tokens)
     first_metrics = ir_metrics(first, ["nDCG@10"])
     first_results = {mode: run_mode(reranker, first_pairs, first_metrics, variants, mode, args.sweep)[0] for mode in MODES}
     same_scores(first_pairs, first_results, args.dtype)

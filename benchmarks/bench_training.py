@@ -5,14 +5,14 @@
 
 Same model, LoRA (rank, alpha, all seven roles, dropout 0), group size, queries per step, max
 length, precision (frozen weights bf16, LoRA and head fp32, bf16 autocast) and groups — the
-first ``steps`` groups of relevance-lens's own seeded :class:`~relevance_lens.train.GroupDataset`
+first ``steps`` groups of relevance-lens's own seeded :class:`~relevance_lens.train.trainer.GroupDataset`
 — and a listwise cross-entropy with the positive as target (ours: ``group_loss``; theirs:
 ``ListNetLoss`` with labels 0 for the positive and -1e4 for the negatives, whose softmax is
 exactly one-hot, all pairs of a step in one forward). Before timing, both must give the same loss
 on the first step's groups (LoRA B starts at zero, so the models are equal there); the benchmark
 stops otherwise. Step times come from one Trainer callback (``on_step_begin`` to
 ``on_step_end``: forward, backward, optimizer); the first ``--warmup`` steps are left out. Ours
-runs through :func:`relevance_lens.train.train` itself. Peak memory: each system again in a
+runs through :func:`relevance_lens.train.trainer.train` itself. Peak memory: each system again in a
 child process of its own.
 """
 
@@ -37,8 +37,8 @@ from common import (  # noqa: E402
     publish, python_argv, report_peak_rss,
 )
 
-import relevance_lens.train as rl_train  # noqa: E402
-from relevance_lens.reranker import Reranker  # noqa: E402
+import relevance_lens.train.trainer as rl_train  # noqa: E402
+from relevance_lens.model.reranker import Reranker  # noqa: E402
 
 TARGET = 1.5
 OURS = "relevance-lens"  # compile=on: what compile=auto picks for the default recipe (50 steps)
@@ -64,7 +64,7 @@ def _timer_callback(times: list[float]):
 
 @contextmanager
 def timed_train(times: list[float]):
-    """Run :func:`relevance_lens.train.train` with a step timer beside its checkpoint schedule."""
+    """Run :func:`relevance_lens.train.trainer.train` with a step timer beside its checkpoint schedule."""
     original = rl_train._schedule_callback
 
     def with_timer(config):
@@ -126,8 +126,8 @@ def cross_encoder_model(args, reranker: Reranker, work: Path):
     from peft import LoraConfig, inject_adapter_in_model
     from sentence_transformers.cross_encoder import CrossEncoder
 
-    from relevance_lens.adapters import modules_for
-    from relevance_lens.roles import architecture_of, num_layers, resolve_roles
+    from relevance_lens.model.lora import modules_for
+    from relevance_lens.model.roles import architecture_of, num_layers, resolve_roles
 
     model_dir, _ = peers.seqcls_folder(reranker, None, work / "training")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32

@@ -27,7 +27,7 @@ from common import BenchmarkError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from relevance_lens.reranker import HEAD_FILE, Reranker  # noqa: E402
+from relevance_lens.model.reranker import HEAD_FILE, Reranker  # noqa: E402
 
 
 def split_pair(settings, query: str, passage) -> tuple[str, str]:

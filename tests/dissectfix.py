@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModel, Gemma3TextConfig
 
-from relevance_lens.adapters import LoraSettings, attach_lora
-from relevance_lens.data import Passage
-from relevance_lens.evalset import EvalSet
-from relevance_lens.reranker import Reranker, RerankerConfig
+from relevance_lens.model.lora import LoraSettings, attach_lora
+from relevance_lens.data.formats import Passage
+from relevance_lens.dissect.evalset import EvalSet
+from relevance_lens.model.reranker import Reranker, RerankerConfig
 from tiny import _llama_kw, tiny_reranker, tiny_tokenizer
 from trainfix import TOPICS
 
@@ -42,7 +42,7 @@ def bare_reranker(family: str, seed: int = 0) -> Reranker:
 def randomize_lora(reranker: Reranker, targets: str = "all", seed: int = 1, scale: float = 0.3) -> None:
     """Nonzero B (PEFT starts it at zero) and a random head. In a fused q|k|v module the rows
     of roles outside ``targets`` stay zero, as training keeps them."""
-    from relevance_lens.roles import architecture_of, num_layers, resolve_roles, role_module, role_rows
+    from relevance_lens.model.roles import architecture_of, num_layers, resolve_roles, role_module, role_rows
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -4,15 +4,15 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from relevance_lens import ablate
-from relevance_lens.ablate import (
+from relevance_lens.dissect import ablate
+from relevance_lens.dissect.ablate import (
     SWEEPS, SweepConfig, Variant, build_variants, lora_parts, restart_plan, score_variants, sweep, switch_off,
 )
-from relevance_lens.data import Passage
+from relevance_lens.data.formats import Passage
 from relevance_lens.errors import InputError
-from relevance_lens.evalset import encode_pairs, ir_metrics, mean
-from relevance_lens.roles import MHA_ROLES, MLP_ROLES, role_of_module
-from relevance_lens.stats import holm, paired_randomization
+from relevance_lens.dissect.evalset import encode_evalset, ir_metrics, mean
+from relevance_lens.model.roles import MHA_ROLES, MLP_ROLES, role_of_module
+from relevance_lens.evaluate.stats import holm, paired_randomization
 from dissectfix import DISSECT_FAMILIES, bare_reranker, lora_reranker, one_thread, tiny_evalset  # noqa: F401
 
 QUERY = "what is the capital of france"
@@ -91,7 +91,7 @@ def test_weight_swap_is_as_exact_as_the_lora_switch_and_restores_the_model(famil
     reranker = lora_reranker(family)
     before = {k: v.clone() for k, v in reranker.state_dict().items()}
     full = torch.tensor(reranker.score_pairs(QUERY, PASSAGES))
-    encoded = encode_pairs(reranker, tiny_evalset(depth=2), max_batch=6)
+    encoded = encode_evalset(reranker, tiny_evalset(depth=2), max_batch=6)
     parts = lora_parts(reranker)
     variants = [Variant(mode, frozenset(MODES[mode](parts))) for mode in MODES]
     swapped, work, _ = score_variants(reranker, variants, encoded, SweepConfig(cached=False, merge="on"))
@@ -111,7 +111,7 @@ def test_weight_swap_is_as_exact_as_the_lora_switch_and_restores_the_model(famil
 
 def test_merge_setting_is_checked():
     reranker = lora_reranker("llama")
-    encoded = encode_pairs(reranker, tiny_evalset(depth=2))
+    encoded = encode_evalset(reranker, tiny_evalset(depth=2))
     with pytest.raises(InputError, match="merge 'yes': expected auto, on or off"):
         score_variants(reranker, [], encoded, SweepConfig(merge="yes"))
 
@@ -187,7 +187,7 @@ def test_cached_sweeps_equal_naive(family, merge):
     """Every named sweep at once (one full and one base forward per batch serve all of them),
     through merged weights and through LoRA layers."""
     reranker = lora_reranker(family)
-    encoded = encode_pairs(reranker, tiny_evalset(depth=2), max_batch=6)
+    encoded = encode_evalset(reranker, tiny_evalset(depth=2), max_batch=6)
     assert len(encoded.batches) > 1  # the cache really is per batch
     parts = lora_parts(reranker)
     variants = [Variant(f"{name}:{v.name}", v.keep) for name in SWEEPS for v in build_variants(name, parts, 4)]
@@ -203,7 +203,7 @@ def test_cached_sweeps_equal_naive(family, merge):
 
 def test_work_accounting_of_a_drop_layer_sweep():
     reranker = lora_reranker("llama")
-    encoded = encode_pairs(reranker, tiny_evalset(depth=3), max_batch=8)
+    encoded = encode_evalset(reranker, tiny_evalset(depth=3), max_batch=8)
     variants = build_variants("drop-layer", lora_parts(reranker), 4)
     _, work, _ = score_variants(reranker, variants, encoded, SweepConfig())
     tokens = sum(encoded.tokens(b) for b in encoded.batches)
@@ -215,13 +215,13 @@ def test_work_accounting_of_a_drop_layer_sweep():
 
 
 def test_a_restart_that_breaks_falls_back_to_naive(monkeypatch):
-    from relevance_lens.hooks import start_at_layer
+    from relevance_lens.model.hooks import start_at_layer
 
     def broken(base_model, arch, layer, hidden):
         return start_at_layer(base_model, arch, layer, hidden * 2)
 
     reranker = lora_reranker("llama")
-    encoded = encode_pairs(reranker, tiny_evalset(depth=3), max_batch=8)
+    encoded = encode_evalset(reranker, tiny_evalset(depth=3), max_batch=8)
     variants = build_variants("drop-layer", lora_parts(reranker), 4)
     naive, _, _ = score_variants(reranker, variants, encoded, SweepConfig(cached=False))
     monkeypatch.setattr(ablate, "start_at_layer", broken)
@@ -247,7 +247,7 @@ def _relevant_score(evalset):
 def test_sweep_driver_reports_deltas_and_tests():
     reranker = lora_reranker("llama")
     evalset = tiny_evalset(depth=3)
-    encoded = encode_pairs(reranker, evalset, max_batch=8)
+    encoded = encode_evalset(reranker, evalset, max_batch=8)
     parts = lora_parts(reranker)
     variants = [Variant("everything", parts), Variant("nothing", frozenset()), *build_variants("keep-layer", parts, 4)]
     metrics = {**ir_metrics(evalset, ["RR@10"]), "margin": _relevant_score(evalset)}
@@ -269,7 +269,7 @@ def test_sweep_driver_reports_deltas_and_tests():
 
 def test_sweep_refuses_reserved_and_duplicate_names():
     reranker = lora_reranker("llama")
-    encoded = encode_pairs(reranker, tiny_evalset(depth=3))
+    encoded = encode_evalset(reranker, tiny_evalset(depth=3))
     for variants in ([Variant("full", frozenset())], [Variant("a", frozenset()), Variant("a", frozenset())]):
         with pytest.raises(InputError, match="unique"):
             sweep(reranker, variants, encoded, {"m": lambda run: {}})
@@ -304,17 +304,17 @@ def test_paired_randomization_matches_an_exact_permutation_test():
 def test_real_model_restarts_equal_full_forwards():
     """SmolLM2-135M (30 layers, GQA, tied embeddings): cached restarts are exact in fp32, and the
     lens's last layer is the model's own score."""
-    from relevance_lens.adapters import LoraSettings, attach_lora
-    from relevance_lens.evalset import faq_evalset
-    from relevance_lens.lens import layer_states
-    from relevance_lens.reranker import Reranker, RerankerConfig
+    from relevance_lens.model.lora import LoraSettings, attach_lora
+    from relevance_lens.dissect.evalset import faq_evalset
+    from relevance_lens.dissect.lens import layer_states
+    from relevance_lens.model.reranker import Reranker, RerankerConfig
     from dissectfix import randomize_lora
 
     reranker = Reranker.from_pretrained("smollm2-135m", config=RerankerConfig(model="smollm2-135m", max_length=64))
     attach_lora(reranker, LoraSettings(rank=8, targets="all", dropout=0.0))
     randomize_lora(reranker, scale=0.002)
     reranker.eval()
-    encoded = encode_pairs(reranker, faq_evalset("test", depth=3, max_queries=2), max_batch=4)
+    encoded = encode_evalset(reranker, faq_evalset("test", depth=3, max_queries=2), max_batch=4)
     parts = lora_parts(reranker)
     by_name = {v.name: v for name in ("drop-layer", "window", "roles", "top-down") for v in build_variants(name, parts, 30)}
     variants = [by_name[n] for n in ("-L0", "-L15", "-L29", "L10-12", "up", "L20-29")]
@@ -331,7 +331,7 @@ def test_real_model_restarts_equal_full_forwards():
 
 @pytest.mark.parametrize("n,width,stride,starts", [(30, 6, 3, [0, 3, 6, 9, 12, 15, 18, 21, 24]), (10, 4, 4, [0, 4, 6]), (5, 2, 1, [0, 1, 2, 3])])
 def test_window_stride_starts(n, width, stride, starts):
-    from relevance_lens.ablate import sliding_windows
+    from relevance_lens.dissect.ablate import sliding_windows
 
     parts = frozenset((layer, "q") for layer in range(n))
     variants = sliding_windows(parts, n, width=width, stride=stride)

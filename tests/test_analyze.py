@@ -5,15 +5,17 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from relevance_lens import analyze
-from relevance_lens.adapters import LoraSettings, attach_lora
-from relevance_lens.analyze import analyze_ablate, analyze_checkpoints, analyze_lens, analyze_weights, describe_adapter
+from relevance_lens.dissect import analyses as analyze
+from relevance_lens.model.lora import LoraSettings, attach_lora
+from relevance_lens.dissect.analyses import analyze_ablate, analyze_checkpoints, analyze_lens, analyze_weights, describe_adapter
 from relevance_lens.cli import app
-from relevance_lens.data import write_corpus, write_qrels, write_queries, write_run
+from relevance_lens.data.formats import write_corpus, write_qrels, write_queries, write_run
 from relevance_lens.errors import InputError
-from relevance_lens.evalset import encode_pairs, ir_metrics, mean, run_from_scores, score_encoded
-from relevance_lens.reranker import Reranker
-from relevance_lens.score import ScoreConfig
+from relevance_lens.dissect.evalset import encode_evalset, ir_metrics, mean
+from relevance_lens.score.batching import run_from_scores
+from relevance_lens.score.scorer import PlainScorer
+from relevance_lens.model.reranker import Reranker
+from relevance_lens.score.rerank import ScoreConfig
 from relevance_lens.store import Store
 from dissectfix import one_thread, randomize_lora, tiny_evalset  # noqa: F401
 from tiny import save_tiny
@@ -56,8 +58,8 @@ def test_describe_adapter(fake_run):
 def _direct(folder, evalset):
     """Metrics of an adapter scored the ordinary way, to check the analyses against."""
     reranker = Reranker.from_pretrained(adapter=folder).eval()
-    encoded = encode_pairs(reranker, evalset)
-    run = run_from_scores(encoded.pairs, score_encoded(reranker, encoded))
+    encoded = encode_evalset(reranker, evalset)
+    run = run_from_scores(encoded.pairs, PlainScorer(reranker).score_encoded(encoded))
     return {m: mean(fn(run)) for m, fn in ir_metrics(evalset, METRICS).items()}
 
 
@@ -96,7 +98,7 @@ def test_ablate_rows_agree_with_the_checkpoint_scores(fake_run, tmp_path, monkey
     assert by["ablate:drop-layer", None, "work_saved"]["value"] > 0.2
     assert by["ablate:roles", None, "work_saved"]["value"] == 0.0
     assert len(store.rows()) == len(rows)
-    monkeypatch.setattr("relevance_lens.ablate.sweep", lambda *a, **k: pytest.fail("should have been skipped"))
+    monkeypatch.setattr("relevance_lens.dissect.ablate.sweep", lambda *a, **k: pytest.fail("should have been skipped"))
     assert len(analyze_ablate(fake_run["run"] / "final", evalset, ["drop-layer"], METRICS, store=store, score=FP32)) == len(
         [r for r in rows if r["analysis"] == "ablate:drop-layer"])
 

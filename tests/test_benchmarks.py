@@ -16,7 +16,7 @@ import bench_scoring  # noqa: E402
 import common  # noqa: E402
 import peers  # noqa: E402
 
-from relevance_lens.data import Passage  # noqa: E402
+from relevance_lens.data.formats import Passage  # noqa: E402
 
 # Byte-level tiny tokenizer: FAQ queries run to ~100 tokens. The peers truncate a pair
 # longest-first (both halves when both exceed half the budget), we truncate the end; 400 tokens
@@ -150,7 +150,7 @@ def test_sweep_smoke(tiny_folder, tmp_path):
 def test_sweep_stops_before_timing_when_a_mode_disagrees(tiny_folder, tmp_path, monkeypatch):
     import bench_sweep
 
-    from relevance_lens import weightswap
+    from relevance_lens.dissect import switch as weightswap
 
     real_delta = weightswap._delta
     monkeypatch.setattr(weightswap, "_delta", lambda module: 5 * real_delta(module))  # a wrong merge

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from relevance_lens.data import read_run
+from relevance_lens.data.formats import read_run
 from tiny import save_tiny
 from trainfix import write_collection
 
@@ -75,8 +75,8 @@ def test_unknown_metric_is_refused(files, tmp_path):
 @pytest.mark.slow
 def test_real_model_reranks_a_real_faq_slice(tmp_path):
     """rerank -> evaluate with the embedded SmolLM2 on 5 FAQ test queries (untrained head)."""
-    from relevance_lens.data import write_queries, write_run
-    from relevance_lens.faq import faq_paths, load_faq
+    from relevance_lens.data.formats import write_queries, write_run
+    from relevance_lens.data.faq import faq_paths, load_faq
 
     data = load_faq("test")
     qids = sorted(data.queries)[:5]

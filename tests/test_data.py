@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relevance_lens.data import (
+from relevance_lens.data.formats import (
     Passage,
     TrainGroup,
     atomic_write,

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from relevance_lens.errors import InputError
-from relevance_lens.evaluate import DEFAULT_METRICS, Evaluation, evaluate, format_table, parse_metrics
+from relevance_lens.evaluate.metrics import DEFAULT_METRICS, Evaluation, evaluate, format_table, parse_metrics
 
 QRELS = {
     "1": {"a": 1, "b": 0},  # relevant doc at rank 2 in RUN

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from relevance_lens.errors import InputError
-from relevance_lens.faq import (
+from relevance_lens.data.faq import (
     DATA_DIR,
     faq_paths,
     load_faq,

@@ -6,12 +6,14 @@ import pytest
 import torch
 from tiny import CONFIGS, tiny_model, tiny_reranker, tiny_tokenizer
 
-from relevance_lens.adapters import LoraSettings, attach_lora
-from relevance_lens.data import Passage
+from relevance_lens.model.lora import LoraSettings, attach_lora
+from relevance_lens.data.formats import Passage
 from relevance_lens.errors import InputError
-from relevance_lens.fastscore import FastScorer, common_prefix, prefix_blocker, prefix_cap
-from relevance_lens.reranker import Reranker, RerankerConfig
-from relevance_lens.score import ScoreConfig, rerank, score_chunk
+from relevance_lens.score.fast import FastScorer, common_prefix, prefix_blocker, prefix_cap
+from relevance_lens.model.reranker import Reranker, RerankerConfig
+from relevance_lens.score.config import ScoreConfig
+from relevance_lens.score.rerank import rerank
+from relevance_lens.score.scorer import PlainScorer
 
 QUERIES = ["what is the capital of france", "how do i sort a list in python", "bananas"]
 DOCS = [
@@ -57,7 +59,7 @@ def test_fast_equals_plain(family, padding_side):
     """LoRA merged + shared prefix vs the plain forward; left padding vs right-padded plain scores."""
     reranker = lora_reranker(family, padding_side=padding_side)
     right = reranker if padding_side == "right" else lora_reranker(family, padding_side="right")
-    slow = score_chunk(right, ITEMS, fp32(fast=False))
+    slow = PlainScorer(right, fp32(fast=False)).score(ITEMS)
     scorer = FastScorer(reranker, fp32())
     assert scorer.plan.merged and scorer.plan.share_prefix and not scorer.plan.compiled
     assert_close(scorer.score(ITEMS), slow)
@@ -69,20 +71,20 @@ def test_each_path_alone(paths):
     scorer = FastScorer(reranker, fp32(**paths))
     assert scorer.plan.merged == paths.get("merge_lora", True)
     assert scorer.plan.share_prefix == paths.get("share_prefix", True)
-    assert_close(scorer.score(ITEMS), score_chunk(reranker, ITEMS, fp32(fast=False)))
+    assert_close(scorer.score(ITEMS), PlainScorer(reranker, fp32(fast=False)).score(ITEMS))
 
 
 def test_callers_reranker_left_unmerged_and_unchanged():
     reranker = lora_reranker("llama")
     before = {k: v.clone() for k, v in reranker.state_dict().items()}
-    slow = score_chunk(reranker, ITEMS, fp32(fast=False))
+    slow = PlainScorer(reranker, fp32(fast=False)).score(ITEMS)
     FastScorer(reranker, fp32()).score(ITEMS)
     assert hasattr(reranker.backbone, "peft_config"), "the caller's reranker lost its LoRA wrapper"
     merged = [m.merged for m in reranker.backbone.modules() if hasattr(m, "merged")]
     assert merged and not any(merged), "the caller's LoRA was merged"
     after = reranker.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert score_chunk(reranker, ITEMS, fp32(fast=False)) == slow
+    assert PlainScorer(reranker, fp32(fast=False)).score(ITEMS) == slow
 
 
 def test_rerank_fast_default_equals_plain():
@@ -105,7 +107,7 @@ def test_sliding_window_prefix_is_capped():
     torch.manual_seed(0)
     reranker = Reranker(AutoModel.from_config(config).eval(), tiny_tokenizer(), RerankerConfig(model="tiny-gemma3-sw"))
     assert prefix_cap(reranker) == 4
-    slow = score_chunk(reranker, ITEMS, fp32(fast=False))
+    slow = PlainScorer(reranker, fp32(fast=False)).score(ITEMS)
     assert_close(FastScorer(reranker, fp32()).score(ITEMS), slow)
 
 
@@ -142,7 +144,7 @@ def test_auto_compile_skips_small_runs():
 @pytest.mark.slow
 def test_compiled_blocks_equal_plain():
     reranker = lora_reranker("llama")
-    slow = score_chunk(reranker, ITEMS, fp32(fast=False))
+    slow = PlainScorer(reranker, fp32(fast=False)).score(ITEMS)
     scorer = FastScorer(reranker, fp32(compile="on"))
     assert scorer.plan.compiled and not scorer.plan.share_prefix
     assert_close(scorer.score(ITEMS), slow)
@@ -151,8 +153,8 @@ def test_compiled_blocks_equal_plain():
 @pytest.mark.slow
 def test_compiled_blocks_train_like_eager():
     """Compiled blocks in training (the proposal for train.build_model): same loss and LoRA gradients (fp32)."""
-    from relevance_lens.fastscore import compile_blocks
-    from relevance_lens.train import group_loss
+    from relevance_lens.model.compile import compile_blocks
+    from relevance_lens.train.groups import group_loss
 
     def loss_and_grads(compiled: bool):
         reranker = lora_reranker("llama").train()

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from relevance_lens.errors import InputError
-from relevance_lens.evalset import encode_pairs, ir_metrics, mean, run_from_scores
-from relevance_lens.lens import LensConfig, fit_logistic, fit_ridge, layer_states, lens_curve
-from relevance_lens.reranker import pool_last
-from relevance_lens.roles import blocks
+from relevance_lens.dissect.evalset import encode_evalset, ir_metrics, mean
+from relevance_lens.score.batching import run_from_scores
+from relevance_lens.dissect.lens import LensConfig, fit_logistic, fit_ridge, layer_states, lens_curve
+from relevance_lens.model.reranker import pool_last
+from relevance_lens.model.roles import blocks
 from dissectfix import DISSECT_FAMILIES, lora_reranker, one_thread, tiny_evalset  # noqa: F401
 
 METRICS = ["RR@10", "nDCG@10"]
@@ -16,7 +17,7 @@ METRICS = ["RR@10", "nDCG@10"]
 @pytest.mark.parametrize("family", DISSECT_FAMILIES)
 def test_last_layer_of_the_lens_is_the_models_own_score(family):
     reranker = lora_reranker(family)
-    encoded = encode_pairs(reranker, tiny_evalset(depth=2), max_batch=6)
+    encoded = encode_evalset(reranker, tiny_evalset(depth=2), max_batch=6)
     states = layer_states(reranker, encoded)
     batch = encoded.batches[0]
     with torch.inference_mode():
@@ -31,7 +32,7 @@ def test_lens_equals_head_on_normed_hidden_states(family):
     """Against transformers' own output_hidden_states: entries 0..N-1 are un-normed block inputs,
     and in transformers 5.x the last entry is already the normed output (so it must not be normed again)."""
     reranker = lora_reranker(family)
-    encoded = encode_pairs(reranker, tiny_evalset(depth=2), max_batch=64)
+    encoded = encode_evalset(reranker, tiny_evalset(depth=2), max_batch=64)
     tensors = encoded.tensors(reranker, encoded.batches[0])
     norm = reranker.base_model.get_submodule(reranker.architecture.final_norm)
     with torch.inference_mode():
@@ -62,7 +63,7 @@ def test_known_answer_only_block_1_writes_to_the_stream():
     reranker = lora_reranker("llama")
     _silence_blocks(reranker, {0, 2, 3})
     evalset = tiny_evalset(depth=3)
-    encoded = encode_pairs(reranker, evalset, max_batch=8)
+    encoded = encode_evalset(reranker, evalset, max_batch=8)
     metrics = ir_metrics(evalset, METRICS)
     result = lens_curve(reranker, encoded, metrics)
     ties = {m: mean(fn(run_from_scores(encoded.pairs, [0.0] * len(encoded.pairs)))) for m, fn in metrics.items()}
@@ -105,7 +106,7 @@ def test_ridge_matches_closed_form_least_squares():
 def test_probe_curve_on_the_tiny_model():
     reranker = lora_reranker("llama")
     evalset = tiny_evalset(depth=3)
-    encoded = encode_pairs(reranker, evalset, max_batch=8)
+    encoded = encode_evalset(reranker, evalset, max_batch=8)
     metrics = ir_metrics(evalset, METRICS)
     result = lens_curve(reranker, encoded, metrics, LensConfig(probe="logistic", l2=1e-3), train=encoded, train_qrels=evalset.qrels)
     ties = {m: mean(fn(run_from_scores(encoded.pairs, [0.0] * len(encoded.pairs)))) for m, fn in metrics.items()}

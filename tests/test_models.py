@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from relevance_lens import models
+from relevance_lens.model import backbone as models
 from relevance_lens.errors import InputError
-from relevance_lens.models import EMBEDDED, resolve_model
-from relevance_lens.roles import architecture_of, num_layers, role_module
+from relevance_lens.model.backbone import EMBEDDED, resolve_model
+from relevance_lens.model.roles import architecture_of, num_layers, role_module
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_smollm2_gguf_dequantizes_once_then_loads_from_cache(tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_gemma3_parts_concatenate_and_map_to_roles():
-    from relevance_lens.models import load_backbone
+    from relevance_lens.model.backbone import load_backbone
 
     source = resolve_model("gemma3-270m")
     backbone, tokenizer = load_backbone(source)

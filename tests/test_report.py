@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from relevance_lens.cli import app
 from relevance_lens.errors import InputError
-from relevance_lens.report import read_rows, render, write_report
+from relevance_lens.report.page import read_rows, render, write_report
 from relevance_lens.store import Store
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -27,7 +27,7 @@ EVAL = {"eval": "dev", "depth": 10, "max_queries": 40, "n_queries": 40, "dtype":
 
 
 def synthetic_rows() -> list[dict]:
-    """Rows shaped as relevance_lens.analyze and the study driver write them (2 models x 2 ranks x 3 targets)."""
+    """Rows shaped as relevance_lens.dissect.analyses and the study driver write them (2 models x 2 ranks x 3 targets)."""
     rows = []
     for m, model in enumerate(("org/alpha-1b", "org/beta-2b")):
         head = f"{model[4:]}-head"

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from relevance_lens.adapters import LoraSettings, attach_lora
-from relevance_lens.data import Passage
+from relevance_lens.model.lora import LoraSettings, attach_lora
+from relevance_lens.data.formats import Passage
 from relevance_lens.errors import InputError
-from relevance_lens.reranker import HEAD_FILE, Reranker, RerankerConfig, pool_last
+from relevance_lens.model.reranker import HEAD_FILE, Reranker, RerankerConfig, pool_last
 from tiny import FAMILIES, save_tiny, tiny_reranker
 
 QUERY = "what is the capital of france"
@@ -113,7 +113,7 @@ def test_truncated_head_is_refused(tmp_path):
 
 
 def test_fused_q_only_changes_only_query_rows(tmp_path):
-    from relevance_lens.roles import architecture_of, role_module, role_rows
+    from relevance_lens.model.roles import architecture_of, role_module, role_rows
 
     reranker = tiny_reranker("gpt_neox")
     attach_lora(reranker, LoraSettings(rank=2, targets="q", dropout=0.0))

@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 
-from relevance_lens.data import Passage
+from relevance_lens.data.formats import Passage
 from relevance_lens.errors import InputError
-from relevance_lens.retrieve import bm25_search
+from relevance_lens.data.bm25 import bm25_search
 
 CORPUS = {
     "1": Passage("1", "Dogs", "Dogs bark at the mailman every morning."),

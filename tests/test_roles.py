@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from relevance_lens.errors import InputError
-from relevance_lens.roles import (
+from relevance_lens.model.roles import (
     ARCHITECTURES,
     ROLES,
     architecture_of,

@@ -23,7 +23,10 @@ from trainfix import write_collection
 
 from relevance_lens import study as st
 from relevance_lens.errors import InputError
-from relevance_lens.train import complete_checkpoints
+from relevance_lens.dissect.evalset import build_evalset
+from relevance_lens.model.backbone import model_info
+from relevance_lens.store import merge_stores
+from relevance_lens.train.rundir import complete_checkpoints
 
 STUDY = """
 [study]
@@ -146,7 +149,7 @@ def test_grid_cells_rows_and_rerun_skips(reference, tiny_study):
 
 @pytest.mark.slow
 def test_report_of_a_real_study_has_every_section(reference, tmp_path):
-    from relevance_lens.report import write_report
+    from relevance_lens.report.page import write_report
 
     text = write_report(reference["store"], tmp_path / "report.html").read_text()
     for section in ("checkpoints", "ranks", "targets", "layer-heatmap", "layer-sweeps", "roles", "weights", "lens", "configs"):
@@ -233,7 +236,7 @@ def test_shards_then_merge_equal_one_run(reference, tiny_study, tmp_path):
     assert len(stores) > 1
     assert all(0 < len(_rows(s)) < len(_rows(reference["store"])) for s in stores)
     merged = tmp_path / "merged.sqlite"
-    st.merge_stores(merged, stores)
+    merge_stores(merged, stores)
     assert _rows(merged) == _rows(reference["store"])
 
 
@@ -265,8 +268,8 @@ def no_weights_no_network(monkeypatch):
         raise AssertionError("a dry run must not load weights or touch the network")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr("relevance_lens.models.resolve_model", refuse)
-    monkeypatch.setattr("relevance_lens.models.load_backbone", refuse)
+    monkeypatch.setattr("relevance_lens.model.backbone.resolve_model", refuse)
+    monkeypatch.setattr("relevance_lens.model.backbone.load_backbone", refuse)
     monkeypatch.setattr("transformers.AutoModel.from_pretrained", refuse)
     monkeypatch.setattr("transformers.AutoConfig.from_pretrained", refuse)
 
@@ -300,7 +303,7 @@ def test_embedded_studies_dry_run_without_dequantizing(no_weights_no_network, tm
 
 
 def test_hub_model_family_from_the_study_file():
-    info = st.model_info(st.ModelSpec(name="acme/unknown-7b", family="mistral"))
+    info = model_info("acme/unknown-7b", family="mistral")
     assert (info.family, info.source) == ("mistral", "study file (family =)")
 
 
@@ -378,7 +381,7 @@ def test_ir_datasets_eval_set_fetches_only_the_reranked_passages(monkeypatch):
         docs_store=lambda: Store(),
     )
     monkeypatch.setitem(sys.modules, "ir_datasets", SimpleNamespace(load=lambda name: dataset))
-    evalset = st.build_evalset({"name": "dl", "ir_datasets": "msmarco-passage/trec-dl-2019", "depth": 4, "max_queries": None})
+    evalset = build_evalset({"name": "dl", "ir_datasets": "msmarco-passage/trec-dl-2019", "depth": 4, "max_queries": None})
     assert evalset.name == "dl" and evalset.query_ids == ["1"]
     assert sorted(fetched) == ["d0", "d1", "d2", "d3"]
     assert evalset.pairs() == [("1", "d0"), ("1", "d1"), ("1", "d2"), ("1", "d3")] and evalset.corpus["d3"].text == "text of d3"

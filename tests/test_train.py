@@ -13,7 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from relevance_lens.errors import InputError
-from relevance_lens.train import GroupDataset, complete_checkpoints, load_config, load_groups, train
+from relevance_lens.train.config import load_config
+from relevance_lens.train.groups import GroupDataset, load_groups
+from relevance_lens.train.rundir import complete_checkpoints
+from relevance_lens.train.trainer import train
 from tiny import save_tiny
 from trainfix import write_collection
 
@@ -168,7 +171,7 @@ def test_resume_with_changed_settings_is_refused(collection, tmp_path):
 @pytest.mark.slow
 def test_compiled_blocks_train_the_same_model(collection, tmp_path):
     """compile=on is a fast path: the same losses and weights as the eager blocks, up to float rounding."""
-    from relevance_lens.fastscore import can_compile
+    from relevance_lens.model.compile import can_compile
 
     if can_compile(torch.device("cpu")):
         pytest.skip(can_compile(torch.device("cpu")))
@@ -189,7 +192,7 @@ def test_compiled_blocks_train_the_same_model(collection, tmp_path):
 
 
 def test_auto_compile_skips_runs_too_small_to_pay_back(collection, tmp_path):
-    from relevance_lens.train import build_model, compile_decision
+    from relevance_lens.train.trainer import build_model, compile_decision
 
     config = load_config(None, **_config(collection, tmp_path / "run", max_steps=3))
     compiled, why = compile_decision(config, build_model(config))

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from relevance_lens.adapters import LoraSettings, attach_lora
+from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.errors import InputError
-from relevance_lens.reranker import Reranker
-from relevance_lens.roles import role_module, role_rows
-from relevance_lens.weights import (
+from relevance_lens.model.reranker import Reranker
+from relevance_lens.model.roles import role_module, role_rows
+from relevance_lens.dissect.weights import (
     compare, effective_rank, grassmann, load_adapter_weights, numerical_rank, role_stats, similarity_grid, spectrum,
 )
 from dissectfix import one_thread, randomize_lora  # noqa: F401

@@ -92,6 +92,6 @@ def save_tiny(family: str, folder: Path, seed: int = 0) -> Path:
 
 
 def tiny_reranker(family: str = "llama", seed: int = 0, **config):
-    from relevance_lens.reranker import Reranker, RerankerConfig
+    from relevance_lens.model.reranker import Reranker, RerankerConfig
 
     return Reranker(tiny_model(family, seed), tiny_tokenizer(), RerankerConfig(model=f"tiny-{family}", **config))

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from relevance_lens.data import Passage, write_corpus, write_qrels, write_queries, write_run
+from relevance_lens.data.formats import Passage, write_corpus, write_qrels, write_queries, write_run
 
 TOPICS = [
     ("paris", "what is the capital of france", "paris is the capital of france"),

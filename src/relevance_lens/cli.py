@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 
-from .errors import InputError
+from relevance_lens.errors import InputError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="LoRA rerankers and where relevance lives in them.")
 data_app = typer.Typer(no_args_is_help=True, help="Build and inspect the embedded data.")
@@ -27,8 +31,8 @@ def bm25(
     depth: int = typer.Option(100, help="Passages per query."),
 ):
     """First-stage BM25 (bm25s) over a corpus; writes a TREC run."""
-    from .data import read_corpus, read_queries, write_run
-    from .retrieve import bm25_search
+    from relevance_lens.data.formats import read_corpus, read_queries, write_run
+    from relevance_lens.data.bm25 import bm25_search
 
     if depth < 1:
         raise InputError(f"--depth {depth}: expected a positive number")
@@ -51,10 +55,10 @@ def rerank(
     batch_tokens: int = typer.Option(8192, help="Padded tokens per batch."),
 ):
     """Rerank a first-stage run with an LLM reranker; writes a TREC run."""
-    from .data import read_corpus, read_queries, read_run, write_run
-    from .reranker import Reranker
-    from .score import ScoreConfig, prepare
-    from .score import rerank as rerank_run
+    from relevance_lens.data.formats import read_corpus, read_queries, read_run, write_run
+    from relevance_lens.model.reranker import Reranker
+    from relevance_lens.score.config import ScoreConfig, prepare
+    from relevance_lens.score.rerank import rerank as rerank_run
 
     config = ScoreConfig(depth=depth, dtype=dtype, device=device, batch_tokens=batch_tokens)
     qs, docs = read_queries(queries), read_corpus(corpus)
@@ -75,9 +79,9 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object of metric -> value."),
 ):
     """Evaluate a run with ir_measures."""
-    from .data import read_qrels, read_queries, read_run
-    from .evaluate import evaluate as evaluate_run
-    from .evaluate import format_table
+    from relevance_lens.data.formats import read_qrels, read_queries, read_run
+    from relevance_lens.evaluate.metrics import evaluate as evaluate_run
+    from relevance_lens.evaluate.metrics import format_table
 
     query_ids = list(read_queries(queries)) if queries is not None else None
     result = evaluate_run(read_qrels(qrels), read_run(run), metrics, query_ids=query_ids)
@@ -134,8 +138,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint."),
 ):
     """Fine-tune a LoRA reranker (contrastive groups, HF Trainer); checkpoints are adapter folders."""
-    from .train import evaluate_final, load_config
-    from .train import train as run_training
+    from relevance_lens.train.trainer import evaluate_final, load_config
+    from relevance_lens.train.trainer import train as run_training
 
     settings = load_config(
         config, model=model, output=str(output) if output else None, data=data,
@@ -176,7 +180,7 @@ def build_faq(
     weak: bool = typer.Option(True, help="Also build weakly labelled man-page training pairs."),
 ):
     """Rebuild the embedded FAQ collection from Debian's .deb files."""
-    from . import faq
+    from relevance_lens.data import faq
 
     summary = faq.build_faq(output or faq.DATA_DIR, debs, weak=weak)
     out.print_json(json.dumps(summary, default=str))
@@ -192,11 +196,11 @@ def demo(
 ):
     """Train, dissect and report on the embedded model and FAQ (the packaged demo study)."""
     if quick:
-        from .demo import run_demo
+        from relevance_lens.demo import run_demo
 
         run_demo(model=model, split=split, depth=depth, output=workdir, console=console, out=out)
         return
-    from .demo import run_study_demo
+    from relevance_lens.demo import run_study_demo
 
     run_study_demo(workdir=workdir, console=console, out=out)
 
@@ -216,7 +220,8 @@ def study_run(
     workdir: Optional[Path] = typer.Option(None, help="Work folder for the runs (default runs/<study name>)."),
 ):
     """Train and analyse every cell of a study; a rerun skips what is done and resumes the rest."""
-    from .study import RunOptions, default_paths, dry_run as list_cells, load_study, parse_shard, run_study
+    from relevance_lens.study import RunOptions, default_paths, load_study, parse_shard, run_study
+    from relevance_lens.study import dry_run as list_cells
 
     spec = load_study(study)
     part = parse_shard(shard)
@@ -234,7 +239,7 @@ def study_merge(
     stores: List[Path] = typer.Argument(..., help="Shard stores to merge."),
 ):
     """Combine the results stores of several shards into one."""
-    from .study import merge_stores
+    from relevance_lens.store import merge_stores
 
     merge_stores(output, stores, console)
 
@@ -245,7 +250,7 @@ def report(
     output: Path = typer.Option(Path("report.html"), help="HTML file to write (one self-contained page)."),
 ):
     """Write one self-contained HTML page answering the study's questions from a results store."""
-    from .report import write_report
+    from relevance_lens.report.page import write_report
 
     path = write_report(store, output)
     out.print(f"report: {path.resolve()}", highlight=False)
@@ -256,113 +261,120 @@ def report(
 analyze_app = typer.Typer(no_args_is_help=True, help="Dissect adapters: checkpoints, ablations, weights, lens.")
 app.add_typer(analyze_app, name="analyze")
 
-_SPLIT = typer.Option(None, help="FAQ split to evaluate on (dev, test); default dev unless files are given.")
-_QUERIES = typer.Option(None, "--queries", help="Queries TSV (instead of --split; with --qrels, --corpus, --run).")
-_QRELS = typer.Option(None, "--qrels", help="TREC qrels.")
-_CORPUS = typer.Option(None, "--corpus", help="Corpus TSV or JSONL.")
-_FIRST = typer.Option(None, "--run", help="First-stage TREC run whose top-k is reranked.")
-_DEPTH = typer.Option(10, help="Rerank this many first-stage passages per query.")
-_MAX_Q = typer.Option(None, help="Only the first N judged queries (sorted by id).")
-_METRICS = typer.Option(["nDCG@10", "RR@10"], "--metric", help="ir_measures names (repeat the option).")
-_STORE = typer.Option(Path("runs/results.sqlite"), help="SQLite results store rows are appended to.")
-_DTYPE = typer.Option("auto", help="auto (bf16 where fast), bf16, fp32.")
-_DEVICE = typer.Option("auto", help="auto, cpu, cuda, cuda:N.")
-_BATCH = typer.Option(8192, help="Padded tokens per batch.")
-_FORCE = typer.Option(False, "--force", help="Recompute even if the store has these results.")
+# Every analysis of the registry becomes ``analyze NAME``: its inputs (below), its eval set and
+# scoring options when it scores, and one option per field of its settings dataclass, so that a
+# setting reachable from a study file is reachable here too (tests/test_registry.py).
+
+_EVAL_OPTIONS = [
+    ("split", Optional[str], None, "FAQ split to evaluate on (dev, test); default dev unless files are given.", ()),
+    ("queries", Optional[Path], None, "Queries TSV (instead of --split; with --qrels, --corpus, --run).", ()),
+    ("qrels", Optional[Path], None, "TREC qrels.", ()),
+    ("corpus", Optional[Path], None, "Corpus TSV or JSONL.", ()),
+    ("first", Optional[Path], None, "First-stage TREC run whose top-k is reranked.", ("--run",)),
+    ("depth", int, 10, "Rerank this many first-stage passages per query.", ()),
+    ("max_queries", Optional[int], None, "Only the first N judged queries (sorted by id).", ()),
+    ("metric", List[str], ["nDCG@10", "RR@10"], "ir_measures names (repeat the option).", ()),
+]
+_SCORE_OPTIONS = [
+    ("dtype", str, "auto", "auto (bf16 where fast), bf16, fp32.", ()),
+    ("device", str, "auto", "auto, cpu, cuda, cuda:N.", ()),
+    ("batch_tokens", int, 8192, "Padded tokens per batch.", ()),
+]
+_STORE_OPTIONS = [
+    ("store", Path, Path("runs/results.sqlite"), "SQLite results store rows are appended to.", ()),
+    ("force", bool, False, "Recompute even if the store has these results.", ("--force",)),
+]
+#: Per analysis: its inputs as (name, type, default, help, declarations); ``...`` = required argument.
+_INPUTS = {
+    "checkpoints": [
+        ("target", Path, ..., "Training run folder (checkpoint-<step>/ and final/).", "arg"),
+        ("baseline", Optional[Path], None, "Head-only run folder (targets none): the 'before' point.", ()),
+    ],
+    "ablate": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
+    "weights": [
+        ("target", Path, ..., "Adapter folder, or a run folder (each checkpoint vs final).", "arg"),
+        ("other", Optional[Path], None, "Second adapter for subspace similarity (e.g. the r32 run's final/).", ()),
+    ],
+    "lens": [
+        ("target", Optional[Path], None, "Adapter folder (omit with --model for a bare base model).", "arg"),
+        ("model", Optional[str], None, "Base model when no adapter is given (its head is untrained).", ()),
+    ],
+}
 
 
-def _eval_inputs(split, queries, qrels, corpus, first, depth, max_queries):
-    from .evalset import resolve_evalset
-
-    return resolve_evalset(split, queries=queries, qrels=qrels, corpus=corpus, run=first, depth=depth, max_queries=max_queries)
-
-
-def _scoring(depth, dtype, device, batch_tokens):
-    from .score import ScoreConfig
-
-    return ScoreConfig(depth=depth, dtype=dtype, device=device, batch_tokens=batch_tokens)
+def _param(name, annotation, default, help, decls) -> inspect.Parameter:
+    if decls == "arg":
+        option = typer.Argument(default, help=help)
+    else:
+        option = typer.Option(default, *decls, help=help)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
-@analyze_app.command("checkpoints")
-def analyze_checkpoints_cmd(
-    run_dir: Path = typer.Argument(..., help="Training run folder (checkpoint-<step>/ and final/)."),
-    baseline: Optional[Path] = typer.Option(None, help="Head-only run folder (targets none): the 'before' point."),
-    split: Optional[str] = _SPLIT, queries: Optional[Path] = _QUERIES, qrels: Optional[Path] = _QRELS,
-    corpus: Optional[Path] = _CORPUS, first: Optional[Path] = _FIRST, depth: int = _DEPTH, max_queries: Optional[int] = _MAX_Q,
-    metric: List[str] = _METRICS, store: Path = _STORE, dtype: str = _DTYPE, device: str = _DEVICE,
-    batch_tokens: int = _BATCH, force: bool = _FORCE,
-):
-    """Metrics of every checkpoint of a run, beside BM25 and a head-only baseline."""
-    from .analyze import analyze_checkpoints
-    from .store import Store
-
-    evalset = _eval_inputs(split, queries, qrels, corpus, first, depth, max_queries)
-    analyze_checkpoints(run_dir, evalset, metric, baseline_run_dir=baseline, store=Store(store), force=force,
-                        score=_scoring(depth, dtype, device, batch_tokens), console=out)
+def _cli_type(annotation):
+    """A settings field's type as typer takes it: Literal choices as str, ``X | None`` as Optional[X]."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return str
+    if origin is list:
+        return List[args[0]]
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        return Optional[_cli_type(next(a for a in args if a is not type(None)))]
+    return annotation
 
 
-@analyze_app.command("ablate")
-def analyze_ablate_cmd(
-    adapter: Path = typer.Argument(..., help="Adapter folder (a checkpoint or final/)."),
-    sweep: List[str] = typer.Option(["drop-layer"], "--sweep", help="drop-layer, keep-layer, window, bottom-up, top-down, roles, drop-layer-role, keep-layer-role (repeat)."),
-    window: int = typer.Option(3, help="Width of the 'window' sweep."),
-    window_stride: int = typer.Option(1, help="Step between window starts."),
-    naive: bool = typer.Option(False, "--naive", help="Run every variant in full (no cached restarts)."),
-    merge: str = typer.Option("auto", help="Variants on merged weights (W or W+ΔW per module) instead of LoRA layers: auto | on | off."),
-    permutations: int = typer.Option(10000, help="Sign flips of the paired randomization test."),
-    split: Optional[str] = _SPLIT, queries: Optional[Path] = _QUERIES, qrels: Optional[Path] = _QRELS,
-    corpus: Optional[Path] = _CORPUS, first: Optional[Path] = _FIRST, depth: int = _DEPTH, max_queries: Optional[int] = _MAX_Q,
-    metric: List[str] = _METRICS, store: Path = _STORE, dtype: str = _DTYPE, device: str = _DEVICE,
-    batch_tokens: int = _BATCH, force: bool = _FORCE,
-):
-    """Switch parts of ΔW off (by layer, role, window...) and measure what ranking loses."""
-    from .ablate import SweepConfig
-    from .analyze import analyze_ablate
-    from .store import Store
-
-    evalset = _eval_inputs(split, queries, qrels, corpus, first, depth, max_queries)
-    analyze_ablate(adapter, evalset, sweep, metric, window=window, window_stride=window_stride, sweep_config=SweepConfig(cached=not naive, merge=merge, permutations=permutations),
-                   store=Store(store), score=_scoring(depth, dtype, device, batch_tokens), force=force, console=out)
+def settings_params(cls) -> list[inspect.Parameter]:
+    """One CLI option per field of a settings dataclass (help and flag from its metadata)."""
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        annotation = _cli_type(hints[f.name])
+        flag = f.metadata.get("flag")
+        if flag is None and annotation is bool:
+            dashed = f.name.replace("_", "-")
+            flag = f"--{dashed}/--no-{dashed}" if default else f"--{dashed}"
+        params.append(_param(f.name, annotation, default, f.metadata.get("help", ""), (flag,) if flag else ()))
+    return params
 
 
-@analyze_app.command("weights")
-def analyze_weights_cmd(
-    adapter: Path = typer.Argument(..., help="Adapter folder, or a run folder (each checkpoint vs final)."),
-    other: Optional[Path] = typer.Option(None, help="Second adapter for subspace similarity (e.g. the r32 run's final/)."),
-    side: str = typer.Option("left", help="left: output-space directions of ΔW; right: input-space."),
-    store: Path = _STORE, force: bool = _FORCE,
-):
-    """ΔW norms, spectra and effective ranks per layer x role; subspace similarity."""
-    from .analyze import analyze_weights
-    from .store import Store
+def _analysis_command(name: str) -> None:
+    from relevance_lens.dissect.registry import ANALYSES
 
-    analyze_weights(adapter, other=other, side=side, store=Store(store), force=force, console=out)
+    entry = ANALYSES[name]
+    params = [_param(*spec) for spec in _INPUTS[name]]
+    params += [_param(*spec) for spec in _EVAL_OPTIONS] if entry.uses_eval else []
+    params += settings_params(entry.settings)
+    params += [_param(*spec) for spec in _SCORE_OPTIONS] if entry.uses_eval else []
+    params += [_param(*spec) for spec in _STORE_OPTIONS]
+    settings_names = [f.name for f in dataclasses.fields(entry.settings)]
+
+    def command(**values):
+        from relevance_lens.dissect.evalset import resolve_evalset
+        from relevance_lens.dissect.registry import Context, Inputs, run_analysis
+        from relevance_lens.score.config import ScoreConfig
+        from relevance_lens.store import Store
+
+        settings = entry.settings(**{k: values.pop(k) for k in settings_names})
+        inputs = Inputs(values.pop("target"), baseline=values.pop("baseline", None), other=values.pop("other", None),
+                        model=values.pop("model", None))
+        context = Context(store=Store(values.pop("store")), force=values.pop("force"), console=out)
+        if entry.uses_eval:
+            inputs.metrics = values.pop("metric")
+            depth = values.pop("depth")
+            inputs.evalset = resolve_evalset(values.pop("split"), queries=values.pop("queries"), qrels=values.pop("qrels"),
+                                             corpus=values.pop("corpus"), run=values.pop("first"), depth=depth,
+                                             max_queries=values.pop("max_queries"))
+            context.score = ScoreConfig(depth=depth, dtype=values.pop("dtype"), device=values.pop("device"),
+                                        batch_tokens=values.pop("batch_tokens"))
+        run_analysis(name, inputs, settings, context)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__name__ = f"analyze_{name}"
+    analyze_app.command(name, help=entry.help)(command)
 
 
-@analyze_app.command("lens")
-def analyze_lens_cmd(
-    adapter: Optional[Path] = typer.Argument(None, help="Adapter folder (omit with --model for a bare base model)."),
-    model: Optional[str] = typer.Option(None, help="Base model when no adapter is given (its head is untrained)."),
-    adapter_off: bool = typer.Option(False, "--adapter-off", help="Trained head on the frozen base (all LoRA parts off)."),
-    probe: str = typer.Option("none", help="Per-layer probe: none, ridge, logistic."),
-    probe_split: str = typer.Option("train", help="FAQ split the probe is fitted on."),
-    l2: float = typer.Option(1.0, help="Probe L2 penalty."),
-    split: Optional[str] = _SPLIT, queries: Optional[Path] = _QUERIES, qrels: Optional[Path] = _QRELS,
-    corpus: Optional[Path] = _CORPUS, first: Optional[Path] = _FIRST, depth: int = _DEPTH, max_queries: Optional[int] = _MAX_Q,
-    metric: List[str] = _METRICS, store: Path = _STORE, dtype: str = _DTYPE, device: str = _DEVICE,
-    batch_tokens: int = _BATCH, force: bool = _FORCE,
-):
-    """Rank with the score head on every layer's last-token state (and optional probes)."""
-    from .analyze import analyze_lens
-    from .evalset import faq_evalset
-    from .lens import LensConfig
-    from .store import Store
-
-    evalset = _eval_inputs(split, queries, qrels, corpus, first, depth, max_queries)
-    config = LensConfig(probe=probe, l2=l2)
-    probe_set = faq_evalset(probe_split, depth) if config.probe != "none" else None
-    analyze_lens(adapter, evalset, metric, model=model, adapter_off=adapter_off, lens_config=config, probe_set=probe_set,
-                 store=Store(store), score=_scoring(depth, dtype, device, batch_tokens), force=force, console=out)
+for _name in _INPUTS:
+    _analysis_command(_name)
 
 
 def main() -> None:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .data import write_run
-from .evaluate import evaluate, format_table
-from .faq import load_faq
-from .reranker import Reranker
-from .score import ScoreConfig, prepare, rerank
+from relevance_lens.data.formats import write_run
+from relevance_lens.evaluate.metrics import evaluate, format_table
+from relevance_lens.data.faq import load_faq
+from relevance_lens.model.reranker import Reranker
+from relevance_lens.score.config import ScoreConfig, prepare
+from relevance_lens.score.rerank import rerank
 
 METRICS = ("nDCG@10", "RR@10", "R@100")
 
@@ -51,8 +52,8 @@ def run_demo(
 
 def run_study_demo(*, workdir: Path = Path("runs/demo"), console: Console | None = None, out: Console | None = None) -> Path:
     """The README's demo: run the packaged ``demo`` study (resumable), then write its report."""
-    from .report import write_report
-    from .study import RunOptions, default_paths, load_study, run_study
+    from relevance_lens.report.page import write_report
+    from relevance_lens.study import RunOptions, default_paths, load_study, run_study
 
     console = console or Console(stderr=True)
     out = out or Console()

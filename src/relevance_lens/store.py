@@ -28,7 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .errors import InputError
+from rich.console import Console
+
+from relevance_lens.errors import InputError
 
 COLUMNS = (
     "run", "model", "rank", "targets", "checkpoint", "analysis", "variant", "layer", "role",
@@ -185,3 +187,31 @@ def read_results(path: str | Path, who: str) -> list[dict[str, Any]]:
             return [dict(r) for r in conn.execute("SELECT * FROM results ORDER BY rowid")]
     except sqlite3.Error as exc:
         raise InputError(f"{who}: {path}: not a relevance-lens results store ({exc})") from None
+
+
+def merge_stores(output: str | Path, inputs: list[str | Path], console: Console | None = None) -> int:
+    """Copy every row of the input stores into ``output``; returns the rows now in it.
+
+    The same row (same run, checkpoint, analysis, variant, layer, role, metric, settings) from
+    two stores becomes one; if their values differ, the last store's wins and a warning says so.
+    """
+    if not inputs:
+        raise InputError("study merge: name at least one store to merge")
+    seen: dict[tuple, float] = {}
+    conflicts = 0
+    rows = []
+    for path in inputs:
+        found = read_results(path, "study merge")
+        for row in found:
+            key = tuple(row[k] for k in ("run", "checkpoint", "analysis", "variant", "layer", "role", "metric", "config_hash"))
+            if key in seen and seen[key] != row["value"]:
+                conflicts += 1
+            seen[key] = row["value"]
+        rows += found
+    out = Store(output)
+    out.append(rows)
+    total = len(out.rows())
+    if console is not None:
+        console.print(f"merged {len(inputs)} store(s), {len(rows)} rows -> {total} rows in {output}"
+                      + (f"; [yellow]{conflicts} rows had different values in different stores[/]" if conflicts else ""), highlight=False)
+    return total

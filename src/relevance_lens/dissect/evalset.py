@@ -1,0 +1,202 @@
+"""What an analysis scores: queries, qrels, a first-stage run to rerank, and metric functions.
+
+Every analysis (checkpoints, ablations, lens) reranks the top-``depth`` of one first-stage run
+over a fixed set of judged queries, so all its numbers share one query set and can be
+compared pairwise. A metric is a plain function ``run -> {query_id: value}`` (the per-query
+values a paired test needs); :func:`ir_metrics` builds them from ir_measures names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+
+from relevance_lens.data.formats import Passage, read_corpus, read_qrels, read_queries, read_run
+from relevance_lens.errors import InputError
+from relevance_lens.evaluate.metrics import evaluate
+from relevance_lens.score.batching import EncodedPairs, Run, candidate_pairs, encode_pairs, run_from_scores
+
+MetricFn = Callable[[Mapping[str, Mapping[str, float]]], dict[str, float]]
+
+
+@dataclass
+class EvalSet:
+    """Queries to rerank and judge.
+
+    Args:
+        name: a label for tables and the results store (``faq-test``, a folder name).
+        queries: ``{qid: text}``.
+        qrels: ``{qid: {docid: relevance}}``.
+        corpus: ``{docid: Passage}``.
+        run: the first-stage run whose top-``depth`` is reranked.
+        depth: passages reranked per query.
+        max_queries: keep only the first N judged queries (sorted by id), for quick looks.
+    """
+
+    name: str
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    corpus: dict[str, Passage]
+    run: dict[str, dict[str, float]]
+    depth: int = 10
+    max_queries: int | None = None
+    _query_ids: list[str] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise InputError(f"--depth {self.depth}: expected a positive number of passages per query")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise InputError(f"--max-queries {self.max_queries}: expected a positive number (or leave it out)")
+        judged = sorted(q for q in self.run if self.qrels.get(q) and q in self.queries)
+        if not judged:
+            raise InputError(
+                f"eval set {self.name}: no query of the run has both text and relevance judgements; "
+                "check that queries, qrels and run are for the same queries"
+            )
+        self._query_ids = judged[: self.max_queries] if self.max_queries else judged
+
+    @property
+    def query_ids(self) -> list[str]:
+        """The scored queries: judged queries of the run, sorted, cut at ``max_queries``."""
+        return list(self._query_ids)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(qid, docid) for each scored query's top-``depth`` in the first-stage run."""
+        wanted = set(self._query_ids)
+        sub_run = {q: docs for q, docs in self.run.items() if q in wanted}
+        return candidate_pairs(sub_run, self.queries, self.corpus, self.depth)
+
+    def first_stage(self) -> Run:
+        """The first-stage run restricted to the scored queries and ``depth``."""
+        out: Run = {}
+        for qid in self._query_ids:
+            ranked = sorted(self.run[qid].items(), key=lambda kv: (-kv[1], kv[0]))[: self.depth]
+            out[qid] = dict(ranked)
+        return out
+
+    def describe(self) -> dict:
+        """The settings that decide the numbers (goes into every result row's config)."""
+        return {"eval": self.name, "depth": self.depth, "max_queries": self.max_queries, "n_queries": len(self._query_ids)}
+
+
+def faq_evalset(split: str, depth: int = 10, max_queries: int | None = None) -> EvalSet:
+    """A split (``dev``, ``test``) of the embedded FAQ collection with its BM25 run."""
+    from relevance_lens.data.faq import load_faq
+
+    data = load_faq(split)
+    return EvalSet(f"faq-{split}", data.queries, data.qrels, data.corpus, data.run, depth, max_queries)
+
+
+def file_evalset(
+    queries: str | Path, qrels: str | Path, corpus: str | Path, run: str | Path, depth: int = 10, max_queries: int | None = None
+) -> EvalSet:
+    """An eval set from files (queries TSV, TREC qrels, corpus TSV/JSONL, TREC run)."""
+    qs, docs = read_queries(queries), read_corpus(corpus)
+    return EvalSet(Path(run).stem, qs, read_qrels(qrels), docs, read_run(run, queries=qs, corpus=docs), depth, max_queries)
+
+
+def resolve_evalset(
+    split: str | None = None,
+    *,
+    queries: str | Path | None = None,
+    qrels: str | Path | None = None,
+    corpus: str | Path | None = None,
+    run: str | Path | None = None,
+    depth: int = 10,
+    max_queries: int | None = None,
+) -> EvalSet:
+    """A FAQ split by name, or explicit files (all four); refuses a mix or a partial set."""
+    files = {"queries": queries, "qrels": qrels, "corpus": corpus, "run": run}
+    given = [k for k, v in files.items() if v is not None]
+    if given and split is not None:
+        raise InputError(f"pass either --split or the files (--{', --'.join(given)}), not both")
+    if given:
+        missing = [k for k in files if files[k] is None]
+        if missing:
+            raise InputError(f"eval files: missing --{', --'.join(missing)}; pass all of queries, qrels, corpus, run")
+        return file_evalset(queries, qrels, corpus, run, depth, max_queries)
+    return faq_evalset(split or "dev", depth, max_queries)
+
+
+# ---------------------------------------------------------------- pairs -> batches
+
+
+def encode_evalset(reranker, evalset: EvalSet, batch_tokens: int = 8192, max_batch: int = 64) -> EncodedPairs:
+    """Tokenize the eval set's pairs and batch them by a padded-token budget."""
+    return encode_pairs(reranker, evalset.pairs(), evalset.queries, evalset.corpus, batch_tokens, max_batch)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def ir_metric(evalset: EvalSet, name: str) -> MetricFn:
+    """Per-query values of one ir_measures metric over the eval set's queries (missing = 0)."""
+
+    def metric(run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+        result = evaluate(evalset.qrels, run, [name], query_ids=evalset.query_ids)
+        return {qid: value for qid, _, value in result.per_query}
+
+    metric.__name__ = name
+    return metric
+
+
+def ir_metrics(evalset: EvalSet, names: Sequence[str]) -> dict[str, MetricFn]:
+    """``{name: metric function}`` for ir_measures names such as ``nDCG@10``, ``RR@10``."""
+    from relevance_lens.evaluate.metrics import parse_metrics
+
+    parse_metrics(list(names))  # unknown names fail here, before any model runs
+    return {name: ir_metric(evalset, name) for name in names}
+
+
+def mean(values: Mapping[str, float]) -> float:
+    return sum(values.values()) / len(values) if values else 0.0
+
+
+# ---------------------------------------------------------------- eval sets named by a study
+
+
+def build_evalset(ev: dict[str, Any]):
+    """The EvalSet of a study's eval spec, named as the study names it."""
+    if ev.get("split"):
+        evalset = faq_evalset(ev["split"], ev["depth"], ev["max_queries"])
+    elif ev.get("ir_datasets"):
+        evalset = ir_datasets_evalset(ev["ir_datasets"], ev["depth"], ev["max_queries"])
+    else:
+        evalset = file_evalset(ev["queries"], ev["qrels"], ev["corpus"], ev["run"], ev["depth"], ev["max_queries"])
+    evalset.name = ev["name"]
+    return evalset
+
+
+def need_ir_datasets():
+    try:
+        import ir_datasets
+    except ImportError:
+        raise InputError("an eval set names an ir_datasets id, but ir_datasets is not installed: pip install 'relevance-lens[datasets]'") from None
+    return ir_datasets
+
+
+def ir_datasets_evalset(dataset_id: str, depth: int, max_queries: int | None):
+    """An EvalSet from an ir_datasets id with queries, qrels and scoreddocs (the first stage);
+    only the passages in the scored top-``depth`` are fetched from its docs store."""
+    irds = need_ir_datasets()
+    try:
+        dataset = irds.load(dataset_id)
+    except KeyError:
+        raise InputError(f"ir_datasets id {dataset_id!r} not found; see https://ir-datasets.com (e.g. msmarco-passage/trec-dl-2019)") from None
+    if not dataset.has_scoreddocs():
+        raise InputError(f"ir_datasets {dataset_id}: has no scoreddocs (first-stage run); give the four files instead")
+    queries = {q.query_id: q.text for q in dataset.queries_iter()}
+    qrels: dict[str, dict[str, int]] = {}
+    for q in dataset.qrels_iter():
+        qrels.setdefault(q.query_id, {})[q.doc_id] = int(q.relevance)
+    run: dict[str, dict[str, float]] = {}
+    for s in dataset.scoreddocs_iter():
+        if s.query_id in qrels:
+            run.setdefault(s.query_id, {})[s.doc_id] = float(s.score)
+    evalset = EvalSet(dataset_id, queries, qrels, {}, run, depth, max_queries)
+    wanted = sorted({d for q in evalset.query_ids for d, _ in sorted(run[q].items(), key=lambda kv: (-kv[1], kv[0]))[:depth]})
+    docs = dataset.docs_store().get_many(wanted)
+    evalset.corpus = {d: Passage(d, getattr(doc, "title", "") or "", doc.text) for d, doc in docs.items()}
+    return evalset

@@ -1,0 +1,7 @@
+"""Report: one self-contained HTML page from a results store. ``results`` reads the store,
+``tables`` and ``figures`` draw, ``train_sections`` and ``layer_sections`` answer the study's
+questions, ``page`` assembles and writes it.
+
+Reads results only: may import ``errors``, ``store``, ``evaluate`` and ``data`` (atomic
+writes), and ``model.roles`` (role order); never the stages that compute.
+"""

@@ -1,0 +1,89 @@
+"""The one pair encoder: (query, passage) pairs tokenized with the reranker's template, sorted
+by length and cut into batches under a padded-token budget, so padding stays small and memory
+stays flat however many pairs there are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from relevance_lens.data.formats import Passage
+from relevance_lens.errors import InputError
+
+Run = dict[str, dict[str, float]]
+
+
+def candidate_pairs(
+    run: Mapping[str, Mapping[str, float]], queries: Mapping[str, str], corpus: Mapping[str, Passage], depth: int
+) -> list[tuple[str, str]]:
+    """(qid, docid) of each query's top-``depth`` in the run, validated against the inputs."""
+    pairs = []
+    for qid in sorted(run):
+        if qid not in queries:
+            raise InputError(f"run query {qid!r} is not in the queries file: pass the queries the run was made from")
+        ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
+        for docid, _ in ranked:
+            if docid not in corpus:
+                raise InputError(f"run passage {docid!r} (query {qid!r}) is not in the corpus file")
+            pairs.append((qid, docid))
+    return pairs
+
+
+def batches(lengths: Sequence[int], order: Sequence[int], batch_tokens: int, max_batch: int) -> Iterator[list[int]]:
+    """Indices in ``order`` cut into batches of at most ``batch_tokens`` padded tokens and ``max_batch`` items."""
+    batch: list[int] = []
+    width = 0
+    for i in order:
+        new_width = max(width, lengths[i])
+        if batch and (new_width * (len(batch) + 1) > batch_tokens or len(batch) >= max_batch):
+            yield batch
+            batch, new_width = [], lengths[i]
+        batch.append(i)
+        width = new_width
+    if batch:
+        yield batch
+
+
+
+
+@dataclass
+class EncodedPairs:
+    """Tokenized pairs cut into length-sorted batches; ``batches`` index into ``pairs``."""
+
+    pairs: list[tuple[str, str]]
+    ids: list[list[int]]
+    batches: list[list[int]]
+
+    def tensors(self, reranker, batch: list[int]) -> dict[str, torch.Tensor]:
+        tensors = reranker.collate([self.ids[i] for i in batch])
+        return {k: v.to(reranker.device) for k, v in tensors.items()}
+
+    def tokens(self, batch: list[int]) -> int:
+        """Padded tokens of a batch: the unit forward work is counted in."""
+        return len(batch) * max(len(self.ids[i]) for i in batch)
+
+
+def encode_pairs(
+    reranker,
+    pairs: Sequence[tuple[str, str]],
+    queries: Mapping[str, str],
+    corpus: Mapping[str, Passage],
+    batch_tokens: int = 8192,
+    max_batch: int = 64,
+) -> EncodedPairs:
+    """Tokenize ``(qid, docid)`` pairs with the reranker's template and batch them by a padded-token budget."""
+    pairs = list(pairs)
+    ids = reranker.tokenize([reranker.format(queries[q], corpus[d]) for q, d in pairs])
+    lengths = [len(x) for x in ids]
+    order = sorted(range(len(ids)), key=lambda i: (lengths[i], i))
+    return EncodedPairs(pairs, ids, list(batches(lengths, order, batch_tokens, max_batch)))
+
+
+def run_from_scores(pairs: Sequence[tuple[str, str]], scores: Sequence[float]) -> Run:
+    """``{qid: {docid: score}}`` from parallel pair and score lists."""
+    out: Run = {}
+    for (qid, docid), value in zip(pairs, scores):
+        out.setdefault(qid, {})[docid] = float(value)
+    return out

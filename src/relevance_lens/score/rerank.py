@@ -1,0 +1,60 @@
+"""Scoring whole runs: rerank the top-k of a first stage with a :class:`Reranker`.
+
+Pairs are tokenized in chunks, sorted by length inside a chunk and cut into batches under a
+token budget, so padding stays small and memory stays flat however large the run is.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from relevance_lens.data.formats import Passage
+from relevance_lens.model.reranker import Reranker
+from relevance_lens.score.batching import Run, candidate_pairs
+from relevance_lens.score.config import ScoreConfig
+from relevance_lens.score.scorer import make_scorer
+
+
+def rerank(
+    reranker: Reranker,
+    queries: Mapping[str, str],
+    corpus: Mapping[str, Passage],
+    run: Mapping[str, Mapping[str, float]],
+    config: ScoreConfig | None = None,
+    *,
+    progress: bool = True,
+    description: str = "reranking",
+) -> Run:
+    """Score each query's top-``depth`` passages; returns a run of reranker scores.
+
+    With ``config.fast`` (the default) the scores come from a
+    :class:`relevance_lens.score.fast.FastScorer` built once for the run; ``reranker`` itself is
+    left as it was (LoRA unmerged, not compiled).
+    """
+    config = config or ScoreConfig()
+    pairs = candidate_pairs(run, queries, corpus, config.depth)
+    out: Run = {qid: {} for qid in run}
+    scorer = make_scorer(reranker, config, expected_tokens=len(pairs) * reranker.settings.max_length)
+    with _progress(progress) as bar:
+        task = bar.add_task(description, total=len(pairs))
+        for start in range(0, len(pairs), config.chunk_pairs):
+            chunk = pairs[start : start + config.chunk_pairs]
+            items = [(queries[q], corpus[d]) for q, d in chunk]
+            scores = scorer.score(items, bar, task)
+            for (qid, docid), value in zip(chunk, scores):
+                out[qid][docid] = value
+    return out
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )

@@ -1,0 +1,26 @@
+"""Study: a grid of trainings and analyses from one TOML file. ``spec`` parses and checks the
+file, ``plan`` expands it into cells (cost, shards, status), ``run`` runs them resumably.
+
+May import every stage below it, up to ``dissect``; never ``report``.
+"""
+
+from relevance_lens.study.plan import IRDS_QUERIES, RUNS, Cell, expand, parse_shard, select, shard_of, status
+from relevance_lens.study.run import RunOptions, default_paths, dry_run, run_study
+from relevance_lens.study.spec import (
+    GRID_KEYS,
+    STUDIES_DIR,
+    TABLES,
+    AnalysisSpec,
+    EvalSpec,
+    ModelSpec,
+    Study,
+    StudySpec,
+    find_study,
+    load_study,
+)
+
+__all__ = [
+    "GRID_KEYS", "IRDS_QUERIES", "RUNS", "STUDIES_DIR", "TABLES", "AnalysisSpec", "Cell", "EvalSpec", "ModelSpec",
+    "RunOptions", "Study", "StudySpec", "default_paths", "dry_run", "expand", "find_study", "load_study", "parse_shard",
+    "run_study", "select", "shard_of", "status",
+]

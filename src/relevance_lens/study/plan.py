@@ -1,0 +1,272 @@
+"""The study's plan: its grid expanded into cells, with cost estimates, shards and status.
+
+Nothing here loads weights or touches the network: model sizes come from local configs or
+built-in tables (:func:`model_info`), costs are estimates from the settings, and a cell's
+status is read from its run folder and the results store only. The cells are run by
+:mod:`relevance_lens.study.run`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relevance_lens.data.faq import load_faq
+from relevance_lens.dissect.ablate import build_variants
+from relevance_lens.dissect.registry import AblateSettings
+from relevance_lens.errors import InputError
+from relevance_lens.model.backbone import ModelInfo, model_info
+from relevance_lens.model.lora import LoraSettings
+from relevance_lens.model.roles import ARCHITECTURES, resolve_roles
+from relevance_lens.store import Store, config_hash
+from relevance_lens.study.spec import EvalSpec, ModelSpec, Study
+from relevance_lens.train.config import TrainConfig
+from relevance_lens.train.rundir import complete_checkpoints, train_done
+
+RUNS = "runs"  # WORKDIR/runs/<run>: the study's run folders
+
+
+# ---------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a training run, or one analysis of one run on one eval set.
+
+    ``config`` holds everything the cell's result depends on; the id is its hash.
+    ``unit`` is the id of the run's training cell (what shards are assigned by);
+    ``needs`` the runs that must be trained before this cell runs.
+    """
+
+    kind: str
+    run: str
+    config: dict = field(compare=False)
+    unit: str = ""
+    needs: tuple[str, ...] = ()
+    cost: str = field(default="", compare=False)
+    work: int = field(default=0, compare=False)  # forward-pass sequences, for totals
+
+    @property
+    def id(self) -> str:
+        """The hash of the cell's kind and config: what the store's marker rows are keyed by."""
+        return config_hash({"kind": self.kind, **self.config})
+
+    @property
+    def what(self) -> str:
+        """A short description for listings: ``train`` or ``<analysis> on <eval set>``."""
+        if self.kind == "train":
+            return "train"
+        ev = self.config.get("eval")
+        return self.config["analysis"] + (f" on {ev['name']}" if ev else "")
+
+
+def _slug(targets: str) -> str:
+    return targets.replace(",", "+").replace(" ", "")
+
+
+def expand(study: Study) -> list[Cell]:
+    """Every cell of the study, in run order (each run's training, then its analyses)."""
+    cells: list[Cell] = []
+    weights = study.analyses.get("weights")
+    if weights is not None and weights.vs_rank is not None and weights.vs_rank not in study.spec.ranks:
+        raise InputError(f"{study.path} [analyses.weights]: vs_rank {weights.vs_rank} is not one of the study's ranks {study.spec.ranks}")
+    infos = {m.name: model_info(m.name, m.family) for m in study.models}
+    eval_sizes = {name: _eval_queries(ev) for name, ev in study.evals.items()}
+    for model in study.models:
+        info = infos[model.name]
+        for seed in study.spec.seeds:
+            base_run = None
+            if study.spec.baseline:
+                values = {**study.train, **study.baseline_train, "model": model.name, "targets": "none", "seed": seed}
+                base = _train_cell(study, model, info, values, f"{model.short()}-head-s{seed}")
+                base_run = base.run
+                cells += [base] + _analysis_cells(study, base, info, None, None, eval_sizes)
+            for rank in study.spec.ranks:
+                for targets in study.spec.targets:
+                    values = {**study.train, "model": model.name, "rank": rank, "targets": targets, "seed": seed}
+                    cell = _train_cell(study, model, info, values, f"{model.short()}-r{rank}-{_slug(targets)}-s{seed}")
+                    vs = None
+                    if weights is not None and weights.vs_rank is not None and weights.vs_rank != rank:
+                        other = {**study.train, "model": model.name, "rank": weights.vs_rank, "targets": targets, "seed": seed}
+                        vs = _run_name(f"{model.short()}-r{weights.vs_rank}-{_slug(targets)}-s{seed}", _train_values(other))
+                    cells += [cell] + _analysis_cells(study, cell, info, base_run, vs, eval_sizes)
+    _check_unique(cells)
+    return cells
+
+
+def _train_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The full, validated training config of a run (``output`` is set when it runs)."""
+    try:
+        config = TrainConfig(**values)
+        config.eval_split = None  # the study evaluates through its [evals]
+        config.validate()
+    except TypeError as exc:  # a setting of the wrong type, e.g. max_steps = "80"
+        raise InputError(f"training settings {values}: {exc}") from None
+    resolved = asdict(config)
+    del resolved["output"]
+    return resolved
+
+
+def _run_name(stem: str, train_config: dict) -> str:
+    return f"{stem}-{config_hash(train_config)[:6]}"
+
+
+def _train_cell(study: Study, model: ModelSpec, info: ModelInfo, values: dict, stem: str) -> Cell:
+    where = f"{study.path}: model {model.name}, rank {values.get('rank', '-')}, targets {values['targets']!r}"
+    try:
+        config = _train_values(values)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    arch = ARCHITECTURES[info.family]
+    settings = LoraSettings(rank=config["rank"], alpha=config["alpha"], dropout=config["lora_dropout"],
+                            targets=config["targets"], layers=config["layers"])
+    try:
+        roles = settings.validate(arch, info.layers if info.layers is not None else 1 << 30)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    if roles and info.hidden is not None and config["rank"] > info.hidden:
+        raise InputError(f"{where}: rank {config['rank']} is impossible for hidden size {info.hidden}; expected at most {info.hidden}")
+    name = _run_name(stem, config)
+    unit = config_hash({"kind": "train", "train": config})
+    seqs = config["queries_per_device"] * config["grad_accum"] * config["group_size"]
+    passes = 3 if roles else 1  # forward + backward through the model, or only the head's
+    work = config["max_steps"] * seqs * passes
+    cost = f"{config['max_steps']} steps x {seqs} seq x <={config['max_length']} tok" + ("" if roles else " (head only)")
+    return Cell("train", name, {"train": config}, unit=unit, needs=(), cost=cost, work=work)
+
+
+def _analysis_cells(study: Study, run: Cell, info: ModelInfo, baseline: str | None, vs: str | None,
+                    eval_sizes: dict[str, int | None]) -> list[Cell]:
+    """The analyses of one run: checkpoints and lens for every run, ablate and weights for LoRA runs."""
+    head_only = run.config["train"]["targets"] == "none"
+    unit = run.unit
+    cells = []
+    for name, spec in study.analyses.items():
+        if head_only and name in ("ablate", "weights"):
+            continue
+        settings = asdict(spec.settings)
+        needs = [run.run] + ([baseline] if name == "checkpoints" and baseline and not head_only else [])
+        if name == "weights":
+            other = vs if spec.vs_rank is not None else None
+            config = {"analysis": name, "run": run.run, "eval": None, "settings": settings, "vs": other}
+            cells.append(Cell("analyze", run.run, config, unit, tuple(needs + ([other] if other else [])),
+                              "reads adapters (no forward pass)", 0))
+            continue
+        for ev_name in spec.evals or list(study.evals):
+            ev = study.evals[ev_name]
+            config = {"analysis": name, "run": run.run, "eval": {"name": ev_name, **asdict(ev)}, "settings": settings,
+                      "scoring": study.scoring, "baseline": needs[1] if len(needs) > 1 else None}
+            cost, work = _analysis_cost(name, spec.settings, run, info, ev, eval_sizes[ev_name], head_only)
+            cells.append(Cell("analyze", run.run, config, unit, tuple(needs), cost, work))
+    return cells
+
+
+def _check_unique(cells: list[Cell]) -> None:
+    seen: dict[str, Cell] = {}
+    for cell in cells:
+        if cell.id in seen:
+            raise InputError(f"the study names the same {cell.what} of {cell.run} twice; remove the repeated grid value")
+        seen[cell.id] = cell
+
+
+# ---------------------------------------------------------------- cost estimates (no weights)
+
+#: Judged queries of the ir_datasets eval sets the paper uses (for dry-run estimates).
+IRDS_QUERIES = {"msmarco-passage/trec-dl-2019": 43, "msmarco-passage/trec-dl-2019/judged": 43,
+                "msmarco-passage/trec-dl-2020": 54, "msmarco-passage/trec-dl-2020/judged": 54,
+                "msmarco-passage/dev/small": 6980}
+
+
+def _eval_queries(ev: EvalSpec) -> int | None:
+    """Judged queries an eval set will score, where that is known without loading models."""
+    count: int | None = None
+    if ev.split:
+        data = load_faq(ev.split)
+        count = sum(1 for q in data.run if data.qrels.get(q) and q in data.queries)
+    elif ev.ir_datasets:
+        count = IRDS_QUERIES.get(ev.ir_datasets)
+    elif ev.qrels and Path(ev.qrels).is_file():
+        with open(ev.qrels, encoding="utf-8", errors="replace") as fh:
+            count = len({line.split()[0] for line in fh if line.strip()})
+    if ev.max_queries is not None:
+        count = ev.max_queries if count is None else min(count, ev.max_queries)
+    return count
+
+
+def _analysis_cost(name: str, spec, run: Cell, info: ModelInfo, ev: EvalSpec, queries: int | None, head_only: bool) -> tuple[str, int]:
+    pairs = None if queries is None else queries * ev.depth
+    train = run.config["train"]
+    if name == "checkpoints":
+        steps = set(train["save_steps"]) | {train["max_steps"]}
+        if train["save_every"]:
+            steps |= set(range(train["save_every"], train["max_steps"] + 1, train["save_every"]))
+        passes = len([s for s in steps if s <= train["max_steps"]]) + 1 + (0 if head_only else 1)  # + final, + baseline
+    elif name == "ablate":
+        passes = sum(len(_variants(s, spec, train, info)) + 2 for s in spec.sweeps) if info.layers else None
+    else:  # lens
+        passes = 1 + (1 if spec.adapter_off and not head_only else 0)
+    if pairs is None or passes is None:
+        return f"{passes or '?'} pass(es) x ? pairs", 0
+    return f"{passes} pass{'es' if passes > 1 else ''} x {pairs} pairs{' (at most)' if name == 'ablate' else ''}", passes * pairs
+
+
+def _variants(sweep: str, spec: AblateSettings, train: dict, info: ModelInfo) -> list:
+    roles = resolve_roles(train["targets"], ARCHITECTURES[info.family])
+    layers = train["layers"] if train["layers"] is not None else range(info.layers)
+    return build_variants(sweep, frozenset((l, r) for l in layers for r in roles), info.layers, window=spec.window, stride=spec.window_stride)
+
+
+# ---------------------------------------------------------------- shards and status
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (0 <= i < n, as Slurm's $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT) -> (i, n)."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: expected i/n such as 0/4 (shard i of n, counting from 0)") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard {text}: expected 0 <= i < n, e.g. 0/{max(n, 2)} ... {max(n, 2) - 1}/{max(n, 2)}")
+    return i, n
+
+
+def shard_of(cell: Cell, n: int) -> int:
+    """Stable shard of a cell: the hash of its run's training cell id, modulo ``n``."""
+    unit = cell.unit or cell.id
+    return int(unit[:12], 16) % n
+
+
+def select(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    """This shard's cells, plus the training cells of runs they need that other shards own."""
+    if shard is None:
+        return list(cells)
+    i, n = shard
+    mine = {c.id for c in cells if shard_of(c, n) == i}
+    needed = {r for c in cells if c.id in mine for r in c.needs}
+    return [c for c in cells if c.id in mine or (c.kind == "train" and c.run in needed)]
+
+
+def marker(cell: Cell) -> str:
+    ev = cell.config.get("eval")
+    return cell.config["analysis"] + (f":{ev['name']}" if ev else "")
+
+
+def status(cell: Cell, workdir: Path, store: Store | None) -> str:
+    """``done``, ``partial (...)`` or ``pending``: from the run folder and the store only."""
+    if cell.kind == "train":
+        run_dir = workdir / RUNS / cell.run
+        if train_done(run_dir):
+            return "done" if store is None or store.has(cell.run, "train") else "trained (rows pending)"
+        found = complete_checkpoints(run_dir) if run_dir.is_dir() else []
+        return f"partial (checkpoint-{found[-1][0]})" if found else "pending"
+    if store is None:
+        return "pending"
+    if store.has(cell.run, "study", variant=marker(cell), config=cell.config):
+        return "done"
+    analysis = cell.config["analysis"]
+    names = [f"ablate:{s}" for s in cell.config["settings"]["sweeps"]] if analysis == "ablate" else [analysis]
+    return "partial" if any(store.has(cell.run, name) for name in names) else "pending"

@@ -1,0 +1,250 @@
+"""Studies: one TOML file names a grid of training runs and analyses; this module expands it
+into cells and runs them, resumably and in shards.
+
+A *cell* is data: ``kind`` (``train`` or ``analyze``), a config dict holding everything its
+result depends on, and an id (the hash of that config). One training run per model x rank x
+targets x seed (plus the head-only "before" run per model and seed), and per run one cell per
+analysis and eval set. The run folder's name carries the hash of its training config, so a
+changed setting makes a new run rather than mixing two.
+
+Resumable: a cell is done when the run folder says so (``final/`` and ``train_summary.json``
+written) or when the results store holds the cell's marker row (analysis ``study``, written
+after the cell's own rows, with the cell config as its ``config_json``). A study killed at any
+point and restarted skips done cells, resumes training from the latest complete checkpoint,
+and lets the analyses skip what the store already holds; nothing finished is recomputed
+(except an analysis whose stored rows lack a metric its eval set now asks for).
+
+Shardable: ``--shard i/n`` keeps the cells whose *run* (the id of the run's training cell)
+hashes to ``i`` modulo ``n``, so a run and its analyses stay together and need no shared
+files; a run another shard owns but this one needs (the head-only baseline) is trained here
+too, under a file lock when the work folder is shared (share it on clusters: the baseline is
+then trained once; on separate disks each shard trains an identical copy on CPU, on GPUs
+possibly differing in the last bits, which the merge reports). Each shard writes its own
+store; :func:`merge_stores` combines them (the same row from two shards is one row).
+
+This module runs the cells (the study's public API is :mod:`relevance_lens.study`); the study file is parsed by :mod:`relevance_lens.study.spec`, and expanded into cells,
+cost estimates, shards and status by :mod:`relevance_lens.study.plan`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from relevance_lens.dissect.evalset import build_evalset, need_ir_datasets
+from relevance_lens.dissect.registry import ANALYSES, Context, Inputs
+from relevance_lens.errors import InputError
+from relevance_lens.model.backbone import model_info
+from relevance_lens.score.config import ScoreConfig
+from relevance_lens.store import Store
+from relevance_lens.study.plan import RUNS, Cell, expand, marker, select, status
+from relevance_lens.study.spec import Study
+from relevance_lens.train.config import TrainConfig
+from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, train_done
+from relevance_lens.train.trainer import train
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class RunOptions:
+    """Where a study writes and how it reports."""
+
+    workdir: Path = field(metadata={"help": "Work folder: runs/<run>/ training folders."})
+    store: Path = field(metadata={"help": "SQLite results store of this shard."})
+    shard: tuple[int, int] | None = field(default=None, metadata={"help": "(i, n): run shard i of n."})
+    progress: bool = field(default=True, metadata={"help": "Show training progress bars."})
+
+
+def default_paths(study: Study, workdir: Path | None, store: Path | None, shard: tuple[int, int] | None) -> tuple[Path, Path]:
+    """Work folder ``runs/<study>`` and store ``WORKDIR/results.sqlite`` (one per shard)."""
+    workdir = Path(workdir) if workdir is not None else Path("runs") / study.spec.name
+    if store is None:
+        store = workdir / ("results.sqlite" if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.sqlite")
+    return workdir, Path(store)
+
+
+def run_study(study: Study, options: RunOptions, console: Console | None = None) -> dict[str, int]:
+    """Run this shard's cells, skipping done ones; returns counts of done/ran cells."""
+    console = console or Console(stderr=True)
+    everything = expand(study)
+    cells = select(everything, options.shard)
+    _preflight(study, cells)
+    store = Store(options.store)
+    by_run = {c.run: c for c in everything if c.kind == "train"}
+    counts = {"cells": len(cells), "skipped": 0, "ran": 0}
+    started = time.perf_counter()
+    for index, cell in enumerate(cells, 1):
+        state = status(cell, options.workdir, store)
+        head = f"[{index}/{len(cells)}] {cell.what} · {cell.run}"
+        if state == "done":
+            console.print(f"[dim]{head}: done, skipped[/]", highlight=False)
+            counts["skipped"] += 1
+            continue
+        console.rule(f"{head} ({state}; {time.perf_counter() - started:.0f} s elapsed)")
+        if cell.kind == "train":
+            _ensure_trained(cell, options, store, console)
+        else:
+            for need in cell.needs:  # idempotent: trains only what is not trained yet
+                _ensure_trained(by_run[need], options, store, console)
+            _analyze(cell, options, store, console)
+        counts["ran"] += 1
+        gc.collect()
+        _free_accelerator()
+    console.print(f"study {study.spec.name}: {counts['cells']} cells, {counts['ran']} run now, {counts['skipped']} already done "
+                  f"({time.perf_counter() - started:.0f} s); results in {options.store} (relevance-lens report {options.store})", highlight=False)
+    return counts
+
+
+def _free_accelerator() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _preflight(study: Study, cells: list[Cell]) -> None:
+    """Files the cells read must exist before the first cell starts."""
+    missing = []
+    for cell in cells:
+        train = cell.config.get("train") or {}
+        if train.get("data") == "files":
+            keys = ("tevatron",) if train.get("tevatron") else ("queries", "qrels", "corpus", "negatives_run")
+            missing += [f"{k} {train[k]}" for k in keys if not Path(train[k]).is_file()]
+        ev = cell.config.get("eval") or {}
+        missing += [f"eval {ev['name']} {k} {ev[k]}" for k in ("queries", "qrels", "corpus", "run") if ev.get(k) and not Path(ev[k]).is_file()]
+        if ev.get("ir_datasets"):
+            need_ir_datasets()
+    if missing:
+        shown = sorted(set(missing))
+        raise InputError(f"{study.path}: missing file(s): {'; '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}; fill in the paths in the study file")
+
+
+@contextmanager
+def _run_lock(run_dir: Path, console: Console) -> Iterator[None]:
+    """An exclusive lock per run folder, so shards sharing a work folder never train one run twice at once.
+    The kernel drops it when its process dies, SIGKILL included."""
+    import fcntl
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            console.print(f"waiting for another process training {run_dir.name} ...")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _ensure_trained(cell: Cell, options: RunOptions, store: Store, console: Console) -> Path:
+    """Train (or resume) a run unless its folder is complete; record its rows in the store."""
+    run_dir = options.workdir / RUNS / cell.run
+    with _run_lock(run_dir, console):
+        if not train_done(run_dir):
+            config = TrainConfig(**cell.config["train"], output=str(run_dir))
+            train(config, resume=True, progress=options.progress)
+    if not store.has(cell.run, "train"):
+        store.append(_train_rows(cell, run_dir))
+    return run_dir
+
+
+def _train_rows(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:
+    """Rows describing a finished run; their config is the run's exact resolved config."""
+    record = json.loads((run_dir / RUN_FILE).read_text())
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    train = cell.config["train"]
+    config = {"train": train, "resolved": record.get("resolved", {}), "data_fingerprints": record.get("data_fingerprints", {}),
+              "versions": record.get("versions", {}), "cell": cell.id}
+    losses = [entry["loss"] for entry in summary.get("log", []) if "loss" in entry]
+    base = {"run": cell.run, "model": train["model"], "rank": None if train["targets"] == "none" else train["rank"],
+            "targets": train["targets"], "checkpoint": FINAL, "analysis": "train", "config_json": config}
+    rows = [{**base, "metric": "steps", "value": summary["steps"]},
+            {**base, "metric": "train_queries", "value": record.get("resolved", {}).get("train_queries", 0)}]
+    if losses:
+        rows.append({**base, "metric": "loss", "value": losses[-1]})
+    return rows
+
+
+def _analyze(cell: Cell, options: RunOptions, store: Store, console: Console) -> None:
+    """Run one analysis cell through the registry, then write its marker row."""
+    c = cell.config
+    entry = ANALYSES[c["analysis"]]
+    run_dir = options.workdir / RUNS / cell.run
+    settings = entry.settings(**c["settings"])
+    target = run_dir if entry.target == "run" else run_dir / FINAL
+    ev = c["eval"]
+    if ev is None:
+        inputs, context = Inputs(target), Context(store=store, console=console)
+    else:
+        baseline = options.workdir / RUNS / c["baseline"] if c.get("baseline") else None
+        inputs = Inputs(target, build_evalset(ev), ev["metrics"], baseline=baseline)
+        context = Context(store, ScoreConfig(depth=ev["depth"], **c["scoring"]), _missing_metrics(cell, store), console)
+    entry.run(inputs, settings, context)
+    if c.get("vs"):  # weights: the final adapter's subspaces against the other rank's
+        entry.run(Inputs(run_dir / FINAL, other=options.workdir / RUNS / c["vs"] / FINAL), settings, context)
+    store.append([{"run": cell.run, "analysis": "study", "variant": marker(cell), "metric": "done", "value": 1.0,
+                   "config_json": c}])
+
+
+def _missing_metrics(cell: Cell, store: Store) -> bool:
+    """Whether stored rows of this analysis and eval set lack one of the cell's metrics.
+
+    The analyses skip work by their own settings, which do not name the metrics: after a
+    metric is added to an eval set they would skip it, so the driver forces a recompute.
+    """
+    ev, analysis = cell.config["eval"], cell.config["analysis"]
+    names = [f"ablate:{s}" for s in cell.config["settings"]["sweeps"]] if analysis == "ablate" else [analysis]
+    for name in names:
+        stored = [r for r in store.rows(run=cell.run, analysis=name)
+                  if _same_eval(json.loads(r["config_json"]), ev) and r["checkpoint"] != "bm25"]
+        if stored and not set(ev["metrics"]) <= {r["metric"] for r in stored}:
+            return True
+    return False
+
+
+def _same_eval(config: dict, ev: dict) -> bool:
+    return config.get("eval") == ev["name"] and config.get("depth") == ev["depth"] and config.get("max_queries") == ev["max_queries"]
+
+
+# ---------------------------------------------------------------- dry run and merge
+
+
+def dry_run(study: Study, options: RunOptions, console: Console) -> list[tuple[Cell, str]]:
+    """List this shard's cells with their estimated cost and status; loads no weights."""
+    cells = select(expand(study), options.shard)
+    store = Store(options.store) if options.store.is_file() else None
+    listed = [(cell, status(cell, options.workdir, store)) for cell in cells]
+    for model in study.models:
+        info = model_info(model.name, model.family)
+        console.print(f"model {model.name}: family {info.family}, {info.layers or '?'} layers, hidden {info.hidden or '?'} "
+                      f"(from the {info.source})", highlight=False)
+    table = Table(title=f"study {study.spec.name}" + (f", shard {options.shard[0]}/{options.shard[1]}" if options.shard else ""))
+    table.add_column("#", justify="right")
+    table.add_column("run", no_wrap=True)
+    for column in ("what", "estimated cost", "status"):
+        table.add_column(column)
+    for i, (cell, state) in enumerate(listed, 1):
+        table.add_row(str(i), cell.run, cell.what, cell.cost, state)
+    console.print(table)
+    train_work = sum(c.work for c, _ in listed if c.kind == "train")
+    eval_work = sum(c.work for c, _ in listed if c.kind != "train")
+    done = sum(1 for _, s in listed if s == "done")
+    console.print(f"{len(listed)} cells ({sum(c.kind == 'train' for c, _ in listed)} training runs), {done} done; estimated work: "
+                  f"{train_work:,} training sequence passes (forward+backward = 3), {eval_work:,} scoring forward passes; "
+                  f"work folder {options.workdir}, store {options.store}", highlight=False)
+    try:
+        _preflight(study, cells)
+    except InputError as exc:
+        console.print(f"[yellow]note:[/] {escape(str(exc))}", highlight=False)
+    return listed

@@ -1,0 +1,120 @@
+"""The typed settings of a training run (:class:`TrainConfig`), from defaults, a TOML file and flags."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from relevance_lens.errors import InputError
+from relevance_lens.model.lora import LoraSettings
+from relevance_lens.model.reranker import RerankerConfig
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Saved, resolved, as ``RUNDIR/run.json``."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "Base model: short name, GGUF, folder or hub id."})
+    output: str = field(default="runs/train", metadata={"help": "Run folder (checkpoint-<step>/ and final/ go here)."})
+    # data
+    data: str = field(default="faq+weak", metadata={"help": "'faq' (embedded), 'faq+weak' (with man-page pairs), or 'files'."})
+    queries: str | None = field(default=None, metadata={"help": "Queries TSV (data=files)."})
+    qrels: str | None = field(default=None, metadata={"help": "Qrels (data=files)."})
+    corpus: str | None = field(default=None, metadata={"help": "Corpus TSV/JSONL (data=files)."})
+    negatives_run: str | None = field(default=None, metadata={"help": "First-stage run to draw hard negatives from (data=files)."})
+    tevatron: str | None = field(default=None, metadata={"help": "Tevatron train JSONL with given negatives (instead of the above)."})
+    negatives_depth: int = field(default=100, metadata={"help": "Draw negatives from the run's top-k."})
+    group_size: int = field(default=8, metadata={"help": "G: 1 positive + G-1 negatives per query (the study: 16)."})
+    short_groups: str = field(default="skip", metadata={"help": "Queries with fewer than G-1 negatives: skip (recorded in run.json) or error."})
+    # LoRA
+    rank: int = field(default=8, metadata={"help": "LoRA rank (the study: 1, 2, 8, 32)."})
+    alpha: float = field(default=64.0, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={"help": "LoRA dropout (the study: 0.1; off by default: its masks cost ~25% of a CPU step)."},
+    )
+    targets: str = field(default="all", metadata={"help": "mha | mlp | all | none | roles such as q,k or up,gate."})
+    layers: list[int] | None = field(default=None, metadata={"help": "Train LoRA on these layers only."})
+    # optimisation
+    queries_per_device: int = field(default=4, metadata={"help": "Query groups per device per micro-batch."})
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    lr: float = field(default=5e-4, metadata={"help": "Peak learning rate (the study: 1e-4 at global batch 128)."})
+    warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_steps: int = field(default=50, metadata={"help": "Optimizer steps."})
+    max_length: int = field(default=96, metadata={"help": "Tokens per query-passage pair."})
+    template: str = field(default="query: {query} document: {title} {text}", metadata={"help": "Input template."})
+    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp32. bf16 keeps frozen weights in bf16."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (7B models)."})
+    compile: str = field(
+        default="auto",
+        metadata={"help": "torch.compile each decoder block: auto (when the run's work pays the compile back), on or off."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for init, negatives, order and dropout."})
+    # checkpoints
+    save_steps: list[int] = field(default_factory=lambda: [5, 10, 25, 50], metadata={"help": "Explicit checkpoint steps."})
+    save_every: int = field(default=0, metadata={"help": "Also checkpoint every N steps (0: off)."})
+    eval_split: str | None = field(default="dev", metadata={"help": "FAQ split to evaluate the final model on (none to skip)."})
+    eval_depth: int = field(default=20, metadata={"help": "Rerank BM25's top-k in the final evaluation."})
+    logging_steps: int = field(default=5, metadata={"help": "Log loss every N steps (TensorBoard in RUNDIR/logs)."})
+    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed config JSON (GPU clusters)."})
+    fsdp: str | None = field(default=None, metadata={"help": "FSDP options string passed to the Trainer (GPU clusters)."})
+
+    def lora(self) -> LoraSettings:
+        return LoraSettings(rank=self.rank, alpha=self.alpha, dropout=self.lora_dropout, targets=self.targets, layers=self.layers)
+
+    def reranker(self) -> RerankerConfig:
+        return RerankerConfig(model=self.model, template=self.template, max_length=self.max_length)
+
+    def validate(self) -> None:
+        """Checks that need no model: fail before anything loads."""
+        if self.group_size < 2:
+            raise InputError(f"--group-size {self.group_size}: expected >= 2 (one positive and at least one negative)")
+        for name in ("queries_per_device", "grad_accum", "max_steps", "max_length"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a positive integer")
+        if self.lr <= 0:
+            raise InputError(f"--lr {self.lr}: expected a positive learning rate")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise InputError(f"--precision {self.precision}: expected auto, bf16 or fp32")
+        if any(s < 1 for s in self.save_steps) or self.save_every < 0:
+            raise InputError(f"--save-steps {self.save_steps}: expected positive step numbers")
+        if self.compile not in ("auto", "on", "off"):
+            raise InputError(f"--compile {self.compile}: expected auto, on or off")
+        if self.short_groups not in ("skip", "error"):
+            raise InputError(f"short_groups {self.short_groups!r}: expected skip or error")
+        if self.data not in ("faq", "faq+weak", "files"):
+            raise InputError(f"data {self.data!r}: expected faq, faq+weak or files")
+        if self.data == "files" and not self.tevatron:
+            missing = [n for n in ("queries", "qrels", "corpus", "negatives_run") if not getattr(self, n)]
+            if missing:
+                raise InputError(
+                    "data=files needs --" + ", --".join(m.replace("_", "-") for m in missing) + " (or --tevatron FILE)"
+                )
+        self.reranker()  # validates the template and length
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults <- TOML file <- overrides (flags). Unknown keys are refused."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise InputError(f"--config {path}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{path}: invalid TOML ({exc})") from None
+        values = values.get("train", values)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown training setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}")
+    if str(values.get("eval_split", "")).lower() == "none":
+        values["eval_split"] = None
+    config = TrainConfig(**values)
+    config.validate()
+    return config

@@ -1,0 +1,303 @@
+"""Contrastive LoRA fine-tuning of a reranker, the Tevatron RankLLaMA way, on the HF Trainer.
+
+Per query: 1 positive + (G-1) hard negatives from a first-stage run (minus the judged
+positives), scores reshaped to (queries, G), cross-entropy with the positive as target.
+
+The Trainer brings gradient accumulation, bf16, gradient checkpointing, TensorBoard logs and
+multi-process runs (``torchrun`` / ``accelerate launch``; FSDP and DeepSpeed configs in
+``configs/``). What we add: the group dataset (:mod:`relevance_lens.train.groups`), a
+checkpoint schedule with explicit early steps, checkpoints that are adapter folders
+``rerank --adapter`` loads, and resume from the latest *complete* checkpoint
+(:mod:`relevance_lens.train.rundir`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import SequentialSampler
+
+from relevance_lens.data.faq import load_faq
+from relevance_lens.data.formats import atomic_write
+from relevance_lens.errors import InputError
+from relevance_lens.evaluate.metrics import evaluate
+from relevance_lens.model.backbone import bf16_supported
+from relevance_lens.model.compile import can_compile, compile_blocks
+from relevance_lens.model.lora import attach_lora
+from relevance_lens.model.reranker import HEAD_FILE, Reranker
+from relevance_lens.model.roles import blocks
+from relevance_lens.provenance import versions
+from relevance_lens.score.config import ScoreConfig, prepare
+from relevance_lens.score.rerank import rerank
+from relevance_lens.train.config import TrainConfig
+from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
+from relevance_lens.train.rundir import FINAL, LOGS, RUN_FILE, SUMMARY, complete_checkpoints
+
+#: ``compile="auto"`` compiles the decoder blocks when a run's forward and backward work
+#: (6 x block parameters x tokens) reaches this. Measured on the 2-core AMX CPU of
+#: benchmarks/README.md with SmolLM2-135M: compiling costs ~3 s (warm inductor cache) to ~30 s
+#: (cold) and saves ~2 s of a 6.6 s step, so it pays back after ~15 steps of 32 x 96 tokens
+#: (~3e13 FLOPs); a tiny test model never reaches it.
+COMPILE_MIN_FLOPS = 3e13
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class RerankTrainer(Trainer):
+        """HF Trainer with the group loss, ordered sampling and adapter-folder checkpoints."""
+
+        run_record: dict = {}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            group_size = int(inputs.pop("group_size"))
+            scores = model(**inputs)
+            loss = group_loss(scores, group_size)
+            return (loss, scores) if return_outputs else loss
+
+        def _get_train_sampler(self, train_dataset=None):
+            # The dataset already holds the seeded order; shuffling again would break resume parity.
+            return SequentialSampler(train_dataset or self.train_dataset)
+
+        def _save(self, output_dir=None, state_dict=None):
+            if not self.args.should_save:
+                return
+            reranker = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+            reranker.save(output_dir, extra={"run": self.run_record, "step": self.state.global_step})
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            load_trainable(self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint))
+
+    return RerankTrainer
+
+
+def load_trainable(reranker: Reranker, directory: Path) -> None:
+    """Restore LoRA weights and head from a checkpoint into an already LoRA-wrapped reranker."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    try:
+        head = load_file(directory / HEAD_FILE)
+        reranker.score.load_state_dict({k: v.to(reranker.score.weight.dtype) for k, v in head.items()})
+        adapter = directory / "adapter_model.safetensors"
+        if adapter.is_file():
+            set_peft_model_state_dict(reranker.backbone, load_file(adapter))
+    except Exception as exc:
+        raise InputError(f"{directory}: unreadable checkpoint ({exc}); delete it to resume from an earlier one") from None
+
+
+def _schedule_callback(config: TrainConfig):
+    from transformers import TrainerCallback
+
+    steps = set(config.save_steps) | {config.max_steps}
+
+    class CheckpointSchedule(TrainerCallback):
+        """Save at the explicit steps of the schedule and every ``save_every`` steps."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step = state.global_step
+            if step in steps or (config.save_every and step % config.save_every == 0):
+                control.should_save = True
+            return control
+
+    return CheckpointSchedule()
+
+
+def _precision(config: TrainConfig) -> str:
+    if config.precision == "auto":
+        return "bf16" if bf16_supported("cuda" if torch.cuda.is_available() else "cpu") else "fp32"
+    return config.precision
+
+
+def build_model(config: TrainConfig) -> Reranker:
+    """Base model (frozen, bf16 when training in bf16), LoRA (fp32) and head (fp32)."""
+    dtype = torch.bfloat16 if _precision(config) == "bf16" else torch.float32
+    reranker = Reranker.from_pretrained(config.model, config=config.reranker(), dtype=dtype)
+    for p in reranker.backbone.parameters():
+        p.requires_grad_(False)
+    attach_lora(reranker, config.lora(), seed=config.seed)
+    # Trainable parameters in fp32: the frozen bf16 weights need no fp32 master copy.
+    for p in reranker.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    reranker.score.float().requires_grad_(True)
+    if config.gradient_checkpointing:
+        reranker.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        reranker.base_model.enable_input_require_grads()
+    return reranker
+
+
+def compile_decision(config: TrainConfig, reranker: Reranker) -> tuple[bool, str]:
+    """Whether to ``torch.compile`` the decoder blocks for training, and why.
+
+    Compiled blocks fuse the element-wise work (norms, rotary, SiLU, LoRA scaling) of the
+    forward and the backward; the math is the same, only float rounding moves
+    (``tests/test_train.py`` holds the two paths to each other).
+    """
+    if config.compile == "off":
+        return False, "compile=off"
+    blocker = can_compile(reranker.device)
+    if blocker is None and (config.deepspeed or config.fsdp or config.gradient_checkpointing):
+        blocker = "sharded or checkpointed training wraps the blocks itself"
+    if blocker:
+        if config.compile == "on":
+            raise InputError(f"--compile on: cannot compile here ({blocker}); use --compile auto or off")
+        return False, blocker
+    params = sum(p.numel() for block in blocks(reranker.base_model, reranker.architecture) for p in block.parameters())
+    tokens = config.max_steps * config.grad_accum * config.queries_per_device * config.group_size * config.max_length
+    work = 6.0 * params * tokens
+    if config.compile == "auto" and work < COMPILE_MIN_FLOPS:
+        return False, f"compile=auto: {work:.2g} FLOPs of training < {COMPILE_MIN_FLOPS:.0e}, compiling would not pay back"
+    return True, f"compile={config.compile}: {work:.2g} FLOPs of training"
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train a reranker as ``config`` says; returns the run folder. See the module doc."""
+    from transformers import TrainingArguments, set_seed
+
+    config.validate()
+    run_dir = Path(config.output)
+    groups = load_groups(config)
+    if not groups.queries:
+        raise InputError("no training query has a judged positive passage; check the qrels against the queries")
+    dropped = groups.check(config.group_size, config.short_groups)
+    existing = complete_checkpoints(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise InputError(f"--output {run_dir}: folder exists and is not empty; pass --resume to continue it or choose a new folder")
+    _check_same_run(run_dir, config) if resume else None
+
+    set_seed(config.seed)
+    reranker = build_model(config)
+    compiled, why = compile_decision(config, reranker)
+    if compiled:
+        compile_blocks(reranker)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    global_batch = config.queries_per_device * config.grad_accum * world
+    epochs = max(1, math.ceil(config.max_steps * global_batch / len(groups.queries)))
+    dataset = GroupDataset(groups, config.group_size, epochs, config.seed)
+    record = _run_record(config, groups, world, global_batch, epochs)
+    record["resolved"]["skipped_short_queries"] = dropped
+    record["resolved"]["compiled_blocks"] = {"on": compiled, "why": why}
+    if int(os.environ.get("RANK", "0")) == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(run_dir / RUN_FILE) as fh:
+            json.dump(record, fh, indent=2, sort_keys=True)
+
+    args = TrainingArguments(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=config.queries_per_device,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_steps=config.max_steps,
+        lr_scheduler_type="linear",
+        bf16=_precision(config) == "bf16",
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        report_to=["tensorboard"],
+        save_strategy="no",  # the schedule callback decides
+        save_only_model=False,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=False,
+        deepspeed=config.deepspeed,
+        fsdp=config.fsdp or "",
+        max_grad_norm=1.0,
+    )
+    latest = existing[-1][1] if (resume and existing) else None
+    started = time.perf_counter()
+    with _tensorboard_dir(run_dir / "logs"):
+        trainer = _make_trainer_class()(
+            model=reranker, args=args, train_dataset=dataset, data_collator=GroupCollator(reranker),
+            callbacks=[_schedule_callback(config)],
+        )
+        trainer.run_record = record
+        trainer.train(resume_from_checkpoint=str(latest) if latest else None)
+    if trainer.args.should_save:
+        _finish(trainer, reranker, run_dir, record, time.perf_counter() - started, config)
+    return run_dir
+
+
+@contextmanager
+def _tensorboard_dir(path: Path):
+    # transformers 5 takes the TensorBoard folder from this variable only.
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = before
+
+
+def _finish(trainer, reranker: Reranker, run_dir: Path, record: dict, seconds: float, config: TrainConfig) -> None:
+    final = run_dir / FINAL
+    tmp = run_dir / f"{FINAL}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    reranker.save(tmp, extra={"run": record, "step": trainer.state.global_step})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    summary = {"train_seconds": seconds, "steps": trainer.state.global_step, "log": trainer.state.log_history}
+    if torch.cuda.is_available():
+        summary["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    with atomic_write(run_dir / SUMMARY) as fh:
+        json.dump(summary, fh, indent=2)
+
+
+def _run_record(config: TrainConfig, groups: TrainGroups, world: int, global_batch: int, epochs: int) -> dict:
+    return {
+        "config": asdict(config),
+        "resolved": {"precision": _precision(config), "world_size": world, "global_batch_queries": global_batch,
+                     "epochs_covered": epochs, "train_queries": len(groups.queries)},
+        "data_fingerprints": groups.fingerprints,
+        "versions": versions(),
+    }
+
+
+def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
+    """Resuming with different settings would silently mix two runs: refuse it."""
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())["config"]
+    now = asdict(config)
+    # Compiling changes how blocks run, not what they compute: a resumed run may switch it.
+    changed = sorted(k for k in now if k not in ("output", "compile") and before.get(k) != now[k])
+    if changed:
+        raise InputError(
+            f"--resume {run_dir}: settings differ from the saved run ({', '.join(changed)}); "
+            "use the same settings or a new --output"
+        )
+
+
+def evaluate_final(run_dir: Path, split: str = "dev", depth: int = 20, *, progress: bool = True) -> dict:
+    """Rerank BM25's top-``depth`` of a FAQ split with ``RUNDIR/final``; saves and returns metrics."""
+
+    data = load_faq(split)
+    config = ScoreConfig(depth=depth)
+    reranker = prepare(Reranker.from_pretrained(adapter=Path(run_dir) / FINAL), config)
+    scored = rerank(reranker, data.queries, data.corpus, data.run, config, progress=progress, description=f"evaluating on {split}")
+    qids = list(data.queries)
+    result = {
+        "split": split, "depth": depth, "n_queries": len(qids),
+        "bm25": evaluate(data.qrels, data.run, query_ids=qids).aggregate,
+        "reranker": evaluate(data.qrels, scored, query_ids=qids).aggregate,
+    }
+    with atomic_write(Path(run_dir) / f"eval.{split}.json") as fh:
+        json.dump(result, fh, indent=2)
+    return result
