@@ -35,14 +35,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import peers  # noqa: E402
 from common import (  # noqa: E402
-    RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
-    publish, python_argv, report_peak_rss,
+    RESULTS,
+    BenchmarkError,
+    child_peak_rss,
+    load_average,
+    machine,
+    machine_line,
+    markdown_table,
+    publish,
+    python_argv,
+    report_peak_rss,
 )
-
 from relevance_lens.model.reranker import Reranker, RerankerConfig, read_saved_config  # noqa: E402
-from relevance_lens.score.fast import COMPILE_MIN_TOKENS  # noqa: E402
 from relevance_lens.score.batching import candidate_pairs  # noqa: E402
 from relevance_lens.score.config import ScoreConfig, prepare  # noqa: E402
+from relevance_lens.score.fast import COMPILE_MIN_TOKENS  # noqa: E402
 from relevance_lens.score.rerank import rerank  # noqa: E402
 from relevance_lens.score.scorer import PlainScorer  # noqa: E402
 
@@ -183,7 +190,9 @@ def run_system(systems: Systems, spec, data, run, pairs, text_pairs, compile_ove
     if family == "crossencoder":
         return peers.cross_encoder_scores(systems.cross_encoder(dtype, probe), text_pairs)
     if family == "tevatron":
-        return peers.tevatron_scores(systems.tevatron(dtype), systems.tev_tokenizer, text_pairs, systems.args.max_length)
+        return peers.tevatron_scores(
+            systems.tevatron(dtype), systems.tev_tokenizer, text_pairs, systems.args.max_length
+        )
     raise ValueError(family)
 
 
@@ -233,8 +242,14 @@ def compare(name, dtype, pairs, reference, scores) -> dict:
     tol = tolerance(reference, dtype)
     gap = max(abs(a - b) for a, b in zip(reference, scores))
     agrees, flips = ranking_agrees(pairs, reference, scores, tol)
-    record = {"system": name, "dtype": dtype, "max_abs_diff": gap, "tolerance": tol, "ranking_flips": flips,
-              "pair_order_agreement": concordance(pairs, reference, scores)}
+    record = {
+        "system": name,
+        "dtype": dtype,
+        "max_abs_diff": gap,
+        "tolerance": tol,
+        "ranking_flips": flips,
+        "pair_order_agreement": concordance(pairs, reference, scores),
+    }
     if gap > tol or not agrees:
         raise BenchmarkError(
             f"{name} ({dtype}) disagrees with the fp32 reference: max |Δscore| {gap:.4g} (tolerance {tol:.3g}), "
@@ -259,8 +274,13 @@ def forward_flops(reranker: Reranker, lengths: list[int]) -> dict:
     dense = 2 * params * tokens
     # QK^T and AV over the causal half: 2 matmuls x 2 FLOPs x L²/2 x head_dim per head and layer.
     attention = sum(2 * layers * heads * head_dim * n * n for n in lengths)
-    return {"non_embedding_params": params, "tokens": tokens, "dense": dense, "attention": attention,
-            "total": dense + attention}
+    return {
+        "non_embedding_params": params,
+        "tokens": tokens,
+        "dense": dense,
+        "attention": attention,
+        "total": dense + attention,
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -277,8 +297,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--check-queries", type=int, default=3, help="Queries of the pre-timing equality check.")
     parser.add_argument("--systems", default="all", help="Comma-separated system names, or all.")
     parser.add_argument("--no-breakdown", action="store_true", help="Skip timing relevance-lens's paths one by one.")
-    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
-                        help="Peak RSS of each system in a child process.")
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Peak RSS of each system in a child process.",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--name", default="scoring", help="Result name: results/NAME.json and README section NAME.")
     parser.add_argument("--work", type=Path, default=None, help="Where converted models go (default results/_work).")
@@ -314,10 +338,13 @@ def main(argv: list[str] | None = None) -> dict:
     lengths = [len(x) for x in ids]
 
     # 1. Same inputs: token ids of every pair.
-    peers.check_same_inputs(ids, {
-        "CrossEncoder": peers.cross_encoder_ids(systems.cross_encoder("fp32"), text_pairs),
-        "Tevatron loop": peers.tevatron_ids(systems.tev_tokenizer, text_pairs, args.max_length),
-    })
+    peers.check_same_inputs(
+        ids,
+        {
+            "CrossEncoder": peers.cross_encoder_ids(systems.cross_encoder("fp32"), text_pairs),
+            "Tevatron loop": peers.tevatron_ids(systems.tev_tokenizer, text_pairs, args.max_length),
+        },
+    )
 
     # 2. Same scores before timing, on the first queries: fp32 reference = our plain forward.
     check_q = list(dict.fromkeys(q for q, _ in pairs))[: args.check_queries]
@@ -325,7 +352,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_items = [(data.queries[q], data.corpus[d]) for q, d in check_pairs]
     check_text = [tp for p, tp in zip(pairs, text_pairs) if p[0] in check_q]
     check_run = {q: run[q] for q in check_q}
-    reference = PlainScorer(systems.ours("fp32"), ScoreConfig(dtype="fp32", device="cpu", fast=False)).score(check_items)
+    reference = PlainScorer(systems.ours("fp32"), ScoreConfig(dtype="fp32", device="cpu", fast=False)).score(
+        check_items
+    )
     checks = []
     # Our fast paths in fp32 (not compiled: an fp32 compile only for a check costs a minute).
     fp32_fast = ("relevance-lens", "relevance-lens", "fp32", {"compile": "off"})
@@ -345,15 +374,26 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = time.perf_counter() - start
         if name == "Tevatron loop fp32":
             fp32_reference = scores
-        timed.append({"system": name, "family": family, "dtype": dtype, "seconds": seconds,
-                      "passages_per_s": len(pairs) / seconds, "tokens_per_s": sum(lengths) / seconds,
-                      "load_average": [load_start, load_average()], "scores": scores})
+        timed.append(
+            {
+                "system": name,
+                "family": family,
+                "dtype": dtype,
+                "seconds": seconds,
+                "passages_per_s": len(pairs) / seconds,
+                "tokens_per_s": sum(lengths) / seconds,
+                "load_average": [load_start, load_average()],
+                "scores": scores,
+            }
+        )
         print(f"{name:34s} {dtype}  {seconds:7.1f} s  {len(pairs) / seconds:7.1f} passages/s", flush=True)
 
     # 4. The timed outputs agree too (against the fp32 Tevatron loop when it ran, else our first).
     reference = fp32_reference or timed[0]["scores"]
     for row in timed:
-        row["check"] = compare(row["system"], "fp32" if row["dtype"] == "fp32" else "bf16", pairs, reference, row["scores"])
+        row["check"] = compare(
+            row["system"], "fp32" if row["dtype"] == "fp32" else "bf16", pairs, reference, row["scores"]
+        )
 
     # 5. Peak memory, each system in its own process.
     if args.memory:
@@ -361,10 +401,29 @@ def main(argv: list[str] | None = None) -> dict:
         # The child scores fewer pairs; it compiles (or not) as the timed run did.
         planned = "on" if len(pairs) * args.max_length >= COMPILE_MIN_TOKENS else "off"
         for row in timed:
-            cmd = python_argv(Path(__file__), "--probe", row["system"], "--probe-pairs", str(probe_pairs),
-                              "--model", args.model, "--adapter", str(adapter), "--split", args.split,
-                              "--queries", str(args.queries), "--depth", str(args.depth),
-                              "--max-length", str(args.max_length), "--work", str(work), "--probe-compile", planned)
+            cmd = python_argv(
+                Path(__file__),
+                "--probe",
+                row["system"],
+                "--probe-pairs",
+                str(probe_pairs),
+                "--model",
+                args.model,
+                "--adapter",
+                str(adapter),
+                "--split",
+                args.split,
+                "--queries",
+                str(args.queries),
+                "--depth",
+                str(args.depth),
+                "--max-length",
+                str(args.max_length),
+                "--work",
+                str(work),
+                "--probe-compile",
+                planned,
+            )
             row["peak_rss_bytes"], _ = child_peak_rss(cmd)
             row["memory_pairs"] = probe_pairs
 
@@ -389,26 +448,44 @@ def summarise(args, info, reranker, pairs, lengths, timed, checks, adapter) -> d
         ce = [by[n] for n in ("CrossEncoder fp32", "CrossEncoder bf16") if n in by]
         if plain:
             best = min(plain, key=lambda r: r["seconds"])
-            ratios["vs_plain_loop_best"] = {"best": best["system"], "speedup": best["seconds"] / ours["seconds"],
-                                            "target": TARGET_VS_PLAIN}
+            ratios["vs_plain_loop_best"] = {
+                "best": best["system"],
+                "speedup": best["seconds"] / ours["seconds"],
+                "target": TARGET_VS_PLAIN,
+            }
         if ce:
             best = min(ce, key=lambda r: r["seconds"])
-            ratios["vs_crossencoder_best"] = {"best": best["system"], "speedup": best["seconds"] / ours["seconds"],
-                                              "target": 1.0}
+            ratios["vs_crossencoder_best"] = {
+                "best": best["system"],
+                "speedup": best["seconds"] / ours["seconds"],
+                "target": 1.0,
+            }
         ratios["fraction_of_bf16_matmul"] = {"value": ours["fraction_of_matmul_rate"], "target": TARGET_FRACTION}
         fastest = min((r for r in timed if r["family"] in ("relevance-lens", "breakdown")), key=lambda r: r["seconds"])
         if fastest is not ours and plain:
             best = min(plain, key=lambda r: r["seconds"])
             ratios["fastest_path_vs_plain_loop_best"] = {
-                "path": fastest["system"], "best": best["system"], "speedup": best["seconds"] / fastest["seconds"],
-                "fraction_of_bf16_matmul": fastest["fraction_of_matmul_rate"], "target": TARGET_VS_PLAIN}
+                "path": fastest["system"],
+                "best": best["system"],
+                "speedup": best["seconds"] / fastest["seconds"],
+                "fraction_of_bf16_matmul": fastest["fraction_of_matmul_rate"],
+                "target": TARGET_VS_PLAIN,
+            }
     return {
         "benchmark": "scoring",
         "machine": info,
-        "config": {"model": args.model, "adapter": str(adapter), "synthetic_adapter": args.adapter is None,
-                   "split": args.split, "queries": args.queries, "depth": args.depth, "pairs": len(pairs),
-                   "max_length": args.max_length, "mean_tokens": sum(lengths) / len(lengths),
-                   "load_average_end": load_average()},
+        "config": {
+            "model": args.model,
+            "adapter": str(adapter),
+            "synthetic_adapter": args.adapter is None,
+            "split": args.split,
+            "queries": args.queries,
+            "depth": args.depth,
+            "pairs": len(pairs),
+            "max_length": args.max_length,
+            "mean_tokens": sum(lengths) / len(lengths),
+            "load_average_end": load_average(),
+        },
         "flops": flops,
         "checks": checks,
         "systems": timed,
@@ -420,16 +497,27 @@ def render(record: dict) -> str:
     rows = []
     for r in record["systems"]:
         mem = r.get("peak_rss_bytes")
-        rows.append([r["system"], r["dtype"], r["seconds"], r["passages_per_s"], r["tokens_per_s"],
-                     f"{100 * r['fraction_of_matmul_rate']:.1f}%", f"{mem / 2**20:,.0f}" if mem else "",
-                     f"{r['check']['max_abs_diff']:.2g}"])
-    table = markdown_table(["system", "dtype", "seconds", "passages/s", "tokens/s", "of matmul rate",
-                            "peak RSS MiB", "max Δscore"], rows)
+        rows.append(
+            [
+                r["system"],
+                r["dtype"],
+                r["seconds"],
+                r["passages_per_s"],
+                r["tokens_per_s"],
+                f"{100 * r['fraction_of_matmul_rate']:.1f}%",
+                f"{mem / 2**20:,.0f}" if mem else "",
+                f"{r['check']['max_abs_diff']:.2g}",
+            ]
+        )
+    table = markdown_table(
+        ["system", "dtype", "seconds", "passages/s", "tokens/s", "of matmul rate", "peak RSS MiB", "max Δscore"], rows
+    )
     cfg, flops = record["config"], record["flops"]
     lines = [
         f"**Scoring** — {machine_line(record['machine'])}",
         "",
-        f"{cfg['model']}, {cfg['pairs']} pairs ({cfg['queries']} FAQ-{cfg['split']} queries × BM25 top-{cfg['depth']}), "
+        f"{cfg['model']}, {cfg['pairs']} pairs ({cfg['queries']} FAQ-{cfg['split']} queries × BM25 "
+        f"top-{cfg['depth']}), "
         f"max length {cfg['max_length']} (mean {cfg['mean_tokens']:.0f} tokens), "
         f"{flops['total'] / 1e12:.2f} TFLOP of forward work ({flops['non_embedding_params'] / 1e6:.1f} M non-embedding "
         f"parameters). Load average at end: {cfg['load_average_end']:.2f}.",
@@ -440,10 +528,17 @@ def render(record: dict) -> str:
     for key, r in record["ratios"].items():
         if key == "fraction_of_bf16_matmul":
             met = "met" if r["value"] >= r["target"] else f"missed by {100 * (r['target'] - r['value']):.1f} points"
-            lines.append(f"- forward at {100 * r['value']:.1f}% of the measured bf16 matmul rate (target ≥ {100 * r['target']:.0f}%: {met})")
+            lines.append(
+                f"- forward at {100 * r['value']:.1f}% of the measured bf16 matmul rate (target ≥ "
+                f"{100 * r['target']:.0f}%: {met})"
+            )
         else:
             met = "met" if r["speedup"] >= r["target"] else f"missed: {r['speedup'] / r['target']:.2f} of the target"
-            who = f"{r['path']} (fastest path; {100 * r['fraction_of_bf16_matmul']:.1f}% of bf16 matmul rate): " if "path" in r else ""
+            who = (
+                f"{r['path']} (fastest path; {100 * r['fraction_of_bf16_matmul']:.1f}% of bf16 matmul rate): "
+                if "path" in r
+                else ""
+            )
             lines.append(f"- {who}{r['speedup']:.2f}× {r['best']} (target ≥ {r['target']:g}×: {met})")
     return "\n".join(lines)
 

@@ -29,10 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from bench_scoring import TOLERANCE as SCORING_TOLERANCE  # noqa: E402
 from bench_scoring import load_reranker, ranking_agrees, synthetic_adapter  # noqa: E402
 from common import (  # noqa: E402
-    RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
-    publish, python_argv, report_peak_rss,
+    RESULTS,
+    BenchmarkError,
+    child_peak_rss,
+    load_average,
+    machine,
+    machine_line,
+    markdown_table,
+    publish,
+    python_argv,
+    report_peak_rss,
 )
-
 from relevance_lens.dissect.ablate import SweepConfig, build_variants, lora_parts, sweep  # noqa: E402
 from relevance_lens.dissect.evalset import encode_evalset, faq_evalset, ir_metrics  # noqa: E402
 from relevance_lens.model.roles import num_layers  # noqa: E402
@@ -41,8 +48,11 @@ from relevance_lens.score.rerank import ScoreConfig, prepare  # noqa: E402
 TARGET = 2.0
 TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}  # the same blocks on the same inputs: only summation order may differ
 #: mode -> SweepConfig settings
-MODES = {"naive": {"cached": False, "merge": "off"}, "cached": {"cached": True, "merge": "off"},
-         "cached + merged": {"cached": True, "merge": "on"}}
+MODES = {
+    "naive": {"cached": False, "merge": "off"},
+    "cached": {"cached": True, "merge": "off"},
+    "cached + merged": {"cached": True, "merge": "on"},
+}
 
 
 def setup(args, adapter: Path):
@@ -73,15 +83,20 @@ def check(encoded, naive, other, tolerance: float, ranking: bool) -> dict:
 def same_scores(encoded, results: dict, dtype: str) -> dict:
     """Every mode gives naive's scores for every variant (merged: within bf16 rounding, same order); raises if not."""
     scale = max(1.0, max(abs(x) for x in results["naive"].scores["full"]))
-    checks = {"cached": check(encoded, results["naive"], results["cached"], TOLERANCE[dtype] * scale, False),
-              # Each bf16 path lies within the scoring tolerance of the fp32 scores (measured on this
-              # adapter: LoRA layers 0.27, merged 0.15 of 1.65), so the two lie within twice it.
-              "cached + merged": check(encoded, results["naive"], results["cached + merged"],
-                                       2 * SCORING_TOLERANCE[dtype] * scale, True)}
+    checks = {
+        "cached": check(encoded, results["naive"], results["cached"], TOLERANCE[dtype] * scale, False),
+        # Each bf16 path lies within the scoring tolerance of the fp32 scores (measured on this
+        # adapter: LoRA layers 0.27, merged 0.15 of 1.65), so the two lie within twice it.
+        "cached + merged": check(
+            encoded, results["naive"], results["cached + merged"], 2 * SCORING_TOLERANCE[dtype] * scale, True
+        ),
+    }
     for mode, c in checks.items():
         if c["max_abs_diff"] > c["tolerance"] or c["ranking_flips"]:
-            raise BenchmarkError(f"{mode} sweep differs from naive for variant {c['variant']}: max |Δscore| "
-                                 f"{c['max_abs_diff']:.3g} (tolerance {c['tolerance']:.3g}), {c['ranking_flips']} ranking flips")
+            raise BenchmarkError(
+                f"{mode} sweep differs from naive for variant {c['variant']}: max |Δscore| "
+                f"{c['max_abs_diff']:.3g} (tolerance {c['tolerance']:.3g}), {c['ranking_flips']} ranking flips"
+            )
     return checks
 
 
@@ -117,7 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
     first = faq_evalset(args.split, depth=args.depth, max_queries=1)
     first_pairs = encode_evalset(reranker, first, batch_tokens=args.batch_tokens)
     first_metrics = ir_metrics(first, ["nDCG@10"])
-    first_results = {mode: run_mode(reranker, first_pairs, first_metrics, variants, mode, args.sweep)[0] for mode in MODES}
+    first_results = {
+        mode: run_mode(reranker, first_pairs, first_metrics, variants, mode, args.sweep)[0] for mode in MODES
+    }
     same_scores(first_pairs, first_results, args.dtype)
     print(f"equality check passed on {len(first_pairs.pairs)} pairs before timing", flush=True)
     # Rounds: both modes once per round, each mode's faster round kept (a shared machine's busy
@@ -129,46 +146,95 @@ def main(argv: list[str] | None = None) -> dict:
             load_start = load_average()
             result, seconds = run_mode(reranker, encoded, metrics, variants, mode, args.sweep)
             results[mode] = result
-            print(f"round {round_}: {mode:15s} {seconds:7.1f} s  work {result.work.computed:,} layer-tokens", flush=True)
+            print(
+                f"round {round_}: {mode:15s} {seconds:7.1f} s  work {result.work.computed:,} layer-tokens", flush=True
+            )
             times = best.get(mode, {}).get("all_rounds_seconds", []) + [seconds]
             if mode not in best or seconds < best[mode]["seconds"]:
-                best[mode] = {"mode": mode, "seconds": seconds, "work_computed": result.work.computed,
-                              "work_naive": result.work.naive, "fallback": result.fallback, "round": round_,
-                              "load_average": [load_start, load_average()]}
+                best[mode] = {
+                    "mode": mode,
+                    "seconds": seconds,
+                    "work_computed": result.work.computed,
+                    "work_naive": result.work.naive,
+                    "fallback": result.fallback,
+                    "round": round_,
+                    "load_average": [load_start, load_average()],
+                }
             best[mode]["all_rounds_seconds"] = times
     rows = [best[mode] for mode in MODES]
 
     checks = same_scores(encoded, results, args.dtype)  # and again on every timed output
     if args.memory:
         for row in rows:
-            cmd = python_argv(Path(__file__), "--probe", row["mode"], "--model", args.model, "--adapter", str(adapter),
-                              "--sweep", args.sweep, "--split", args.split, "--queries", str(args.queries),
-                              "--depth", str(args.depth), "--max-length", str(args.max_length),
-                              "--batch-tokens", str(args.batch_tokens), "--dtype", args.dtype, "--work", str(work))
+            cmd = python_argv(
+                Path(__file__),
+                "--probe",
+                row["mode"],
+                "--model",
+                args.model,
+                "--adapter",
+                str(adapter),
+                "--sweep",
+                args.sweep,
+                "--split",
+                args.split,
+                "--queries",
+                str(args.queries),
+                "--depth",
+                str(args.depth),
+                "--max-length",
+                str(args.max_length),
+                "--batch-tokens",
+                str(args.batch_tokens),
+                "--dtype",
+                args.dtype,
+                "--work",
+                str(work),
+            )
             row["peak_rss_bytes"], _ = child_peak_rss(cmd)
     naive, fastest = best["naive"], best["cached + merged"]
     record = {
         "benchmark": "sweep",
         "machine": info,
-        "config": {"model": args.model, "adapter": str(adapter), "synthetic_adapter": args.adapter is None,
-                   "sweep": args.sweep, "variants": len(variants), "split": args.split, "queries": args.queries,
-                   "depth": args.depth, "pairs": len(encoded.pairs), "max_length": args.max_length, "dtype": args.dtype,
-                   "layers": num_layers(reranker.base_config), "load_average_end": load_average()},
+        "config": {
+            "model": args.model,
+            "adapter": str(adapter),
+            "synthetic_adapter": args.adapter is None,
+            "sweep": args.sweep,
+            "variants": len(variants),
+            "split": args.split,
+            "queries": args.queries,
+            "depth": args.depth,
+            "pairs": len(encoded.pairs),
+            "max_length": args.max_length,
+            "dtype": args.dtype,
+            "layers": num_layers(reranker.base_config),
+            "load_average_end": load_average(),
+        },
         "check": checks,
         "modes": rows,
         "summary": results["cached + merged"].summary(),
-        "ratios": {"time": {"speedup": naive["seconds"] / fastest["seconds"], "target": TARGET},
-                   "time_cached_only": {"speedup": naive["seconds"] / best["cached"]["seconds"], "target": TARGET},
-                   "work": {"speedup": fastest["work_naive"] / fastest["work_computed"], "target": TARGET}},
+        "ratios": {
+            "time": {"speedup": naive["seconds"] / fastest["seconds"], "target": TARGET},
+            "time_cached_only": {"speedup": naive["seconds"] / best["cached"]["seconds"], "target": TARGET},
+            "work": {"speedup": fastest["work_naive"] / fastest["work_computed"], "target": TARGET},
+        },
     }
     return publish("sweep", record, render(record), args.results)
 
 
 def render(record: dict) -> str:
     cfg = record["config"]
-    rows = [[r["mode"], r["seconds"], f"{r['work_computed']:,}",
-             f"{r['peak_rss_bytes'] / 2**20:,.0f}" if r.get("peak_rss_bytes") else "", r["fallback"] or ""]
-            for r in record["modes"]]
+    rows = [
+        [
+            r["mode"],
+            r["seconds"],
+            f"{r['work_computed']:,}",
+            f"{r['peak_rss_bytes'] / 2**20:,.0f}" if r.get("peak_rss_bytes") else "",
+            r["fallback"] or "",
+        ]
+        for r in record["modes"]
+    ]
     lines = [
         f"**Ablation sweep** — {machine_line(record['machine'])}",
         "",
@@ -182,8 +248,11 @@ def render(record: dict) -> str:
         markdown_table(["mode", "seconds", "forward work (layer·tokens)", "peak RSS MiB", "fallback"], rows),
         "",
     ]
-    what = {"time": "time: cached + merged", "time_cached_only": "time: cached alone",
-            "work": "forward work: cached (restarts; merging changes no work)"}
+    what = {
+        "time": "time: cached + merged",
+        "time_cached_only": "time: cached alone",
+        "work": "forward work: cached (restarts; merging changes no work)",
+    }
     for key, r in record["ratios"].items():
         met = "met" if r["speedup"] >= r["target"] else f"missed: {r['speedup'] / r['target']:.2f} of the target"
         lines.append(f"- {what[key]} is {r['speedup']:.2f}× cheaper than naive (target ≥ {r['target']:g}×: {met})")

@@ -32,12 +32,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import peers  # noqa: E402
-from common import (  # noqa: E402
-    RESULTS, BenchmarkError, child_peak_rss, load_average, machine, machine_line, markdown_table,
-    publish, python_argv, report_peak_rss,
-)
-
 import relevance_lens.train.trainer as rl_train  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    BenchmarkError,
+    child_peak_rss,
+    load_average,
+    machine,
+    machine_line,
+    markdown_table,
+    publish,
+    python_argv,
+    report_peak_rss,
+)
 from relevance_lens.model.reranker import Reranker  # noqa: E402
 
 TARGET = 1.5
@@ -93,10 +100,23 @@ def timed_train(times: list[float]):
 
 def train_config(args, output: Path, compile: str = "off"):
     return rl_train.load_config(
-        None, model=args.model, output=str(output), group_size=args.group_size, queries_per_device=args.queries,
-        max_steps=args.steps, max_length=args.max_length, rank=args.rank, alpha=args.alpha, lora_dropout=0.0,
-        targets="all", precision=args.precision, save_steps=[], eval_split="none", logging_steps=10_000,
-        warmup_steps=0, compile=compile,
+        None,
+        model=args.model,
+        output=str(output),
+        group_size=args.group_size,
+        queries_per_device=args.queries,
+        max_steps=args.steps,
+        max_length=args.max_length,
+        rank=args.rank,
+        alpha=args.alpha,
+        lora_dropout=0.0,
+        targets="all",
+        precision=args.precision,
+        save_steps=[],
+        eval_split="none",
+        logging_steps=10_000,
+        warmup_steps=0,
+        compile=compile,
     )
 
 
@@ -131,16 +151,18 @@ def cross_encoder_model(args, reranker: Reranker, work: Path):
 
     model_dir, _ = peers.seqcls_folder(reranker, None, work / "training")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    ce = CrossEncoder(str(model_dir), num_labels=1, max_length=args.max_length, device="cpu",
-                      model_kwargs={"dtype": dtype})
+    ce = CrossEncoder(
+        str(model_dir), num_labels=1, max_length=args.max_length, device="cpu", model_kwargs={"dtype": dtype}
+    )
     arch = architecture_of(reranker.base_config)
     n = num_layers(reranker.base_config)
     targets = sorted(modules_for(arch, resolve_roles("all", arch), list(range(n))))
     torch.manual_seed(args.seed)
     # CrossEncoder.add_adapter goes through transformers, which wants peft >= 0.22; PEFT's own
     # injection is what it calls and works with the installed peft.
-    inject_adapter_in_model(LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
-                                       target_modules=targets, bias="none"), ce.model)
+    inject_adapter_in_model(
+        LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=targets, bias="none"), ce.model
+    )
     for name, p in ce.model.named_parameters():
         p.requires_grad_("lora_" in name or name.startswith("score."))
         if p.requires_grad:
@@ -169,14 +191,28 @@ def run_cross_encoder(args, items: list[dict], work: Path, times: list[float]) -
     ce = cross_encoder_model(args, reranker, work)
     with tempfile.TemporaryDirectory() as tmp:
         targs = CrossEncoderTrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=args.queries, max_steps=args.steps, learning_rate=3e-4,
-            warmup_steps=0, lr_scheduler_type="linear", bf16=args.precision == "bf16", seed=args.seed,
-            logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
-            max_grad_norm=1.0, disable_tqdm=True,
+            output_dir=tmp,
+            per_device_train_batch_size=args.queries,
+            max_steps=args.steps,
+            learning_rate=3e-4,
+            warmup_steps=0,
+            lr_scheduler_type="linear",
+            bf16=args.precision == "bf16",
+            seed=args.seed,
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            dataloader_num_workers=0,
+            max_grad_norm=1.0,
+            disable_tqdm=True,
         )
         trainer = CrossEncoderTrainer(
-            model=ce, args=targs, train_dataset=ce_dataset(reranker, items),
-            loss=ListNetLoss(ce, mini_batch_size=-1), callbacks=[_timer_callback(times)],
+            model=ce,
+            args=targs,
+            train_dataset=ce_dataset(reranker, items),
+            loss=ListNetLoss(ce, mini_batch_size=-1),
+            callbacks=[_timer_callback(times)],
         )
         # The dataset is already in relevance-lens's seeded order: read it in that order.
         trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
@@ -208,8 +244,10 @@ def first_step_losses(args, items: list[dict], work: Path) -> dict:
     tolerance = 2e-2 if args.precision == "bf16" else 1e-4
     record = {"relevance_lens": our_loss, "crossencoder": their_loss, "tolerance": tolerance}
     if abs(our_loss - their_loss) > tolerance:
-        raise BenchmarkError(f"first-step losses differ: relevance-lens {our_loss:.5f}, CrossEncoderTrainer "
-                             f"{their_loss:.5f} (tolerance {tolerance}): the two do not train the same thing")
+        raise BenchmarkError(
+            f"first-step losses differ: relevance-lens {our_loss:.5f}, CrossEncoderTrainer "
+            f"{their_loss:.5f} (tolerance {tolerance}): the two do not train the same thing"
+        )
     return record
 
 
@@ -232,8 +270,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True,
-                        help="Also time train() with compile=off (eager decoder blocks).")
+    parser.add_argument(
+        "--eager",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also time train() with compile=off (eager decoder blocks).",
+    )
     parser.add_argument("--probe", choices=[*SYSTEMS], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps <= args.warmup:
@@ -268,59 +310,116 @@ def main(argv: list[str] | None = None) -> dict:
                 raise BenchmarkError(f"{name}: timed {len(times)} steps, expected {args.steps}")
             steady = times[args.warmup :]
             step = statistics.mean(steady)
-            row = {"system": name, "step_seconds": steady, "mean_step_seconds": step, "groups_per_s": args.queries / step,
-                   "first_step_seconds": times[0], "round": round_, "load_average": [load_start, load_average()], **extra}
+            row = {
+                "system": name,
+                "step_seconds": steady,
+                "mean_step_seconds": step,
+                "groups_per_s": args.queries / step,
+                "first_step_seconds": times[0],
+                "round": round_,
+                "load_average": [load_start, load_average()],
+                **extra,
+            }
             print(f"round {round_}: {name:44s} {step:6.2f} s/step  {args.queries / step:5.2f} groups/s", flush=True)
             if name not in best or step < best[name]["mean_step_seconds"]:
-                row["all_rounds_mean_step_seconds"] = best.get(name, {}).get("all_rounds_mean_step_seconds", []) + [step]
+                row["all_rounds_mean_step_seconds"] = best.get(name, {}).get("all_rounds_mean_step_seconds", []) + [
+                    step
+                ]
                 best[name] = row
             else:
                 best[name]["all_rounds_mean_step_seconds"].append(step)
     rows = list(best.values())
     if args.memory:
         for row in rows:
-            cmd = python_argv(Path(__file__), "--probe", row["system"], "--model", args.model, "--steps", "2",
-                              "--warmup", "1", "--queries", str(args.queries), "--group-size", str(args.group_size),
-                              "--max-length", str(args.max_length), "--rank", str(args.rank), "--alpha", str(args.alpha),
-                              "--precision", args.precision, "--work", str(work))
+            cmd = python_argv(
+                Path(__file__),
+                "--probe",
+                row["system"],
+                "--model",
+                args.model,
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--queries",
+                str(args.queries),
+                "--group-size",
+                str(args.group_size),
+                "--max-length",
+                str(args.max_length),
+                "--rank",
+                str(args.rank),
+                "--alpha",
+                str(args.alpha),
+                "--precision",
+                args.precision,
+                "--work",
+                str(work),
+            )
             row["peak_rss_bytes"], _ = child_peak_rss(cmd)
     by = {r["system"]: r for r in rows}
     theirs = by["CrossEncoderTrainer"]["mean_step_seconds"]
     record = {
         "benchmark": "training",
         "machine": info,
-        "config": {k: getattr(args, k) for k in ("model", "steps", "warmup", "queries", "group_size", "max_length",
-                                                 "rank", "alpha", "precision", "seed")}
-                  | {"sequences_per_step": args.queries * args.group_size, "load_average_end": load_average()},
+        "config": {
+            k: getattr(args, k)
+            for k in (
+                "model",
+                "steps",
+                "warmup",
+                "queries",
+                "group_size",
+                "max_length",
+                "rank",
+                "alpha",
+                "precision",
+                "seed",
+            )
+        }
+        | {"sequences_per_step": args.queries * args.group_size, "load_average_end": load_average()},
         "check": check,
         "systems": rows,
-        "ratios": {name: {"speedup": theirs / by[name]["mean_step_seconds"], "target": TARGET}
-                   for name in (OURS, EAGER) if name in by},
+        "ratios": {
+            name: {"speedup": theirs / by[name]["mean_step_seconds"], "target": TARGET}
+            for name in (OURS, EAGER)
+            if name in by
+        },
     }
     return publish("training", record, render(record), args.results)
 
 
 def render(record: dict) -> str:
     cfg = record["config"]
-    rows = [[r["system"], r["mean_step_seconds"], r["groups_per_s"], r["first_step_seconds"],
-             f"{r['peak_rss_bytes'] / 2**20:,.0f}" if r.get("peak_rss_bytes") else ""] for r in record["systems"]]
+    rows = [
+        [
+            r["system"],
+            r["mean_step_seconds"],
+            r["groups_per_s"],
+            r["first_step_seconds"],
+            f"{r['peak_rss_bytes'] / 2**20:,.0f}" if r.get("peak_rss_bytes") else "",
+        ]
+        for r in record["systems"]
+    ]
     ratios = []
     for who, r in record["ratios"].items():
         met = "met" if r["speedup"] >= r["target"] else f"missed: {r['speedup'] / r['target']:.2f} of the target"
         ratios.append(f"- {who}: {r['speedup']:.2f}× CrossEncoderTrainer (target ≥ {r['target']:g}×: {met})")
-    return "\n".join([
-        f"**Training** — {machine_line(record['machine'])}",
-        "",
-        f"{cfg['model']}, LoRA r{cfg['rank']} α{cfg['alpha']:g} on all roles, {cfg['queries']} groups × "
-        f"{cfg['group_size']} passages per step ({cfg['sequences_per_step']} sequences), max length "
-        f"{cfg['max_length']}, {cfg['precision']}; mean of steps {cfg['warmup'] + 1}-{cfg['steps']}. "
-        f"First-step loss: ours {record['check']['relevance_lens']:.4f}, CrossEncoderTrainer "
-        f"{record['check']['crossencoder']:.4f}. Load average at end: {cfg['load_average_end']:.2f}.",
-        "",
-        markdown_table(["system", "s/step", "query groups/s", "first step s", "peak RSS MiB"], rows),
-        "",
-        *ratios,
-    ])
+    return "\n".join(
+        [
+            f"**Training** — {machine_line(record['machine'])}",
+            "",
+            f"{cfg['model']}, LoRA r{cfg['rank']} α{cfg['alpha']:g} on all roles, {cfg['queries']} groups × "
+            f"{cfg['group_size']} passages per step ({cfg['sequences_per_step']} sequences), max length "
+            f"{cfg['max_length']}, {cfg['precision']}; mean of steps {cfg['warmup'] + 1}-{cfg['steps']}. "
+            f"First-step loss: ours {record['check']['relevance_lens']:.4f}, CrossEncoderTrainer "
+            f"{record['check']['crossencoder']:.4f}. Load average at end: {cfg['load_average_end']:.2f}.",
+            "",
+            markdown_table(["system", "s/step", "query groups/s", "first step s", "peak RSS MiB"], rows),
+            "",
+            *ratios,
+        ]
+    )
 
 
 if __name__ == "__main__":

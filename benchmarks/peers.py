@@ -39,7 +39,7 @@ def split_pair(settings, query: str, passage) -> tuple[str, str]:
     head = settings.template.split("{query}")[0] + query
     if not full.startswith(head):
         raise BenchmarkError(f"template {settings.template!r} does not start with its query part")
-    return head, full[len(head):]
+    return head, full[len(head) :]
 
 
 def pad_token_id(tokenizer) -> int:
@@ -99,7 +99,7 @@ def seqcls_folder(reranker: Reranker, adapter: Path | None, folder: Path) -> tup
         weights = load_file(Path(adapter) / "adapter_model.safetensors")
         prefix = "base_model.model."
         # Our adapter wraps the decoder (keys ``layers.N...``); the seq-cls model nests it as ``model``.
-        renamed = {prefix + "model." + k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
+        renamed = {prefix + "model." + k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in weights.items()}
         save_file(renamed, adapter_dir / "adapter_model.safetensors")
     return model_dir, adapter_dir
 
@@ -111,8 +111,13 @@ def lora_b_norm(model) -> float:
 # ---------------------------------------------------------------- CrossEncoder
 
 
-def load_cross_encoder(model_dir: Path, adapter_dir: Path | None, max_length: int, expect_lora: float | None,
-                       dtype: torch.dtype = torch.float32):
+def load_cross_encoder(
+    model_dir: Path,
+    adapter_dir: Path | None,
+    max_length: int,
+    expect_lora: float | None,
+    dtype: torch.dtype = torch.float32,
+):
     """sentence-transformers CrossEncoder on the seq-cls folder in ``dtype``, the adapter through its PEFT API.
 
     ``expect_lora``: the sum of |B| of our adapter; a CrossEncoder that loaded other values (keys
@@ -125,7 +130,9 @@ def load_cross_encoder(model_dir: Path, adapter_dir: Path | None, max_length: in
         ce.load_adapter(str(adapter_dir))
         got = lora_b_norm(ce.model)
         if expect_lora is not None and abs(got - expect_lora) > 1e-2 * max(1.0, expect_lora):
-            raise BenchmarkError(f"CrossEncoder's LoRA B weights sum to {got}, ours to {expect_lora}: adapter not loaded")
+            raise BenchmarkError(
+                f"CrossEncoder's LoRA B weights sum to {got}, ours to {expect_lora}: adapter not loaded"
+            )
     return ce
 
 
@@ -157,18 +164,31 @@ def load_tevatron(model_dir: Path, adapter_dir: Path | None, dtype: torch.dtype)
     return model.eval()
 
 
-def tevatron_batches(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, batch_size: int = 64,
-                     pad_to_multiple_of: int = 16):
+def tevatron_batches(
+    tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, batch_size: int = 64, pad_to_multiple_of: int = 16
+):
     """Tevatron's inference collator: run order, pairs truncated to max_length-1, EOS appended, padded to 16s."""
     eos = tokenizer.eos_token_id
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        enc = tokenizer([a for a, _ in chunk], [b for _, b in chunk], padding=False, truncation=True,
-                        max_length=max_length - 1, return_attention_mask=False, return_token_type_ids=False,
-                        add_special_tokens=True)
+        enc = tokenizer(
+            [a for a, _ in chunk],
+            [b for _, b in chunk],
+            padding=False,
+            truncation=True,
+            max_length=max_length - 1,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            add_special_tokens=True,
+        )
         ids = [x + [eos] for x in enc["input_ids"]]
-        yield tokenizer.pad({"input_ids": ids}, padding=True, pad_to_multiple_of=pad_to_multiple_of,
-                            return_attention_mask=True, return_tensors="pt")
+        yield tokenizer.pad(
+            {"input_ids": ids},
+            padding=True,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
 
 
 def tevatron_ids(tokenizer, pairs, max_length: int) -> list[list[int]]:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModel, Gemma3TextConfig
 
-from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.data.formats import Passage
 from relevance_lens.dissect.evalset import EvalSet
+from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.model.reranker import Reranker, RerankerConfig
 from tiny import _llama_kw, tiny_reranker, tiny_tokenizer
 from trainfix import TOPICS
@@ -31,7 +31,9 @@ def bare_reranker(family: str, seed: int = 0) -> Reranker:
     if family == "gemma3-sliding":
         torch.manual_seed(seed)
         config = Gemma3TextConfig(
-            **_llama_kw, head_dim=8, sliding_window=3,
+            **_llama_kw,
+            head_dim=8,
+            sliding_window=3,
             layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
         )
         model = AutoModel.from_config(config).eval()
@@ -77,6 +79,6 @@ def tiny_evalset(depth: int = 3, n_distractors: int = 6) -> EvalSet:
     run = {}
     for i, qid in enumerate(queries):
         others = [d for d in sorted(corpus) if d != f"d{i}"]
-        ranked = others[: i % depth] + [f"d{i}"] + others[i % depth:]
+        ranked = others[: i % depth] + [f"d{i}"] + others[i % depth :]
         run[qid] = {d: float(-k) for k, d in enumerate(ranked)}
     return EvalSet("tiny", queries, qrels, corpus, run, depth=depth)

@@ -4,16 +4,24 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
+from dissectfix import DISSECT_FAMILIES, bare_reranker, lora_reranker, one_thread, tiny_evalset  # noqa: F401
+from relevance_lens.data.formats import Passage
 from relevance_lens.dissect import ablate
 from relevance_lens.dissect.ablate import (
-    SWEEPS, SweepConfig, Variant, build_variants, lora_parts, restart_plan, score_variants, sweep, switch_off,
+    SWEEPS,
+    SweepConfig,
+    Variant,
+    build_variants,
+    lora_parts,
+    restart_plan,
+    score_variants,
+    sweep,
+    switch_off,
 )
-from relevance_lens.data.formats import Passage
-from relevance_lens.errors import InputError
 from relevance_lens.dissect.evalset import encode_evalset, ir_metrics, mean
-from relevance_lens.model.roles import MHA_ROLES, MLP_ROLES, role_of_module
+from relevance_lens.errors import InputError
 from relevance_lens.evaluate.stats import holm, paired_randomization
-from dissectfix import DISSECT_FAMILIES, bare_reranker, lora_reranker, one_thread, tiny_evalset  # noqa: F401
+from relevance_lens.model.roles import MHA_ROLES, MLP_ROLES, role_of_module
 
 QUERY = "what is the capital of france"
 PASSAGES = [
@@ -127,28 +135,34 @@ def test_switch_restores_weights_after_an_error():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("family,targets,expected_roles", [
-    ("gpt_neox", "q", {"q"}),
-    ("gpt2", "k,v", {"k", "v"}),
-    ("gpt2", "mlp", {"up", "down"}),
-    ("llama", "up,gate", {"gate", "up"}),
-    ("llama", "all", {"q", "k", "v", "o", "gate", "up", "down"}),
-])
+@pytest.mark.parametrize(
+    "family,targets,expected_roles",
+    [
+        ("gpt_neox", "q", {"q"}),
+        ("gpt2", "k,v", {"k", "v"}),
+        ("gpt2", "mlp", {"up", "down"}),
+        ("llama", "up,gate", {"gate", "up"}),
+        ("llama", "all", {"q", "k", "v", "o", "gate", "up", "down"}),
+    ],
+)
 def test_parts_of_an_adapter(family, targets, expected_roles):
     parts = lora_parts(lora_reranker(family, targets=targets))
     assert parts == {(layer, role) for layer in range(4) for role in expected_roles}
 
 
-@pytest.mark.parametrize("name,count,first", [
-    ("drop-layer", 4, ("-L0", 21)),
-    ("keep-layer", 4, ("L0", 7)),
-    ("window", 2, ("L0-2", 21)),
-    ("bottom-up", 4, ("L0-0", 7)),
-    ("top-down", 4, ("L0-3", 28)),
-    ("roles", 16, ("-q", 24)),
-    ("drop-layer-role", 28, ("-L0.q", 27)),
-    ("keep-layer-role", 28, ("L0.q", 1)),
-])
+@pytest.mark.parametrize(
+    "name,count,first",
+    [
+        ("drop-layer", 4, ("-L0", 21)),
+        ("keep-layer", 4, ("L0", 7)),
+        ("window", 2, ("L0-2", 21)),
+        ("bottom-up", 4, ("L0-0", 7)),
+        ("top-down", 4, ("L0-3", 28)),
+        ("roles", 16, ("-q", 24)),
+        ("drop-layer-role", 28, ("-L0.q", 27)),
+        ("keep-layer-role", 28, ("L0.q", 1)),
+    ],
+)
 def test_sweep_builders(name, count, first):
     parts = frozenset((l, r) for l in range(4) for r in ("q", "k", "v", "o", "gate", "up", "down"))
     variants = build_variants(name, parts, 4)
@@ -169,14 +183,17 @@ def test_unknown_sweep_and_empty_adapter_are_refused():
 PARTS = frozenset((l, r) for l in range(4) for r in ("q", "up"))
 
 
-@pytest.mark.parametrize("keep,plan", [
-    (PARTS, ("full", 4)),
-    (frozenset(), ("base", 4)),
-    (PARTS - {(2, "up")}, ("full", 2)),
-    (frozenset({(2, "q"), (3, "q")}), ("base", 2)),
-    (PARTS - {(0, "q")}, ("full", 0)),
-    (frozenset({(0, "q")}), ("full", 0)),  # differs from both at layer 0: a full forward
-])
+@pytest.mark.parametrize(
+    "keep,plan",
+    [
+        (PARTS, ("full", 4)),
+        (frozenset(), ("base", 4)),
+        (PARTS - {(2, "up")}, ("full", 2)),
+        (frozenset({(2, "q"), (3, "q")}), ("base", 2)),
+        (PARTS - {(0, "q")}, ("full", 0)),
+        (frozenset({(0, "q")}), ("full", 0)),  # differs from both at layer 0: a full forward
+    ],
+)
 def test_restart_plan(keep, plan):
     assert restart_plan(keep, PARTS, 4) == plan
 
@@ -233,6 +250,7 @@ def test_a_restart_that_breaks_falls_back_to_naive(monkeypatch):
 
 def _relevant_score(evalset):
     """A metric as any function of a run: the score margin of the relevant passage over the rest."""
+
     def metric(run):
         out = {}
         for qid in evalset.query_ids:
@@ -241,6 +259,7 @@ def _relevant_score(evalset):
             rest = [s for d, s in docs.items() if not evalset.qrels[qid].get(d)]
             out[qid] = (sum(rel) / len(rel) if rel else 0.0) - (sum(rest) / len(rest) if rest else 0.0)
         return out
+
     return metric
 
 
@@ -278,12 +297,15 @@ def test_sweep_refuses_reserved_and_duplicate_names():
 # ---------------------------------------------------------------- statistics
 
 
-@pytest.mark.parametrize("raw,adjusted", [
-    ([0.01, 0.04, 0.03], [0.03, 0.06, 0.06]),
-    ([0.2, 0.01], [0.2, 0.02]),
-    ([0.5, 0.6, 0.9], [1.0, 1.0, 1.0]),
-    ([], []),
-])
+@pytest.mark.parametrize(
+    "raw,adjusted",
+    [
+        ([0.01, 0.04, 0.03], [0.03, 0.06, 0.06]),
+        ([0.2, 0.01], [0.2, 0.02]),
+        ([0.5, 0.6, 0.9], [1.0, 1.0, 1.0]),
+        ([], []),
+    ],
+)
 def test_holm(raw, adjusted):
     assert holm(raw) == pytest.approx(adjusted)
 
@@ -304,11 +326,11 @@ def test_paired_randomization_matches_an_exact_permutation_test():
 def test_real_model_restarts_equal_full_forwards():
     """SmolLM2-135M (30 layers, GQA, tied embeddings): cached restarts are exact in fp32, and the
     lens's last layer is the model's own score."""
-    from relevance_lens.model.lora import LoraSettings, attach_lora
+    from dissectfix import randomize_lora
     from relevance_lens.dissect.evalset import faq_evalset
     from relevance_lens.dissect.lens import layer_states
+    from relevance_lens.model.lora import LoraSettings, attach_lora
     from relevance_lens.model.reranker import Reranker, RerankerConfig
-    from dissectfix import randomize_lora
 
     reranker = Reranker.from_pretrained("smollm2-135m", config=RerankerConfig(model="smollm2-135m", max_length=64))
     attach_lora(reranker, LoraSettings(rank=8, targets="all", dropout=0.0))
@@ -316,7 +338,9 @@ def test_real_model_restarts_equal_full_forwards():
     reranker.eval()
     encoded = encode_evalset(reranker, faq_evalset("test", depth=3, max_queries=2), max_batch=4)
     parts = lora_parts(reranker)
-    by_name = {v.name: v for name in ("drop-layer", "window", "roles", "top-down") for v in build_variants(name, parts, 30)}
+    by_name = {
+        v.name: v for name in ("drop-layer", "window", "roles", "top-down") for v in build_variants(name, parts, 30)
+    }
     variants = [by_name[n] for n in ("-L0", "-L15", "-L29", "L10-12", "up", "L20-29")]
     cached, work, fallback = score_variants(reranker, variants, encoded, SweepConfig())
     naive, _, _ = score_variants(reranker, variants, encoded, SweepConfig(cached=False))
@@ -329,7 +353,10 @@ def test_real_model_restarts_equal_full_forwards():
     assert lens[:, -1].tolist() == pytest.approx(cached["full"], rel=1e-5, abs=1e-4)
 
 
-@pytest.mark.parametrize("n,width,stride,starts", [(30, 6, 3, [0, 3, 6, 9, 12, 15, 18, 21, 24]), (10, 4, 4, [0, 4, 6]), (5, 2, 1, [0, 1, 2, 3])])
+@pytest.mark.parametrize(
+    "n,width,stride,starts",
+    [(30, 6, 3, [0, 3, 6, 9, 12, 15, 18, 21, 24]), (10, 4, 4, [0, 4, 6]), (5, 2, 1, [0, 1, 2, 3])],
+)
 def test_window_stride_starts(n, width, stride, starts):
     from relevance_lens.dissect.ablate import sliding_windows
 

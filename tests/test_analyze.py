@@ -5,19 +5,25 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from relevance_lens.dissect import analyses as analyze
-from relevance_lens.model.lora import LoraSettings, attach_lora
-from relevance_lens.dissect.analyses import analyze_ablate, analyze_checkpoints, analyze_lens, analyze_weights, describe_adapter
+from dissectfix import one_thread, randomize_lora, tiny_evalset  # noqa: F401
 from relevance_lens.cli import app
 from relevance_lens.data.formats import write_corpus, write_qrels, write_queries, write_run
-from relevance_lens.errors import InputError
+from relevance_lens.dissect import analyses as analyze
+from relevance_lens.dissect.analyses import (
+    analyze_ablate,
+    analyze_checkpoints,
+    analyze_lens,
+    analyze_weights,
+    describe_adapter,
+)
 from relevance_lens.dissect.evalset import encode_evalset, ir_metrics, mean
-from relevance_lens.score.batching import run_from_scores
-from relevance_lens.score.scorer import PlainScorer
+from relevance_lens.errors import InputError
+from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.model.reranker import Reranker
+from relevance_lens.score.batching import run_from_scores
 from relevance_lens.score.rerank import ScoreConfig
+from relevance_lens.score.scorer import PlainScorer
 from relevance_lens.store import Store
-from dissectfix import one_thread, randomize_lora, tiny_evalset  # noqa: F401
 from tiny import save_tiny
 
 FP32 = ScoreConfig(depth=3, dtype="fp32", device="cpu")
@@ -66,22 +72,32 @@ def _direct(folder, evalset):
 def test_checkpoints_with_bm25_and_baseline_and_rerun_skips(fake_run, tmp_path, monkeypatch):
     evalset = tiny_evalset()
     store = Store(tmp_path / "results.sqlite")
-    rows = analyze_checkpoints(fake_run["run"], evalset, METRICS, baseline_run_dir=fake_run["baseline"], store=store, score=FP32)
+    rows = analyze_checkpoints(
+        fake_run["run"], evalset, METRICS, baseline_run_dir=fake_run["baseline"], store=store, score=FP32
+    )
     got = {(r["run"], r["checkpoint"], r["metric"]): r for r in rows}
     assert {(run, c) for run, c, _ in got} == {
-        ("r2-all", "bm25"), ("r2-all", "checkpoint-5"), ("r2-all", "checkpoint-10"), ("r2-all", "final"), ("head-only", "final")
+        ("r2-all", "bm25"),
+        ("r2-all", "checkpoint-5"),
+        ("r2-all", "checkpoint-10"),
+        ("r2-all", "final"),
+        ("head-only", "final"),
     }
     final = _direct(fake_run["run"] / "final", evalset)
     assert got["r2-all", "final", "RR@10"]["value"] == pytest.approx(final["RR@10"], abs=1e-6)
     assert got["r2-all", "checkpoint-10", "nDCG@10"]["value"] == pytest.approx(final["nDCG@10"], abs=1e-6)
-    assert got["head-only", "final", "RR@10"]["value"] == pytest.approx(_direct(fake_run["baseline"] / "final", evalset)["RR@10"])
+    assert got["head-only", "final", "RR@10"]["value"] == pytest.approx(
+        _direct(fake_run["baseline"] / "final", evalset)["RR@10"]
+    )
     bm25 = {m: mean(fn(evalset.first_stage())) for m, fn in ir_metrics(evalset, METRICS).items()}
     assert got["r2-all", "bm25", "RR@10"]["value"] == pytest.approx(bm25["RR@10"])
     assert 0 < got["r2-all", "final", "RR@10"]["p_value"] <= 1
 
     scored = []
     monkeypatch.setattr(analyze, "_score_folders", lambda items, *a: scored.extend(items) or [])
-    again = analyze_checkpoints(fake_run["run"], evalset, METRICS, baseline_run_dir=fake_run["baseline"], store=store, score=FP32)
+    again = analyze_checkpoints(
+        fake_run["run"], evalset, METRICS, baseline_run_dir=fake_run["baseline"], store=store, score=FP32
+    )
     assert scored == [] and len(again) == len(rows) and len(store.rows()) == len(rows)
 
 
@@ -93,14 +109,16 @@ def test_ablate_rows_agree_with_the_checkpoint_scores(fake_run, tmp_path, monkey
     final = _direct(fake_run["run"] / "final", evalset)
     assert by["ablate:drop-layer", "full", "RR@10"]["value"] == pytest.approx(final["RR@10"], abs=1e-6)
     assert by["ablate:drop-layer", "-L2", "RR@10 Δfull"]["value"] == pytest.approx(
-        by["ablate:drop-layer", "-L2", "RR@10"]["value"] - final["RR@10"], abs=1e-6)
+        by["ablate:drop-layer", "-L2", "RR@10"]["value"] - final["RR@10"], abs=1e-6
+    )
     assert by["ablate:drop-layer", "-L2", "RR@10"]["layer"] == 2 and by["ablate:roles", "-up", "RR@10"]["role"] == "up"
     assert by["ablate:drop-layer", None, "work_saved"]["value"] > 0.2
     assert by["ablate:roles", None, "work_saved"]["value"] == 0.0
     assert len(store.rows()) == len(rows)
     monkeypatch.setattr("relevance_lens.dissect.ablate.sweep", lambda *a, **k: pytest.fail("should have been skipped"))
-    assert len(analyze_ablate(fake_run["run"] / "final", evalset, ["drop-layer"], METRICS, store=store, score=FP32)) == len(
-        [r for r in rows if r["analysis"] == "ablate:drop-layer"])
+    assert len(
+        analyze_ablate(fake_run["run"] / "final", evalset, ["drop-layer"], METRICS, store=store, score=FP32)
+    ) == len([r for r in rows if r["analysis"] == "ablate:drop-layer"])
 
 
 def test_weights_of_a_run_compare_each_checkpoint_with_final(fake_run, tmp_path):
@@ -125,12 +143,19 @@ def test_lens_rows_end_at_the_models_metric(fake_run, tmp_path):
     frozen = analyze_lens(fake_run["run"] / "final", evalset, METRICS, adapter_off=True, store=store, score=FP32)
     base = analyze_ablate(fake_run["run"] / "final", evalset, ["keep-layer"], METRICS, score=FP32)
     base_rr = next(r["value"] for r in base if r["variant"] == "base" and r["metric"] == "RR@10")
-    assert next(r["value"] for r in frozen if r["layer"] == 4 and r["metric"] == "RR@10") == pytest.approx(base_rr, abs=1e-6)
+    assert next(r["value"] for r in frozen if r["layer"] == 4 and r["metric"] == "RR@10") == pytest.approx(
+        base_rr, abs=1e-6
+    )
 
 
 def test_cli_analyze_commands(fake_run, tmp_path):
     evalset = tiny_evalset()
-    files = {"queries": tmp_path / "q.tsv", "qrels": tmp_path / "qrels.txt", "corpus": tmp_path / "c.jsonl", "run": tmp_path / "bm25.run"}
+    files = {
+        "queries": tmp_path / "q.tsv",
+        "qrels": tmp_path / "qrels.txt",
+        "corpus": tmp_path / "c.jsonl",
+        "run": tmp_path / "bm25.run",
+    }
     write_queries(evalset.queries, files["queries"])
     write_qrels(evalset.qrels, files["qrels"])
     write_corpus(evalset.corpus, files["corpus"])
@@ -138,12 +163,19 @@ def test_cli_analyze_commands(fake_run, tmp_path):
     eval_args = [a for k, v in files.items() for a in (f"--{k}", str(v))] + ["--depth", "3", "--dtype", "fp32"]
     db = tmp_path / "results.sqlite"
     runner = CliRunner()
-    result = runner.invoke(app, ["analyze", "ablate", str(fake_run["run"] / "final"), "--sweep", "top-down", "--store", str(db), *eval_args])
+    result = runner.invoke(
+        app,
+        ["analyze", "ablate", str(fake_run["run"] / "final"), "--sweep", "top-down", "--store", str(db), *eval_args],
+    )
     assert result.exit_code == 0, result.output
     assert "L2-3" in result.output and Store(db).has("r2-all", "ablate:top-down")
     result = runner.invoke(app, ["analyze", "weights", str(fake_run["run"] / "final"), "--store", str(db)])
     assert result.exit_code == 0 and "||ΔW||_F (effective rank)" in result.output
-    result = runner.invoke(app, ["analyze", "ablate", str(fake_run["run"] / "final"), "--sweep", "layers", "--store", str(db), *eval_args])
+    result = runner.invoke(
+        app, ["analyze", "ablate", str(fake_run["run"] / "final"), "--sweep", "layers", "--store", str(db), *eval_args]
+    )
     assert isinstance(result.exception, InputError) and "expected one of drop-layer" in str(result.exception)
-    result = runner.invoke(app, ["analyze", "lens", str(fake_run["run"] / "final"), "--split", "dev", "--queries", str(files["queries"])])
+    result = runner.invoke(
+        app, ["analyze", "lens", str(fake_run["run"] / "final"), "--split", "dev", "--queries", str(files["queries"])]
+    )
     assert isinstance(result.exception, InputError) and "not both" in str(result.exception)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tiny import save_tiny, tiny_reranker
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -15,7 +16,6 @@ sys.path.insert(0, str(BENCH))
 import bench_scoring  # noqa: E402
 import common  # noqa: E402
 import peers  # noqa: E402
-
 from relevance_lens.data.formats import Passage  # noqa: E402
 
 # Byte-level tiny tokenizer: FAQ queries run to ~100 tokens. The peers truncate a pair
@@ -107,8 +107,19 @@ def test_machine_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_scoring_smoke(tiny_folder, tmp_path):
-    bench_scoring.main(["--model", str(tiny_folder), *TINY_ARGS, "--check-queries", "1", "--results", str(tmp_path),
-                        "--systems", "relevance-lens,rl: + merged + shared prefix,CrossEncoder fp32,Tevatron loop fp32"])
+    bench_scoring.main(
+        [
+            "--model",
+            str(tiny_folder),
+            *TINY_ARGS,
+            "--check-queries",
+            "1",
+            "--results",
+            str(tmp_path),
+            "--systems",
+            "relevance-lens,rl: + merged + shared prefix,CrossEncoder fp32,Tevatron loop fp32",
+        ]
+    )
     record = _load(tmp_path, "scoring")
     names = {r["system"] for r in record["systems"]}
     assert names == {"relevance-lens", "rl: + merged + shared prefix", "CrossEncoder fp32", "Tevatron loop fp32"}
@@ -122,8 +133,26 @@ def test_scoring_smoke(tiny_folder, tmp_path):
 def test_training_smoke(tiny_folder, tmp_path):
     import bench_training
 
-    bench_training.main(["--model", str(tiny_folder), "--no-eager", "--rounds", "1", "--steps", "2", "--queries", "2", "--group-size", "3",
-                         "--max-length", "400", "--no-memory", "--results", str(tmp_path)])
+    bench_training.main(
+        [
+            "--model",
+            str(tiny_folder),
+            "--no-eager",
+            "--rounds",
+            "1",
+            "--steps",
+            "2",
+            "--queries",
+            "2",
+            "--group-size",
+            "3",
+            "--max-length",
+            "400",
+            "--no-memory",
+            "--results",
+            str(tmp_path),
+        ]
+    )
     record = _load(tmp_path, "training")
     assert [r["system"] for r in record["systems"]] == ["relevance-lens", "CrossEncoderTrainer"]
     assert set(record["ratios"]) == {"relevance-lens"}
@@ -149,7 +178,6 @@ def test_sweep_smoke(tiny_folder, tmp_path):
 @pytest.mark.slow
 def test_sweep_stops_before_timing_when_a_mode_disagrees(tiny_folder, tmp_path, monkeypatch):
     import bench_sweep
-
     from relevance_lens.dissect import switch as weightswap
 
     real_delta = weightswap._delta
@@ -157,5 +185,7 @@ def test_sweep_stops_before_timing_when_a_mode_disagrees(tiny_folder, tmp_path, 
     timed = []
     monkeypatch.setattr(bench_sweep, "load_average", lambda: timed.append(1) or 0.0)  # called once per timed mode
     with pytest.raises(common.BenchmarkError, match="cached \\+ merged sweep differs from naive"):
-        bench_sweep.main(["--model", str(tiny_folder), *TINY_ARGS, "--rounds", "1", "--no-memory", "--results", str(tmp_path)])
+        bench_sweep.main(
+            ["--model", str(tiny_folder), *TINY_ARGS, "--rounds", "1", "--no-memory", "--results", str(tmp_path)]
+        )
     assert not timed and not (tmp_path / "sweep.json").exists()

@@ -26,15 +26,44 @@ def files(tmp_path_factory):
 
 def test_bm25_rerank_evaluate(files):
     d = files["dir"]
-    r = cli("bm25", "--queries", files["queries"], "--corpus", files["corpus"], "--output", d / "bm25.run", "--depth", 5)
+    r = cli(
+        "bm25", "--queries", files["queries"], "--corpus", files["corpus"], "--output", d / "bm25.run", "--depth", 5
+    )
     assert r.returncode == 0, r.stderr
-    r = cli("rerank", "--model", files["model"], "--queries", files["queries"], "--corpus", files["corpus"],
-            "--run", d / "bm25.run", "--output", d / "rr.run", "--depth", 3, "--dtype", "fp32")
+    r = cli(
+        "rerank",
+        "--model",
+        files["model"],
+        "--queries",
+        files["queries"],
+        "--corpus",
+        files["corpus"],
+        "--run",
+        d / "bm25.run",
+        "--output",
+        d / "rr.run",
+        "--depth",
+        3,
+        "--dtype",
+        "fp32",
+    )
     assert r.returncode == 0, r.stderr
     reranked = read_run(d / "rr.run")
     assert all(len(docs) <= 3 for docs in reranked.values()) and len(reranked) == 6
-    r = cli("evaluate", "--qrels", files["qrels"], "--run", d / "rr.run", "--queries", files["queries"], "--json",
-            "--metrics", "RR@10", "--metrics", "nDCG@10")
+    r = cli(
+        "evaluate",
+        "--qrels",
+        files["qrels"],
+        "--run",
+        d / "rr.run",
+        "--queries",
+        files["queries"],
+        "--json",
+        "--metrics",
+        "RR@10",
+        "--metrics",
+        "nDCG@10",
+    )
     assert r.returncode == 0, r.stderr
     values = json.loads(r.stdout)
     assert set(values) == {"RR@10", "nDCG@10"} and 0 <= values["RR@10"] <= 1
@@ -43,7 +72,9 @@ def test_bm25_rerank_evaluate(files):
 
 def test_evaluate_reports_missing_queries(files, tmp_path):
     (tmp_path / "one.run").write_text("q0 Q0 d0 1 1.0 x\n")
-    r = cli("evaluate", "--qrels", files["qrels"], "--run", tmp_path / "one.run", "--queries", files["queries"], "--json")
+    r = cli(
+        "evaluate", "--qrels", files["qrels"], "--run", tmp_path / "one.run", "--queries", files["queries"], "--json"
+    )
     assert r.returncode == 0
     assert json.loads(r.stdout)["RR@10"] == pytest.approx(1 / 6)
     assert "scored 6 queries; 5 had no result" in r.stderr
@@ -60,8 +91,19 @@ def test_evaluate_reports_missing_queries(files, tmp_path):
 def test_rerank_bad_run_is_one_line_and_writes_nothing(files, tmp_path, run_line, expected):
     (tmp_path / "bad.run").write_text(run_line)
     out = tmp_path / "out.run"
-    r = cli("rerank", "--model", files["model"], "--queries", files["queries"], "--corpus", files["corpus"],
-            "--run", tmp_path / "bad.run", "--output", out)
+    r = cli(
+        "rerank",
+        "--model",
+        files["model"],
+        "--queries",
+        files["queries"],
+        "--corpus",
+        files["corpus"],
+        "--run",
+        tmp_path / "bad.run",
+        "--output",
+        out,
+    )
     assert r.returncode == 2
     assert expected in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
@@ -75,15 +117,28 @@ def test_unknown_metric_is_refused(files, tmp_path):
 @pytest.mark.slow
 def test_real_model_reranks_a_real_faq_slice(tmp_path):
     """rerank -> evaluate with the embedded SmolLM2 on 5 FAQ test queries (untrained head)."""
-    from relevance_lens.data.formats import write_queries, write_run
     from relevance_lens.data.faq import faq_paths, load_faq
+    from relevance_lens.data.formats import write_queries, write_run
 
     data = load_faq("test")
     qids = sorted(data.queries)[:5]
     write_queries({q: data.queries[q] for q in qids}, tmp_path / "q.tsv")
     write_run({q: data.run[q] for q in qids}, tmp_path / "bm25.run")
-    r = cli("rerank", "--model", "smollm2-135m", "--queries", tmp_path / "q.tsv", "--corpus", faq_paths("test")["corpus"],
-            "--run", tmp_path / "bm25.run", "--output", tmp_path / "rr.run", "--depth", 5)
+    r = cli(
+        "rerank",
+        "--model",
+        "smollm2-135m",
+        "--queries",
+        tmp_path / "q.tsv",
+        "--corpus",
+        faq_paths("test")["corpus"],
+        "--run",
+        tmp_path / "bm25.run",
+        "--output",
+        tmp_path / "rr.run",
+        "--depth",
+        5,
+    )
     assert r.returncode == 0, r.stderr
     reranked = read_run(tmp_path / "rr.run")
     assert sorted(reranked) == qids and all(len(v) == 5 for v in reranked.values())
@@ -92,5 +147,14 @@ def test_real_model_reranks_a_real_faq_slice(tmp_path):
     rr_order = {q: sorted(reranked[q], key=lambda d: -reranked[q][d]) for q in qids}
     assert any(bm25_order[q] != rr_order[q] for q in qids)
     assert all(set(bm25_order[q]) == set(rr_order[q]) for q in qids)
-    r = cli("evaluate", "--qrels", faq_paths("test")["qrels"], "--run", tmp_path / "rr.run", "--queries", tmp_path / "q.tsv", "--json")
+    r = cli(
+        "evaluate",
+        "--qrels",
+        faq_paths("test")["qrels"],
+        "--run",
+        tmp_path / "rr.run",
+        "--queries",
+        tmp_path / "q.tsv",
+        "--json",
+    )
     assert r.returncode == 0 and "scored 5 queries" in r.stderr

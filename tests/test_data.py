@@ -51,7 +51,13 @@ BAD_INPUTS = [
     (read_queries, "q.tsv", "1\tok\n\n1\tagain\n", 3, "duplicate query id '1'"),
     (read_queries, "q.tsv", "1\tok\n2\t   \n", 2, "empty text for query '2'"),
     (read_queries, "q.tsv", "\tno id\n", 1, "empty query id"),
-    (read_queries, "q.tsv", "1\tok\n2\tcaf\xe9\n".encode("latin-1"), 2, "invalid UTF-8 byte 0xe9 at byte offset 10 (column 6)"),
+    (
+        read_queries,
+        "q.tsv",
+        "1\tok\n2\tcaf\xe9\n".encode("latin-1"),
+        2,
+        "invalid UTF-8 byte 0xe9 at byte offset 10 (column 6)",
+    ),
     (read_queries, "q.jsonl", '{"_id": "1", "text": "ok"}\n{"_id": "2", "text": \n', 2, "invalid JSON"),
     (read_corpus, "c.tsv", "1\tok\n2\n", 2, "expected 2 or 3 tab-separated columns"),
     (read_corpus, "c.tsv", '{"docid": "1", "text": "x"}\n', 1, "name the file .jsonl"),
@@ -189,7 +195,7 @@ def test_corpus_round_trip(tmp_path, name):
     corpus = {
         "10": Passage("10", "", "plain ascii"),
         "2": Passage("2", "Título", "ünïcödé text"),
-        "x-1": Passage("x-1", "T", "quotes \" and \\ backslash"),
+        "x-1": Passage("x-1", "T", 'quotes " and \\ backslash'),
     }
     write_corpus(corpus, tmp_path / name)
     assert read_corpus(tmp_path / name) == corpus

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from relevance_lens.errors import InputError
 from relevance_lens.data.faq import (
     DATA_DIR,
     faq_paths,
@@ -25,6 +24,7 @@ from relevance_lens.data.faq import (
     rst_inline,
     split_of,
 )
+from relevance_lens.errors import InputError
 
 # ---------------------------------------------------------------- POD
 
@@ -96,7 +96,7 @@ def test_pod_questions_titles_and_answers():
         ("E<gt>E<lt>E<verbar>E<sol>E<0xEF>E<eacute>", "><|/\u00efé"),
         ("L<perlfunc>", "perlfunc"),
         ("L<sprintf()|perlfunc/sprintf>", "sprintf()"),
-        ("L</\"Local\">", '"Local"'),
+        ('L</"Local">', '"Local"'),
         ("L<https://cpan.org>", "https://cpan.org"),
         ("see X<index>Z<>this", "see this"),
     ],
@@ -392,7 +392,11 @@ def test_weak_pairs_stay_out_of_dev_and_test(shipped):
     by_package = manifest["splits"]["train-weak"]["by_package"]
     for package, count in by_package.items():  # docids are man-<package>-<page>
         longer = [p for p in by_package if p != package and p.startswith(package)]
-        owned = [d for d in weak.corpus if d.startswith(f"man-{package}-") and not any(d.startswith(f"man-{p}-") for p in longer)]
+        owned = [
+            d
+            for d in weak.corpus
+            if d.startswith(f"man-{package}-") and not any(d.startswith(f"man-{p}-") for p in longer)
+        ]
         assert len(owned) == count, package
     assert sum(by_package.values()) == len(weak.corpus) == manifest["splits"]["train-weak"]["passages"]
     licences = (DATA_DIR / "LICENSES.md").read_text()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import CONFIGS, tiny_model, tiny_reranker, tiny_tokenizer
 
-from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.data.formats import Passage
 from relevance_lens.errors import InputError
-from relevance_lens.score.fast import FastScorer, common_prefix, prefix_blocker, prefix_cap
+from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.model.reranker import Reranker, RerankerConfig
 from relevance_lens.score.config import ScoreConfig
+from relevance_lens.score.fast import FastScorer, common_prefix, prefix_blocker, prefix_cap
 from relevance_lens.score.rerank import rerank
 from relevance_lens.score.scorer import PlainScorer
+from tiny import CONFIGS, tiny_model, tiny_reranker, tiny_tokenizer
 
 QUERIES = ["what is the capital of france", "how do i sort a list in python", "bananas"]
 DOCS = [
@@ -93,7 +93,9 @@ def test_rerank_fast_default_equals_plain():
     corpus = {str(i): Passage(str(i), "t", d) for i, d in enumerate(DOCS)}
     run = {qid: {str(i): float(-i) for i in range(len(DOCS))} for qid in queries}
     fast = rerank(reranker, queries, corpus, run, ScoreConfig(depth=5, dtype="fp32", device="cpu"), progress=False)
-    plain = rerank(reranker, queries, corpus, run, ScoreConfig(depth=5, dtype="fp32", device="cpu", fast=False), progress=False)
+    plain = rerank(
+        reranker, queries, corpus, run, ScoreConfig(depth=5, dtype="fp32", device="cpu", fast=False), progress=False
+    )
     for qid in queries:
         assert_close([fast[qid][d] for d in corpus], [plain[qid][d] for d in corpus])
 

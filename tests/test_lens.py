@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from relevance_lens.errors import InputError
+from dissectfix import DISSECT_FAMILIES, lora_reranker, one_thread, tiny_evalset  # noqa: F401
 from relevance_lens.dissect.evalset import encode_evalset, ir_metrics, mean
-from relevance_lens.score.batching import run_from_scores
 from relevance_lens.dissect.lens import LensConfig, fit_logistic, fit_ridge, layer_states, lens_curve
+from relevance_lens.errors import InputError
 from relevance_lens.model.reranker import pool_last
 from relevance_lens.model.roles import blocks
-from dissectfix import DISSECT_FAMILIES, lora_reranker, one_thread, tiny_evalset  # noqa: F401
+from relevance_lens.score.batching import run_from_scores
 
 METRICS = ["RR@10", "nDCG@10"]
 
@@ -108,7 +108,9 @@ def test_probe_curve_on_the_tiny_model():
     evalset = tiny_evalset(depth=3)
     encoded = encode_evalset(reranker, evalset, max_batch=8)
     metrics = ir_metrics(evalset, METRICS)
-    result = lens_curve(reranker, encoded, metrics, LensConfig(probe="logistic", l2=1e-3), train=encoded, train_qrels=evalset.qrels)
+    result = lens_curve(
+        reranker, encoded, metrics, LensConfig(probe="logistic", l2=1e-3), train=encoded, train_qrels=evalset.qrels
+    )
     ties = {m: mean(fn(run_from_scores(encoded.pairs, [0.0] * len(encoded.pairs)))) for m, fn in metrics.items()}
     assert len(result.probe) == 5 and result.probe_kind == "logistic"
     assert result.probe[0] == pytest.approx(ties)  # layer 0: the EOS embedding, the same for every pair

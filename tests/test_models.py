@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from relevance_lens.model import backbone as models
 from relevance_lens.errors import InputError
+from relevance_lens.model import backbone as models
 from relevance_lens.model.backbone import EMBEDDED, resolve_model
 from relevance_lens.model.roles import architecture_of, num_layers, role_module
 
@@ -53,7 +53,7 @@ def test_smollm2_gguf_dequantizes_once_then_loads_from_cache(tmp_path, monkeypat
     assert sum(p.numel() for p in lm.parameters()) == pytest.approx(134.5e6, rel=0.01)
     ids = tok("The capital of France is", return_tensors="pt")
     out = lm.generate(**ids, max_new_tokens=3, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
 
     # A second resolve must not dequantize again.
     monkeypatch.setattr(models, "_dequantize_to", lambda *a: pytest.fail("dequantized twice"))

@@ -27,54 +27,218 @@ EVAL = {"eval": "dev", "depth": 10, "max_queries": 40, "n_queries": 40, "dtype":
 
 
 def synthetic_rows() -> list[dict]:
-    """Rows shaped as relevance_lens.dissect.analyses and the study driver write them (2 models x 2 ranks x 3 targets)."""
+    """Rows shaped as relevance_lens.dissect.analyses and the study driver write them (2 models x 2 ranks x 3 "
+    "targets)."""
     rows = []
     for m, model in enumerate(("org/alpha-1b", "org/beta-2b")):
         head = f"{model[4:]}-head"
         ident = dict(model=model, rank=None, targets="none")
-        rows += [dict(run=head, checkpoint="final", analysis="train", metric="steps", value=40, **ident,
-                      config_json={"train": {"model": model, "targets": "none", "seed": 42, "lr": 0.002}})]
-        rows += [dict(run=head, checkpoint=c, analysis="checkpoints", metric="nDCG@10", value=0.30 + 0.01 * i, p_value=0.2,
-                      config_json={**EVAL, "baseline": "bm25"}, **ident) for i, c in enumerate(("checkpoint-10", "checkpoint-40", "final"))]
+        rows += [
+            dict(
+                run=head,
+                checkpoint="final",
+                analysis="train",
+                metric="steps",
+                value=40,
+                **ident,
+                config_json={"train": {"model": model, "targets": "none", "seed": 42, "lr": 0.002}},
+            )
+        ]
+        rows += [
+            dict(
+                run=head,
+                checkpoint=c,
+                analysis="checkpoints",
+                metric="nDCG@10",
+                value=0.30 + 0.01 * i,
+                p_value=0.2,
+                config_json={**EVAL, "baseline": "bm25"},
+                **ident,
+            )
+            for i, c in enumerate(("checkpoint-10", "checkpoint-40", "final"))
+        ]
         for rank in (1, 8):
             for targets in ("mha", "mlp", "all"):
                 run = f"{model[4:]}-r{rank}-{targets}"
                 ident = dict(model=model, rank=rank, targets=targets)
                 base = {**EVAL, "baseline": head}
-                rows.append(dict(run=run, checkpoint="final", analysis="train", metric="steps", value=80, **ident,
-                                 config_json={"train": {"model": model, "rank": rank, "targets": targets, "seed": 42, "lr": 0.0005}}))
-                rows.append(dict(run=run, checkpoint="final", analysis="train", metric="loss", value=0.5, **ident, config_json={"train": {"model": model, "rank": rank, "targets": targets, "seed": 42, "lr": 0.0005}}))
-                rows.append(dict(run=run, checkpoint="bm25", analysis="checkpoints", metric="nDCG@10", value=0.35, config_json=base))
+                rows.append(
+                    dict(
+                        run=run,
+                        checkpoint="final",
+                        analysis="train",
+                        metric="steps",
+                        value=80,
+                        **ident,
+                        config_json={
+                            "train": {"model": model, "rank": rank, "targets": targets, "seed": 42, "lr": 0.0005}
+                        },
+                    )
+                )
+                rows.append(
+                    dict(
+                        run=run,
+                        checkpoint="final",
+                        analysis="train",
+                        metric="loss",
+                        value=0.5,
+                        **ident,
+                        config_json={
+                            "train": {"model": model, "rank": rank, "targets": targets, "seed": 42, "lr": 0.0005}
+                        },
+                    )
+                )
+                rows.append(
+                    dict(
+                        run=run,
+                        checkpoint="bm25",
+                        analysis="checkpoints",
+                        metric="nDCG@10",
+                        value=0.35,
+                        config_json=base,
+                    )
+                )
                 for i, step in enumerate((5, 10, 20, 40, 80)):
-                    value = 0.3 + 0.05 * i + 0.01 * rank ** 0.5 + (0.02 if targets == "all" else 0) + 0.01 * m
-                    rows.append(dict(run=run, checkpoint=f"checkpoint-{step}", analysis="checkpoints", metric="nDCG@10", value=value,
-                                     p_value=0.001 if i > 2 else 0.3, config_json=base, **ident))
-                rows.append(dict(run=run, checkpoint="final", analysis="checkpoints", metric="nDCG@10", value=value, p_value=0.002,
-                                 config_json=base, **ident))
+                    value = 0.3 + 0.05 * i + 0.01 * rank**0.5 + (0.02 if targets == "all" else 0) + 0.01 * m
+                    rows.append(
+                        dict(
+                            run=run,
+                            checkpoint=f"checkpoint-{step}",
+                            analysis="checkpoints",
+                            metric="nDCG@10",
+                            value=value,
+                            p_value=0.001 if i > 2 else 0.3,
+                            config_json=base,
+                            **ident,
+                        )
+                    )
+                rows.append(
+                    dict(
+                        run=run,
+                        checkpoint="final",
+                        analysis="checkpoints",
+                        metric="nDCG@10",
+                        value=value,
+                        p_value=0.002,
+                        config_json=base,
+                        **ident,
+                    )
+                )
                 ablate = {**EVAL, "permutations": 1000, "seed": 0}
                 for layer in range(4):
                     for role in ROLES[targets]:
-                        rows.append(dict(run=run, checkpoint="final", analysis="ablate:drop-layer-role", variant=f"-L{layer}.{role}",
-                                         layer=layer, role=role, metric="nDCG@10 Δfull", value=-0.01 * layer * (role in ("up", "q")),
-                                         p_value=0.01 if layer == 2 else 0.8, config_json={**ablate, "sweep": "drop-layer-role"}, **ident))
-                        rows.append(dict(run=run, checkpoint="final", analysis="weights", layer=layer, role=role, metric="frobenius",
-                                         value=0.1 * (layer + 1) * rank ** 0.5, config_json={"side": "left"}, **ident))
-                        rows.append(dict(run=run, checkpoint="final", analysis="weights", layer=layer, role=role, metric="effective_rank",
-                                         value=min(rank, 2.0), config_json={"side": "left"}, **ident))
-                    rows.append(dict(run=run, checkpoint="final", analysis="ablate:window", variant=f"L{layer}-{layer + 2}", layer=layer,
-                                     metric="nDCG@10 Δbase", value=0.02 * layer, p_value=0.03, config_json={**ablate, "sweep": "window"}, **ident))
+                        rows.append(
+                            dict(
+                                run=run,
+                                checkpoint="final",
+                                analysis="ablate:drop-layer-role",
+                                variant=f"-L{layer}.{role}",
+                                layer=layer,
+                                role=role,
+                                metric="nDCG@10 Δfull",
+                                value=-0.01 * layer * (role in ("up", "q")),
+                                p_value=0.01 if layer == 2 else 0.8,
+                                config_json={**ablate, "sweep": "drop-layer-role"},
+                                **ident,
+                            )
+                        )
+                        rows.append(
+                            dict(
+                                run=run,
+                                checkpoint="final",
+                                analysis="weights",
+                                layer=layer,
+                                role=role,
+                                metric="frobenius",
+                                value=0.1 * (layer + 1) * rank**0.5,
+                                config_json={"side": "left"},
+                                **ident,
+                            )
+                        )
+                        rows.append(
+                            dict(
+                                run=run,
+                                checkpoint="final",
+                                analysis="weights",
+                                layer=layer,
+                                role=role,
+                                metric="effective_rank",
+                                value=min(rank, 2.0),
+                                config_json={"side": "left"},
+                                **ident,
+                            )
+                        )
+                    rows.append(
+                        dict(
+                            run=run,
+                            checkpoint="final",
+                            analysis="ablate:window",
+                            variant=f"L{layer}-{layer + 2}",
+                            layer=layer,
+                            metric="nDCG@10 Δbase",
+                            value=0.02 * layer,
+                            p_value=0.03,
+                            config_json={**ablate, "sweep": "window"},
+                            **ident,
+                        )
+                    )
                 for role in ROLES[targets]:
                     for variant, metric, value in ((f"-{role}", "nDCG@10 Δfull", -0.02), (role, "nDCG@10 Δbase", 0.03)):
-                        rows.append(dict(run=run, checkpoint="final", analysis="ablate:roles", variant=variant, role=role, metric=metric,
-                                         value=value, p_value=0.04, config_json={**ablate, "sweep": "roles"}, **ident))
-                rows.append(dict(run=run, checkpoint="final", analysis="ablate:roles", variant="full", metric="nDCG@10", value=value,
-                                 config_json={**ablate, "sweep": "roles"}, **ident))
+                        rows.append(
+                            dict(
+                                run=run,
+                                checkpoint="final",
+                                analysis="ablate:roles",
+                                variant=variant,
+                                role=role,
+                                metric=metric,
+                                value=value,
+                                p_value=0.04,
+                                config_json={**ablate, "sweep": "roles"},
+                                **ident,
+                            )
+                        )
+                rows.append(
+                    dict(
+                        run=run,
+                        checkpoint="final",
+                        analysis="ablate:roles",
+                        variant="full",
+                        metric="nDCG@10",
+                        value=value,
+                        config_json={**ablate, "sweep": "roles"},
+                        **ident,
+                    )
+                )
                 for layer in range(5):
                     for variant in ("head", "head-base"):
-                        rows.append(dict(run=run, checkpoint="final", analysis="lens", variant=variant, layer=layer, metric="nDCG@10",
-                                         value=0.1 * layer + (0.05 if variant == "head" else 0), config_json={**EVAL, "probe": "none"}, **ident))
-                rows.append(dict(run=run, checkpoint="checkpoint-5", analysis="subspace", variant=f"{run}/final", layer=0, role=ROLES[targets][0],
-                                 metric="phi@1,1", value=0.7, config_json={"side": "left"}, **ident))
+                        rows.append(
+                            dict(
+                                run=run,
+                                checkpoint="final",
+                                analysis="lens",
+                                variant=variant,
+                                layer=layer,
+                                metric="nDCG@10",
+                                value=0.1 * layer + (0.05 if variant == "head" else 0),
+                                config_json={**EVAL, "probe": "none"},
+                                **ident,
+                            )
+                        )
+                rows.append(
+                    dict(
+                        run=run,
+                        checkpoint="checkpoint-5",
+                        analysis="subspace",
+                        variant=f"{run}/final",
+                        layer=0,
+                        role=ROLES[targets][0],
+                        metric="phi@1,1",
+                        value=0.7,
+                        config_json={"side": "left"},
+                        **ident,
+                    )
+                )
     return rows
 
 
@@ -163,8 +327,18 @@ def test_cli_report_reads_only(store, tmp_path):
 def _chromium(url: str, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
     profile = workdir / "profile"
     profile.mkdir(parents=True, exist_ok=True)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     return subprocess.run([CHROMIUM, *flags, *extra, url], check=False, capture_output=True, text=True, timeout=180)
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.data.formats import Passage
 from relevance_lens.errors import InputError
+from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.model.reranker import HEAD_FILE, Reranker, RerankerConfig, pool_last
 from tiny import FAMILIES, save_tiny, tiny_reranker
 
@@ -65,7 +65,9 @@ def test_truncation_keeps_eos_and_max_length():
     assert len(ids) == 12 and ids[-1] == reranker.tokenizer.eos_token_id
 
 
-@pytest.mark.parametrize("family,targets", [("llama", "all"), ("gpt_neox", "q"), ("gpt2", "mha"), ("gemma3", "mlp"), ("llama", "none")])
+@pytest.mark.parametrize(
+    "family,targets", [("llama", "all"), ("gpt_neox", "q"), ("gpt2", "mha"), ("gemma3", "mlp"), ("llama", "none")]
+)
 def test_adapter_and_head_round_trip(tmp_path, family, targets):
     folder = save_tiny(family, tmp_path / "base")
     reranker = Reranker.from_pretrained(str(folder))

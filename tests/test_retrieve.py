@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 
+from relevance_lens.data.bm25 import bm25_search
 from relevance_lens.data.formats import Passage
 from relevance_lens.errors import InputError
-from relevance_lens.data.bm25 import bm25_search
 
 CORPUS = {
     "1": Passage("1", "Dogs", "Dogs bark at the mailman every morning."),
@@ -26,7 +26,9 @@ def test_obvious_match_ranks_first():
 
 
 def test_title_is_indexed():
-    run = bm25_search({"q": "cats"}, {"9": Passage("9", "Cats", "They purr."), "8": Passage("8", "", "Bread.")}, stemmer=None)
+    run = bm25_search(
+        {"q": "cats"}, {"9": Passage("9", "Cats", "They purr."), "8": Passage("8", "", "Bread.")}, stemmer=None
+    )
     assert list(run["q"]) == ["9"]
 
 

@@ -18,7 +18,12 @@ from relevance_lens.model.roles import (
 from tiny import FAMILIES, tiny_model
 
 EXPECTED_ROLES = {
-    "llama": ROLES, "mistral": ROLES, "qwen2": ROLES, "gemma": ROLES, "gemma2": ROLES, "gemma3": ROLES,
+    "llama": ROLES,
+    "mistral": ROLES,
+    "qwen2": ROLES,
+    "gemma": ROLES,
+    "gemma2": ROLES,
+    "gemma3": ROLES,
     "gpt_neox": ("q", "k", "v", "o", "up", "down"),
     "gpt2": ("q", "k", "v", "o", "up", "down"),
 }
@@ -34,7 +39,9 @@ def test_every_role_resolves_to_a_real_module(family):
             module = role_module(model, arch, layer, role)
             weight = module.weight
             assert weight.ndim == 2
-            assert role_of_module(arch, "base_model.model." + role_module_name(arch, layer, role) + ".lora_A")[0] == layer
+            assert (
+                role_of_module(arch, "base_model.model." + role_module_name(arch, layer, role) + ".lora_A")[0] == layer
+            )
             assert role in role_of_module(arch, role_module_name(arch, layer, role))[1]
 
 

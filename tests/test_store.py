@@ -11,9 +11,22 @@ import pytest
 from relevance_lens.errors import InputError
 from relevance_lens.store import Store, config_hash
 
-ROW = dict(run="r8", model="tiny", rank=8, targets="all", checkpoint="final", analysis="ablate:drop-layer",
-           variant="-L3", layer=3, role=None, metric="nDCG@10", value=0.5, n_queries=84, p_value=0.01,
-           config_json={"depth": 10, "eval": "faq-test"})
+ROW = dict(
+    run="r8",
+    model="tiny",
+    rank=8,
+    targets="all",
+    checkpoint="final",
+    analysis="ablate:drop-layer",
+    variant="-L3",
+    layer=3,
+    role=None,
+    metric="nDCG@10",
+    value=0.5,
+    n_queries=84,
+    p_value=0.01,
+    config_json={"depth": 10, "eval": "faq-test"},
+)
 
 
 def test_rows_round_trip(tmp_path):
@@ -28,14 +41,17 @@ def test_rows_round_trip(tmp_path):
     assert store.rows(run="other") == []
 
 
-@pytest.mark.parametrize("change,expected_rows", [
-    ({}, 1),                                   # same identity: replaced
-    ({"value": 0.7}, 1),                       # a rerun with a new value replaces it
-    ({"layer": 4}, 2),                         # another layer: a new row
-    ({"role": "q"}, 2),                        # NULL role and "q" differ
-    ({"config_json": {"depth": 20, "eval": "faq-test"}}, 2),  # other settings: kept beside
-    ({"checkpoint": None}, 2),
-])
+@pytest.mark.parametrize(
+    "change,expected_rows",
+    [
+        ({}, 1),  # same identity: replaced
+        ({"value": 0.7}, 1),  # a rerun with a new value replaces it
+        ({"layer": 4}, 2),  # another layer: a new row
+        ({"role": "q"}, 2),  # NULL role and "q" differ
+        ({"config_json": {"depth": 20, "eval": "faq-test"}}, 2),  # other settings: kept beside
+        ({"checkpoint": None}, 2),
+    ],
+)
 def test_rerun_replaces_rather_than_duplicates(tmp_path, change, expected_rows):
     store = Store(tmp_path / "results.sqlite")
     store.append([ROW])
@@ -51,7 +67,9 @@ def test_has_answers_what_is_done(tmp_path):
     assert not store.has("r8", "ablate:drop-layer")
     store.append([ROW])
     assert store.has("r8", "ablate:drop-layer")
-    assert store.has("r8", "ablate:drop-layer", checkpoint="final", variant="-L3", config={"eval": "faq-test", "depth": 10})
+    assert store.has(
+        "r8", "ablate:drop-layer", checkpoint="final", variant="-L3", config={"eval": "faq-test", "depth": 10}
+    )
     assert not store.has("r8", "ablate:drop-layer", config={"eval": "faq-test", "depth": 20})
     assert not store.has("r8", "ablate:drop-layer", checkpoint="checkpoint-50")
     assert not store.has("r8", "lens")

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from dissectfix import one_thread  # noqa: F401  (autouse: one thread, float sums in one fixed order)
 from rich.console import Console
-from tiny import save_tiny
-from trainfix import write_collection
 
+from dissectfix import one_thread  # noqa: F401  (autouse: one thread, float sums in one fixed order)
 from relevance_lens import study as st
-from relevance_lens.errors import InputError
 from relevance_lens.dissect.evalset import build_evalset
+from relevance_lens.errors import InputError
 from relevance_lens.model.backbone import model_info
 from relevance_lens.store import merge_stores
 from relevance_lens.train.rundir import complete_checkpoints
+from tiny import save_tiny
+from trainfix import write_collection
 
 STUDY = """
 [study]
@@ -102,7 +102,9 @@ def tiny_study(tmp_path_factory):
 def _run(study_path: Path, workdir: Path, shard=None, store=None) -> tuple[Path, dict]:
     spec = st.load_study(study_path)
     workdir, store = st.default_paths(spec, workdir, store, shard)
-    counts = st.run_study(spec, st.RunOptions(workdir=workdir, store=store, shard=shard, progress=False), Console(quiet=True))
+    counts = st.run_study(
+        spec, st.RunOptions(workdir=workdir, store=store, shard=shard, progress=False), Console(quiet=True)
+    )
     return store, counts
 
 
@@ -133,14 +135,27 @@ def test_grid_cells_rows_and_rerun_skips(reference, tiny_study):
     assert reference["counts"]["cells"] == 23  # 5 runs; 4 analyses per LoRA run, 2 for the head-only run
     rows = _rows(reference["store"])
     analyses = {r[5] for r in rows}
-    assert {"train", "checkpoints", "ablate:drop-layer", "ablate:roles", "ablate:drop-layer-role", "weights", "subspace", "lens", "study"} <= analyses
+    assert {
+        "train",
+        "checkpoints",
+        "ablate:drop-layer",
+        "ablate:roles",
+        "ablate:drop-layer-role",
+        "weights",
+        "subspace",
+        "lens",
+        "study",
+    } <= analyses
     runs = sorted(p.name for p in (reference["work"] / "runs").iterdir() if p.is_dir())
     assert len(runs) == 5 and sum("-head-" in r for r in runs) == 1
     for run in runs:
         assert (reference["work"] / "runs" / run / "final" / "score_head.safetensors").is_file()
     # The train rows carry the exact config of each run.
     with closing(sqlite3.connect(reference["store"])) as conn:
-        configs = [json.loads(c) for (c,) in conn.execute("SELECT config_json FROM results WHERE analysis='train' AND metric='steps'")]
+        configs = [
+            json.loads(c)
+            for (c,) in conn.execute("SELECT config_json FROM results WHERE analysis='train' AND metric='steps'")
+        ]
     assert sorted(c["train"]["rank"] for c in configs if c["train"]["targets"] != "none") == [1, 1, 2, 2]
     again = _run(tiny_study(), reference["work"])[1]
     assert again["ran"] == 0 and again["skipped"] == 23
@@ -152,7 +167,17 @@ def test_report_of_a_real_study_has_every_section(reference, tmp_path):
     from relevance_lens.report.page import write_report
 
     text = write_report(reference["store"], tmp_path / "report.html").read_text()
-    for section in ("checkpoints", "ranks", "targets", "layer-heatmap", "layer-sweeps", "roles", "weights", "lens", "configs"):
+    for section in (
+        "checkpoints",
+        "ranks",
+        "targets",
+        "layer-heatmap",
+        "layer-sweeps",
+        "roles",
+        "weights",
+        "lens",
+        "configs",
+    ):
         body = text.split(f'<section id="{section}">', 1)[1].split("</section>", 1)[0]
         assert 'class="note"' not in body, section
     assert text.count("data:image/png;base64,") >= 8
@@ -178,12 +203,17 @@ def test_added_metric_is_computed_not_skipped(reference, tiny_study, tmp_path):
 
     work = tmp_path / "copy"
     shutil.copytree(reference["work"], work)
-    only_checkpoints = STUDY[: STUDY.index("[analyses.ablate]")] + "[scoring]\ndtype = \"fp32\"\ndevice = \"cpu\"\n"
-    text = only_checkpoints.replace("depth = 4", "depth = 4\nmetrics = [\"nDCG@10\", \"RR@10\", \"P@1\"]")
+    only_checkpoints = STUDY[: STUDY.index("[analyses.ablate]")] + '[scoring]\ndtype = "fp32"\ndevice = "cpu"\n'
+    text = only_checkpoints.replace("depth = 4", 'depth = 4\nmetrics = ["nDCG@10", "RR@10", "P@1"]')
     store, counts = _run(tiny_study("p1.toml", text=text), work)
     assert counts["ran"] == 5 and counts["skipped"] == 5  # trainings done; the checkpoint analyses rerun
     with closing(sqlite3.connect(store)) as conn:
-        runs = {r for (r,) in conn.execute("SELECT DISTINCT run FROM results WHERE analysis='checkpoints' AND metric='P@1' AND checkpoint='final'")}
+        runs = {
+            r
+            for (r,) in conn.execute(
+                "SELECT DISTINCT run FROM results WHERE analysis='checkpoints' AND metric='P@1' AND checkpoint='final'"
+            )
+        }
     assert len(runs) == 5
 
 
@@ -198,7 +228,11 @@ def _mid_training(work: Path, store: Path) -> bool:
     except sqlite3.Error:
         return False
     runs = work / "runs"
-    return any(complete_checkpoints(r) and not (r / "final").exists() for r in runs.iterdir() if r.is_dir()) if runs.is_dir() else False
+    return (
+        any(complete_checkpoints(r) and not (r / "final").exists() for r in runs.iterdir() if r.is_dir())
+        if runs.is_dir()
+        else False
+    )
 
 
 @pytest.mark.slow
@@ -207,8 +241,12 @@ def test_sigkill_then_rerun_equals_uninterrupted(reference, tiny_study, tmp_path
     work = tmp_path / "killed"
     store = work / "results.sqlite"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "relevance_lens", "study", "run", str(study_path), "--workdir", str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relevance_lens", "study", "run", str(study_path), "--workdir", str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and not _mid_training(work, store):
         time.sleep(0.02)
@@ -250,7 +288,9 @@ def test_shard_assignment_is_stable_and_keeps_runs_together(tiny_study):
             trained = {c.run for c in part if c.kind == "train"}
             assert all(set(c.needs) <= trained for c in part if c.kind == "analyze")
             assert all(st.shard_of(c, n) == i for c in part if c.kind == "analyze")
-    assert [c.id for c in st.select(cells, (0, 2))] == [c.id for c in st.select(st.expand(st.load_study(tiny_study())), (0, 2))]
+    assert [c.id for c in st.select(cells, (0, 2))] == [
+        c.id for c in st.select(st.expand(st.load_study(tiny_study())), (0, 2))
+    ]
 
 
 @pytest.mark.parametrize("text", ["1", "2/2", "-1/2", "a/b", "0/0"])
@@ -278,28 +318,42 @@ def test_paper_dry_run_resolves_every_cell(no_weights_no_network, tmp_path):
     spec = st.load_study("paper")
     text = tmp_path / "out.txt"
     with open(text, "w") as fh:
-        listed = st.dry_run(spec, st.RunOptions(workdir=tmp_path / "w", store=tmp_path / "w" / "r.sqlite"), Console(file=fh, width=250))
+        listed = st.dry_run(
+            spec, st.RunOptions(workdir=tmp_path / "w", store=tmp_path / "w" / "r.sqlite"), Console(file=fh, width=250)
+        )
     out = text.read_text()
     trains = [c for c, _ in listed if c.kind == "train"]
     assert len(trains) == 3 * 4 * 3 + 3  # models x ranks x targets, + a head-only run per model
     assert {c.config["train"]["targets"] for c in trains} == {"mha", "mlp", "all", "none"}
     assert all(c.config["train"]["queries_per_device"] * c.config["train"]["grad_accum"] == 128 for c in trains)
     assert all(s == "pending" for _, s in listed)
-    for name, family in (("mistralai/Mistral-7B-v0.1", "mistral"), ("meta-llama/Llama-3.1-8B", "llama"), ("EleutherAI/pythia-6.9b", "gpt_neox")):
+    for name, family in (
+        ("mistralai/Mistral-7B-v0.1", "mistral"),
+        ("meta-llama/Llama-3.1-8B", "llama"),
+        ("EleutherAI/pythia-6.9b", "gpt_neox"),
+    ):
         assert f"model {name}: family {family}, 32 layers, hidden 4096 (from the built-in table of hub ids)" in out
     assert "built-in table of hub ids" in out
     ablate = [c for c, _ in listed if c.what == "ablate on dl19" and c.run.startswith("pythia-6.9b-r8-mlp")]
-    # Pythia's MLP is up + down (no gate): 32 drop-layer + 28 windows + 4 role + 64 layer-role variants, + full and base per sweep.
+    # Pythia's MLP is up + down (no gate): 32 drop-layer + 28 windows + 4 role + 64 layer-role variants,
+    # + full and base per sweep.
     assert ablate and ablate[0].cost.startswith("136 passes")
 
 
 def test_embedded_studies_dry_run_without_dequantizing(no_weights_no_network, tmp_path):
     for name, runs in (("demo", 2), ("embedded-grid", 2 * 4 * 3 + 2)):
         spec = st.load_study(name)
-        listed = st.dry_run(spec, st.RunOptions(workdir=tmp_path / name, store=tmp_path / name / "r.sqlite"), Console(quiet=True))
+        listed = st.dry_run(
+            spec, st.RunOptions(workdir=tmp_path / name, store=tmp_path / name / "r.sqlite"), Console(quiet=True)
+        )
         assert sum(c.kind == "train" for c, _ in listed) == runs
     demo = st.expand(st.load_study("demo"))
-    assert [c.what for c in demo if c.kind == "analyze" and "-head-" not in c.run] == ["checkpoints on dev", "ablate on dev", "weights", "lens on dev"]
+    assert [c.what for c in demo if c.kind == "analyze" and "-head-" not in c.run] == [
+        "checkpoints on dev",
+        "ablate on dev",
+        "weights",
+        "lens on dev",
+    ]
 
 
 def test_hub_model_family_from_the_study_file():
@@ -318,13 +372,13 @@ def test_hub_model_family_from_the_study_file():
         (("[train]", "[train]\nrank = 4"), "rank is set by the study, not here; use ranks"),
         (("ranks = [1, 2]", "ranks = [0, 2]"), "rank 0 is impossible"),
         (("ranks = [1, 2]", "ranks = [4096, 2]"), "rank 4096 is impossible for hidden size 32"),
-        (("targets = [\"mha\", \"mlp\"]", "targets = [\"mha\", \"attention\"]"), "unknown role or preset 'attention'"),
-        (("models = [", "models = [\"acme/unknown-7b\", "), "acme/unknown-7b: unknown model family"),
-        (("models = [", "models = [{name = \"acme/x-7b\", family = \"bogus\"}, "), "family 'bogus' has no role table"),
-        (("sweeps = [", "sweeps = [\"drop-everything\", "), r"unknown sweep\(s\) drop-everything"),
-        (("[analyses.lens]", "[analyses.lens]\nevals = [\"dev\"]"), "eval set 'dev' is not defined"),
+        (('targets = ["mha", "mlp"]', 'targets = ["mha", "attention"]'), "unknown role or preset 'attention'"),
+        (("models = [", 'models = ["acme/unknown-7b", '), "acme/unknown-7b: unknown model family"),
+        (("models = [", 'models = [{name = "acme/x-7b", family = "bogus"}, '), "family 'bogus' has no role table"),
+        (("sweeps = [", 'sweeps = ["drop-everything", '), r"unknown sweep\(s\) drop-everything"),
+        (("[analyses.lens]", '[analyses.lens]\nevals = ["dev"]'), "eval set 'dev' is not defined"),
         (("[scoring]", "[scoring]\nbatch_tokens = 4"), "batch_tokens must be >= 16"),
-        (("depth = 4", "depth = 4\nsplit = \"dev\""), "give exactly one of split"),
+        (("depth = 4", 'depth = 4\nsplit = "dev"'), "give exactly one of split"),
         (("[study]", "[stuff]\nx = 1\n[study]"), r"unknown table\(s\) stuff"),
     ],
 )
@@ -339,8 +393,13 @@ def test_bad_study_fails_before_training(tiny_study, tmp_path, edit, message):
 
 def test_cli_error_is_one_line_with_exit_code_2(tiny_study, tmp_path):
     path = tiny_study("bad-cli.toml", text=STUDY.replace("[train]", "[train]\nrnak = 4"))
-    result = subprocess.run([sys.executable, "-m", "relevance_lens", "study", "run", str(path), "--workdir", str(tmp_path / "w")],
-                            check=False, capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
+    result = subprocess.run(
+        [sys.executable, "-m", "relevance_lens", "study", "run", str(path), "--workdir", str(tmp_path / "w")],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "[train]: unknown training setting(s) rnak" in lines[0]
@@ -352,7 +411,9 @@ def test_cli_dry_run_and_merge_errors(no_weights_no_network, tmp_path):
 
     from relevance_lens.cli import app
 
-    result = CliRunner().invoke(app, ["study", "run", "paper", "--dry-run", "--workdir", str(tmp_path / "w"), "--shard", "1/3"])
+    result = CliRunner().invoke(
+        app, ["study", "run", "paper", "--dry-run", "--workdir", str(tmp_path / "w"), "--shard", "1/3"]
+    )
     assert result.exit_code == 0, result.output
     assert "shard 1/3" in result.output and "training runs" in result.output
     assert not (tmp_path / "w").exists()  # a dry run writes nothing
@@ -364,8 +425,15 @@ def test_ir_datasets_eval_set_fetches_only_the_reranked_passages(monkeypatch):
     from collections import namedtuple
     from types import SimpleNamespace
 
-    Query, Qrel, Scored, Doc = (namedtuple(n, f) for n, f in (("Query", "query_id text"), ("Qrel", "query_id doc_id relevance iteration"),
-                                                              ("Scored", "query_id doc_id score"), ("Doc", "doc_id text")))
+    Query, Qrel, Scored, Doc = (
+        namedtuple(n, f)
+        for n, f in (
+            ("Query", "query_id text"),
+            ("Qrel", "query_id doc_id relevance iteration"),
+            ("Scored", "query_id doc_id score"),
+            ("Doc", "doc_id text"),
+        )
+    )
     fetched = []
 
     class Store:
@@ -381,7 +449,12 @@ def test_ir_datasets_eval_set_fetches_only_the_reranked_passages(monkeypatch):
         docs_store=lambda: Store(),
     )
     monkeypatch.setitem(sys.modules, "ir_datasets", SimpleNamespace(load=lambda name: dataset))
-    evalset = build_evalset({"name": "dl", "ir_datasets": "msmarco-passage/trec-dl-2019", "depth": 4, "max_queries": None})
+    evalset = build_evalset(
+        {"name": "dl", "ir_datasets": "msmarco-passage/trec-dl-2019", "depth": 4, "max_queries": None}
+    )
     assert evalset.name == "dl" and evalset.query_ids == ["1"]
     assert sorted(fetched) == ["d0", "d1", "d2", "d3"]
-    assert evalset.pairs() == [("1", "d0"), ("1", "d1"), ("1", "d2"), ("1", "d3")] and evalset.corpus["d3"].text == "text of d3"
+    assert (
+        evalset.pairs() == [("1", "d0"), ("1", "d1"), ("1", "d2"), ("1", "d3")]
+        and evalset.corpus["d3"].text == "text of d3"
+    )

@@ -31,9 +31,21 @@ def collection(tmp_path_factory):
 
 def _config(collection, output, **overrides):
     settings = dict(
-        collection, output=str(output), data="files", group_size=4, max_steps=30, save_steps=[5, 10], lr=1e-2,
-        max_length=96, queries_per_device=2, precision="fp32", eval_split=None, logging_steps=1, lora_dropout=0.0,
-        rank=2, warmup_steps=0,
+        collection,
+        output=str(output),
+        data="files",
+        group_size=4,
+        max_steps=30,
+        save_steps=[5, 10],
+        lr=1e-2,
+        max_length=96,
+        queries_per_device=2,
+        precision="fp32",
+        eval_split=None,
+        logging_steps=1,
+        lora_dropout=0.0,
+        rank=2,
+        warmup_steps=0,
     )
     settings.update(overrides)
     return settings
@@ -69,7 +81,9 @@ def test_negatives_rotate_across_epochs_and_exclude_positives(collection):
             item = dataset[epoch * n + i]
             ids = [p.docid for p in item["passages"]]
             assert len(set(ids)) == 4 and ids[0].startswith("d")
-            assert not set(ids[1:]) & {p for q in groups.positives for p in groups.positives[q] if groups.queries[q] == item["query"]}
+            assert not set(ids[1:]) & {
+                p for q in groups.positives for p in groups.positives[q] if groups.queries[q] == item["query"]
+            }
             seen[epoch].add((item["query"], tuple(ids[1:])))
     assert seen[0] != seen[1]
     again = GroupDataset(groups, group_size=4, epochs=3, seed=7)
@@ -101,14 +115,20 @@ def test_sigkill_then_resume_matches_uninterrupted(collection, tmp_path):
     subprocess.run(_cli("train", "--config", str(toml), "--output", str(straight)), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli("train", "--config", str(toml), "--output", str(killed)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli("train", "--config", str(toml), "--output", str(killed)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not complete_checkpoints(killed) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "final").exists(), "the run finished before it could be killed"
-    subprocess.run(_cli("train", "--config", str(toml), "--output", str(killed), "--resume"), check=True, capture_output=True)
+    subprocess.run(
+        _cli("train", "--config", str(toml), "--output", str(killed), "--resume"), check=True, capture_output=True
+    )
 
     a, b = _trained_weights(straight), _trained_weights(killed)
     assert a.keys() == b.keys() and len(a) > 1
@@ -119,15 +139,34 @@ def test_sigkill_then_resume_matches_uninterrupted(collection, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs gloo")
 def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path):
-    one = train(load_config(None, **_config(collection, tmp_path / "one", max_steps=8, queries_per_device=4, save_steps=[])), progress=False)
+    one = train(
+        load_config(None, **_config(collection, tmp_path / "one", max_steps=8, queries_per_device=4, save_steps=[])),
+        progress=False,
+    )
     settings = _config(collection, tmp_path / "x", max_steps=8, queries_per_device=2, save_steps=[])
     settings.pop("output")
     toml = _write_toml(tmp_path / "train.toml", settings)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "relevance_lens", "train", "--config", str(toml), "--output", str(tmp_path / "two")],
-        check=True, capture_output=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "relevance_lens",
+            "train",
+            "--config",
+            str(toml),
+            "--output",
+            str(tmp_path / "two"),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
     )
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["resolved"]["world_size"] == 2 and record["resolved"]["global_batch_queries"] == 4
@@ -165,7 +204,9 @@ def test_unknown_setting_in_config_file(tmp_path):
 def test_resume_with_changed_settings_is_refused(collection, tmp_path):
     train(load_config(None, **_config(collection, tmp_path / "run", max_steps=5, save_steps=[])), progress=False)
     with pytest.raises(InputError, match="settings differ.*rank"):
-        train(load_config(None, **_config(collection, tmp_path / "run", max_steps=5, rank=4)), resume=True, progress=False)
+        train(
+            load_config(None, **_config(collection, tmp_path / "run", max_steps=5, rank=4)), resume=True, progress=False
+        )
 
 
 @pytest.mark.slow
@@ -182,7 +223,10 @@ def test_compiled_blocks_train_the_same_model(collection, tmp_path):
     record = json.loads((runs["on"] / "run.json").read_text())["resolved"]["compiled_blocks"]
     assert record["on"] is True and "compile=on" in record["why"]
     assert json.loads((runs["off"] / "run.json").read_text())["resolved"]["compiled_blocks"]["on"] is False
-    losses = {m: [e["loss"] for e in json.loads((r / "train_summary.json").read_text())["log"] if "loss" in e] for m, r in runs.items()}
+    losses = {
+        m: [e["loss"] for e in json.loads((r / "train_summary.json").read_text())["log"] if "loss" in e]
+        for m, r in runs.items()
+    }
     assert len(losses["on"]) == 6 and losses["on"] == pytest.approx(losses["off"], rel=1e-4, abs=1e-5)
     a, b = _trained_weights(runs["off"]), _trained_weights(runs["on"])
     assert a.keys() == b.keys() and len(a) > 2

@@ -6,14 +6,21 @@ import math
 import pytest
 import torch
 
-from relevance_lens.model.lora import LoraSettings, attach_lora
+from dissectfix import one_thread, randomize_lora  # noqa: F401
+from relevance_lens.dissect.weights import (
+    compare,
+    effective_rank,
+    grassmann,
+    load_adapter_weights,
+    numerical_rank,
+    role_stats,
+    similarity_grid,
+    spectrum,
+)
 from relevance_lens.errors import InputError
+from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.model.reranker import Reranker
 from relevance_lens.model.roles import role_module, role_rows
-from relevance_lens.dissect.weights import (
-    compare, effective_rank, grassmann, load_adapter_weights, numerical_rank, role_stats, similarity_grid, spectrum,
-)
-from dissectfix import one_thread, randomize_lora  # noqa: F401
 from tiny import save_tiny
 
 RANK, ALPHA = 4, 8.0  # scaling alpha / r = 2
@@ -59,7 +66,9 @@ def test_hand_built_update_of_known_rank_and_norm(tmp_path):
     assert q.metrics()["sv1"] == pytest.approx(8.0)
 
 
-@pytest.mark.parametrize("family,targets", [("llama", "all"), ("gpt2", "all"), ("gpt_neox", "all"), ("gpt_neox", "q,v"), ("gpt2", "k")])
+@pytest.mark.parametrize(
+    "family,targets", [("llama", "all"), ("gpt2", "all"), ("gpt_neox", "all"), ("gpt_neox", "q,v"), ("gpt2", "k")]
+)
 def test_statistics_match_pefts_own_delta_weight(tmp_path, family, targets):
     reranker, folder = _saved_adapter(tmp_path, family, targets)
     weights = load_adapter_weights(folder)
@@ -76,7 +85,9 @@ def test_statistics_match_pefts_own_delta_weight(tmp_path, family, targets):
             delta = delta[rows]
         assert s.shape == tuple(delta.shape)
         assert s.frobenius == pytest.approx(torch.linalg.norm(delta).item(), rel=1e-5)
-        assert s.singular_values[:RANK] == pytest.approx(torch.linalg.svdvals(delta.double()).tolist()[:RANK], rel=1e-5, abs=1e-6)
+        assert s.singular_values[:RANK] == pytest.approx(
+            torch.linalg.svdvals(delta.double()).tolist()[:RANK], rel=1e-5, abs=1e-6
+        )
 
 
 def test_spectrum_never_forms_delta_but_equals_its_svd():
@@ -102,14 +113,17 @@ def _basis(*columns, dim=6):
     return torch.eye(dim, dtype=torch.float64)[:, list(columns)]
 
 
-@pytest.mark.parametrize("u1,u2,i,j,expected", [
-    (_basis(0, 1), _basis(0, 1), 2, 2, 1.0),
-    (_basis(0, 1), _basis(2, 3), 2, 2, 0.0),
-    (_basis(0, 1), _basis(0, 2), 2, 2, 0.5),
-    (_basis(0, 1), _basis(0, 2), 1, 1, 1.0),
-    (_basis(1, 0), _basis(0, 2, 1), 1, 3, 1.0),  # top-1 of the first lies in the top-3 of the second
-    (_basis(1, 0), _basis(0, 2, 1), 2, 2, 0.5),
-])
+@pytest.mark.parametrize(
+    "u1,u2,i,j,expected",
+    [
+        (_basis(0, 1), _basis(0, 1), 2, 2, 1.0),
+        (_basis(0, 1), _basis(2, 3), 2, 2, 0.0),
+        (_basis(0, 1), _basis(0, 2), 2, 2, 0.5),
+        (_basis(0, 1), _basis(0, 2), 1, 1, 1.0),
+        (_basis(1, 0), _basis(0, 2, 1), 1, 3, 1.0),  # top-1 of the first lies in the top-3 of the second
+        (_basis(1, 0), _basis(0, 2, 1), 2, 2, 0.5),
+    ],
+)
 def test_grassmann_similarity(u1, u2, i, j, expected):
     assert grassmann(u1, u2, i, j) == pytest.approx(expected)
     assert similarity_grid(u1, u2)[i - 1, j - 1].item() == pytest.approx(expected)

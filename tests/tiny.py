@@ -6,15 +6,15 @@ the case that trips LLaMA-3 rerankers.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
 from transformers import (
     AutoModel,
-    GemmaConfig,
     Gemma2Config,
     Gemma3TextConfig,
+    GemmaConfig,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
@@ -27,8 +27,13 @@ HIDDEN, LAYERS, HEADS, KV_HEADS, INTER = 32, 4, 4, 2, 64
 VOCAB = 256
 
 _llama_kw = dict(
-    hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-    intermediate_size=INTER, vocab_size=VOCAB, max_position_embeddings=512,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    num_key_value_heads=KV_HEADS,
+    intermediate_size=INTER,
+    vocab_size=VOCAB,
+    max_position_embeddings=512,
 )
 
 CONFIGS = {
@@ -39,8 +44,12 @@ CONFIGS = {
     "gemma2": lambda: Gemma2Config(**_llama_kw, head_dim=HIDDEN // HEADS),
     "gemma3": lambda: Gemma3TextConfig(**_llama_kw, head_dim=HIDDEN // HEADS),
     "gpt_neox": lambda: GPTNeoXConfig(
-        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=INTER,
-        vocab_size=VOCAB, max_position_embeddings=512,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTER,
+        vocab_size=VOCAB,
+        max_position_embeddings=512,
     ),
     "gpt2": lambda: GPT2Config(
         n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=512, bos_token_id=1, eos_token_id=2
@@ -55,14 +64,15 @@ TEXT = (
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
+        vocab_size=VOCAB,
+        special_tokens=["<unk>", "<s>", "</s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator([TEXT] * 4, trainer)

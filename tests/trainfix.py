@@ -21,7 +21,10 @@ def write_collection(folder: Path, n_distractors: int = 6) -> dict[str, Path]:
         corpus[f"x{j}"] = Passage(f"x{j}", "", f"{TOPICS[j % len(TOPICS)][2]} and other words {j}")
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(len(TOPICS))}
     run = {qid: {docid: float(-k) for k, docid in enumerate(sorted(corpus))} for qid in queries}
-    paths = {n: folder / f for n, f in [("queries", "q.tsv"), ("qrels", "qrels.txt"), ("corpus", "c.jsonl"), ("negatives_run", "bm25.run")]}
+    paths = {
+        n: folder / f
+        for n, f in [("queries", "q.tsv"), ("qrels", "qrels.txt"), ("corpus", "c.jsonl"), ("negatives_run", "bm25.run")]
+    }
     write_queries(queries, paths["queries"])
     write_qrels(qrels, paths["qrels"])
     write_corpus(corpus, paths["corpus"])

@@ -31,8 +31,8 @@ def bm25(
     depth: int = typer.Option(100, help="Passages per query."),
 ):
     """First-stage BM25 (bm25s) over a corpus; writes a TREC run."""
-    from relevance_lens.data.formats import read_corpus, read_queries, write_run
     from relevance_lens.data.bm25 import bm25_search
+    from relevance_lens.data.formats import read_corpus, read_queries, write_run
 
     if depth < 1:
         raise InputError(f"--depth {depth}: expected a positive number")
@@ -43,7 +43,13 @@ def bm25(
 
 @app.command()
 def rerank(
-    model: Optional[str] = typer.Option(None, help="Base model: smollm2-135m, gemma3-270m, a GGUF path, folder or hub id. Default: the adapter's, else smollm2-135m."),
+    model: Optional[str] = typer.Option(
+        None,
+        help=(
+            "Base model: smollm2-135m, gemma3-270m, a GGUF path, folder or hub id. Default: the adapter's, "
+            "else smollm2-135m."
+        ),
+    ),
     adapter: Optional[Path] = typer.Option(None, help="Adapter folder (LoRA + score head) written by train."),
     queries: Path = typer.Option(..., help="Queries TSV."),
     corpus: Path = typer.Option(..., help="Corpus TSV or JSONL."),
@@ -142,13 +148,32 @@ def train(
     from relevance_lens.train.trainer import train as run_training
 
     settings = load_config(
-        config, model=model, output=str(output) if output else None, data=data,
-        queries=_str(queries), qrels=_str(qrels), corpus=_str(corpus), negatives_run=_str(negatives_run),
-        tevatron=_str(tevatron), rank=rank, alpha=alpha, lora_dropout=lora_dropout, targets=targets, layers=_int_list(layers, "--layers"),
-        group_size=group_size, queries_per_device=queries_per_device, grad_accum=grad_accum, lr=lr,
-        max_steps=max_steps, max_length=max_length, save_steps=_int_list(save_steps, "--save-steps"),
-        save_every=save_every, precision=precision, seed=seed,
-        eval_split=None if eval_split == "none" else eval_split, compile=compile,
+        config,
+        model=model,
+        output=str(output) if output else None,
+        data=data,
+        queries=_str(queries),
+        qrels=_str(qrels),
+        corpus=_str(corpus),
+        negatives_run=_str(negatives_run),
+        tevatron=_str(tevatron),
+        rank=rank,
+        alpha=alpha,
+        lora_dropout=lora_dropout,
+        targets=targets,
+        layers=_int_list(layers, "--layers"),
+        group_size=group_size,
+        queries_per_device=queries_per_device,
+        grad_accum=grad_accum,
+        lr=lr,
+        max_steps=max_steps,
+        max_length=max_length,
+        save_steps=_int_list(save_steps, "--save-steps"),
+        save_every=save_every,
+        precision=precision,
+        seed=seed,
+        eval_split=None if eval_split == "none" else eval_split,
+        compile=compile,
     )
     if eval_split == "none":
         settings.eval_split = None
@@ -159,7 +184,9 @@ def train(
         result = evaluate_final(run_dir, settings.eval_split, settings.eval_depth)
         from rich.table import Table
 
-        table = Table(title=f"FAQ {settings.eval_split}: BM25 top-{settings.eval_depth} reranked ({result['n_queries']} queries)")
+        table = Table(
+            title=f"FAQ {settings.eval_split}: BM25 top-{settings.eval_depth} reranked ({result['n_queries']} queries)"
+        )
         table.add_column("system")
         for metric in result["bm25"]:
             table.add_column(metric, justify="right")
@@ -176,7 +203,9 @@ def _str(path: Optional[Path]) -> Optional[str]:
 @data_app.command("build-faq")
 def build_faq(
     output: Path = typer.Option(None, help="Where to write the collection (default: the packaged data folder)."),
-    debs: Optional[Path] = typer.Option(None, help="Folder with perl-doc, python3.11-doc and debian-faq .deb files (default: apt-get download them)."),
+    debs: Optional[Path] = typer.Option(
+        None, help="Folder with perl-doc, python3.11-doc and debian-faq .deb files (default: apt-get download them)."
+    ),
     weak: bool = typer.Option(True, help="Also build weakly labelled man-page training pairs."),
 ):
     """Rebuild the embedded FAQ collection from Debian's .deb files."""
@@ -188,8 +217,12 @@ def build_faq(
 
 @app.command()
 def demo(
-    quick: bool = typer.Option(False, "--quick", help="Only score the FAQ with the untrained model beside BM25 (a minute)."),
-    workdir: Path = typer.Option(Path("runs/demo"), help="Work folder of the demo study (runs, results store, report)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Only score the FAQ with the untrained model beside BM25 (a minute)."
+    ),
+    workdir: Path = typer.Option(
+        Path("runs/demo"), help="Work folder of the demo study (runs, results store, report)."
+    ),
     model: str = typer.Option("smollm2-135m", help="--quick: embedded model."),
     split: str = typer.Option("test", help="--quick: FAQ split to score."),
     depth: int = typer.Option(20, help="--quick: rerank BM25's top-k."),
@@ -214,7 +247,9 @@ app.add_typer(study_app, name="study")
 @study_app.command("run")
 def study_run(
     study: str = typer.Argument(..., help="Study TOML file, or a packaged study: demo, embedded-grid, paper."),
-    shard: Optional[str] = typer.Option(None, help="i/n: run only shard i of n (0-based; e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)."),
+    shard: Optional[str] = typer.Option(
+        None, help="i/n: run only shard i of n (0-based; e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List cells, estimated cost and status; load no weights."),
     store: Optional[Path] = typer.Option(None, help="Results store (default WORKDIR/results.sqlite, one per shard)."),
     workdir: Optional[Path] = typer.Option(None, help="Work folder for the runs (default runs/<study name>)."),
@@ -355,17 +390,31 @@ def _analysis_command(name: str) -> None:
         from relevance_lens.store import Store
 
         settings = entry.settings(**{k: values.pop(k) for k in settings_names})
-        inputs = Inputs(values.pop("target"), baseline=values.pop("baseline", None), other=values.pop("other", None),
-                        model=values.pop("model", None))
+        inputs = Inputs(
+            values.pop("target"),
+            baseline=values.pop("baseline", None),
+            other=values.pop("other", None),
+            model=values.pop("model", None),
+        )
         context = Context(store=Store(values.pop("store")), force=values.pop("force"), console=out)
         if entry.uses_eval:
             inputs.metrics = values.pop("metric")
             depth = values.pop("depth")
-            inputs.evalset = resolve_evalset(values.pop("split"), queries=values.pop("queries"), qrels=values.pop("qrels"),
-                                             corpus=values.pop("corpus"), run=values.pop("first"), depth=depth,
-                                             max_queries=values.pop("max_queries"))
-            context.score = ScoreConfig(depth=depth, dtype=values.pop("dtype"), device=values.pop("device"),
-                                        batch_tokens=values.pop("batch_tokens"))
+            inputs.evalset = resolve_evalset(
+                values.pop("split"),
+                queries=values.pop("queries"),
+                qrels=values.pop("qrels"),
+                corpus=values.pop("corpus"),
+                run=values.pop("first"),
+                depth=depth,
+                max_queries=values.pop("max_queries"),
+            )
+            context.score = ScoreConfig(
+                depth=depth,
+                dtype=values.pop("dtype"),
+                device=values.pop("device"),
+                batch_tokens=values.pop("batch_tokens"),
+            )
         run_analysis(name, inputs, settings, context)
 
     command.__signature__ = inspect.Signature(params)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import write_run
 from relevance_lens.evaluate.metrics import evaluate, format_table
-from relevance_lens.data.faq import load_faq
 from relevance_lens.model.reranker import Reranker
 from relevance_lens.score.config import ScoreConfig, prepare
 from relevance_lens.score.rerank import rerank
@@ -42,7 +42,9 @@ def run_demo(
     write_run(scored, output / f"{split}.rerank.run", tag="relevance-lens")
     results = {
         "BM25": evaluate(data.qrels, data.run, METRICS, query_ids=qids),
-        f"{model} {'+ adapter' if adapter else '(untrained head)'}": evaluate(data.qrels, scored, METRICS, query_ids=qids),
+        f"{model} {'+ adapter' if adapter else '(untrained head)'}": evaluate(
+            data.qrels, scored, METRICS, query_ids=qids
+        ),
     }
     out.print(format_table(results))
     pairs = sum(min(depth, len(r)) for r in data.run.values())
@@ -50,7 +52,9 @@ def run_demo(
     return {name: ev.aggregate for name, ev in results.items()}
 
 
-def run_study_demo(*, workdir: Path = Path("runs/demo"), console: Console | None = None, out: Console | None = None) -> Path:
+def run_study_demo(
+    *, workdir: Path = Path("runs/demo"), console: Console | None = None, out: Console | None = None
+) -> Path:
     """The README's demo: run the packaged ``demo`` study (resumable), then write its report."""
     from relevance_lens.report.page import write_report
     from relevance_lens.study import RunOptions, default_paths, load_study, run_study
@@ -62,5 +66,7 @@ def run_study_demo(*, workdir: Path = Path("runs/demo"), console: Console | None
     workdir, store = default_paths(study, workdir, None, None)
     run_study(study, RunOptions(workdir=workdir, store=store), console)
     report = write_report(store, workdir / "report.html")
-    out.print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; report: {report.resolve()}", highlight=False)
+    out.print(
+        f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; report: {report.resolve()}", highlight=False
+    )
     return report

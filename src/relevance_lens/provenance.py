@@ -6,7 +6,17 @@ import platform
 import sys
 from importlib import metadata
 
-PACKAGES = ("relevance-lens", "torch", "transformers", "peft", "accelerate", "ir_measures", "bm25s", "safetensors", "numpy")
+PACKAGES = (
+    "relevance-lens",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "ir_measures",
+    "bm25s",
+    "safetensors",
+    "numpy",
+)
 
 
 def versions() -> dict[str, str]:

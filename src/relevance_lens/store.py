@@ -33,8 +33,22 @@ from rich.console import Console
 from relevance_lens.errors import InputError
 
 COLUMNS = (
-    "run", "model", "rank", "targets", "checkpoint", "analysis", "variant", "layer", "role",
-    "metric", "value", "n_queries", "p_value", "config_json", "config_hash", "created",
+    "run",
+    "model",
+    "rank",
+    "targets",
+    "checkpoint",
+    "analysis",
+    "variant",
+    "layer",
+    "role",
+    "metric",
+    "value",
+    "n_queries",
+    "p_value",
+    "config_json",
+    "config_hash",
+    "created",
 )
 KEY = ("run", "checkpoint", "analysis", "variant", "layer", "role", "metric", "config_hash")
 REQUIRED = ("run", "analysis", "metric", "value")
@@ -122,8 +136,15 @@ class Store:
             cursor = conn.execute(f"SELECT * FROM results{clause} ORDER BY rowid", params)
             return [dict(r) for r in cursor.fetchall()]
 
-    def has(self, run: str, analysis: str, *, checkpoint: str | None = None, variant: str | None = None,
-            config: Mapping[str, Any] | None = None) -> bool:
+    def has(
+        self,
+        run: str,
+        analysis: str,
+        *,
+        checkpoint: str | None = None,
+        variant: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Whether rows exist for this run and analysis (and checkpoint, variant, settings when given)."""
         where: dict[str, Any] = {"run": run, "analysis": analysis}
         if checkpoint is not None:
@@ -145,7 +166,9 @@ def normalize(row: Mapping[str, Any]) -> dict[str, Any]:
 def _record(row: Mapping[str, Any], created: str) -> dict[str, Any]:
     unknown = set(row) - set(COLUMNS)
     if unknown:
-        raise InputError(f"results row has unknown columns {sorted(unknown)}; expected a subset of {', '.join(COLUMNS)}")
+        raise InputError(
+            f"results row has unknown columns {sorted(unknown)}; expected a subset of {', '.join(COLUMNS)}"
+        )
     missing = [c for c in REQUIRED if row.get(c) is None]
     if missing:
         raise InputError(f"results row {dict(row)} lacks {', '.join(missing)}")
@@ -203,7 +226,9 @@ def merge_stores(output: str | Path, inputs: list[str | Path], console: Console 
     for path in inputs:
         found = read_results(path, "study merge")
         for row in found:
-            key = tuple(row[k] for k in ("run", "checkpoint", "analysis", "variant", "layer", "role", "metric", "config_hash"))
+            key = tuple(
+                row[k] for k in ("run", "checkpoint", "analysis", "variant", "layer", "role", "metric", "config_hash")
+            )
             if key in seen and seen[key] != row["value"]:
                 conflicts += 1
             seen[key] = row["value"]
@@ -212,6 +237,9 @@ def merge_stores(output: str | Path, inputs: list[str | Path], console: Console 
     out.append(rows)
     total = len(out.rows())
     if console is not None:
-        console.print(f"merged {len(inputs)} store(s), {len(rows)} rows -> {total} rows in {output}"
-                      + (f"; [yellow]{conflicts} rows had different values in different stores[/]" if conflicts else ""), highlight=False)
+        console.print(
+            f"merged {len(inputs)} store(s), {len(rows)} rows -> {total} rows in {output}"
+            + (f"; [yellow]{conflicts} rows had different values in different stores[/]" if conflicts else ""),
+            highlight=False,
+        )
     return total

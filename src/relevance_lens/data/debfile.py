@@ -45,7 +45,9 @@ def _tar_stream(member_name: str, blob: bytes, deb: Path, part: str) -> tarfile.
         return tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
     # zstd and friends: let dpkg-deb decompress (it knows every format dpkg supports)
     if shutil.which("dpkg-deb") is None:
-        raise InputError(f"{deb}: {member_name} needs dpkg-deb to decompress; install dpkg or use an xz-compressed .deb")
+        raise InputError(
+            f"{deb}: {member_name} needs dpkg-deb to decompress; install dpkg or use an xz-compressed .deb"
+        )
     flag = "--fsys-tarfile" if part == "data" else "--ctrl-tarfile"
     tar = subprocess.run(["dpkg-deb", flag, str(deb)], check=True, capture_output=True).stdout
     return tarfile.open(fileobj=io.BytesIO(tar), mode="r:")
@@ -76,7 +78,9 @@ def read_deb(path: Path, want: Callable[[str], bool]) -> DebPackage:
             name = str(PurePosixPath(member.name.lstrip("."))).lstrip("/")
             if member.isfile() and want(name):
                 files[name] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    return DebPackage(fields.get("Package", ""), fields.get("Version", ""), path, hashlib.sha256(data).hexdigest(), files)
+    return DebPackage(
+        fields.get("Package", ""), fields.get("Version", ""), path, hashlib.sha256(data).hexdigest(), files
+    )
 
 
 def find_debs(packages: Iterable[str], deb_dir: Path | None, download_dir: Path) -> dict[str, Path]:

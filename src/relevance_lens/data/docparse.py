@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class FaqEntry:
     """One question and its answer, as parsed from a source document.
@@ -197,7 +198,20 @@ def parse_pod_faq(text: str, name: str) -> list[FaqEntry]:
 
 _RST_UNDERLINE = re.compile(r"([=\-~^\"'`#*+:.])\1{2,}\s*")
 _RST_DIRECTIVE = re.compile(r"(\s*)\.\.\s+([\w:-]+)::(.*)")
-_RST_DROP = {"only", "contents", "index", "highlight", "toctree", "testsetup", "testcleanup", "raw", "image", "figure", "sectionauthor", "tabularcolumns"}
+_RST_DROP = {
+    "only",
+    "contents",
+    "index",
+    "highlight",
+    "toctree",
+    "testsetup",
+    "testcleanup",
+    "raw",
+    "image",
+    "figure",
+    "sectionauthor",
+    "tabularcolumns",
+}
 _RST_BULLET = re.compile(r"\s*(?:[*+-]|\d+\.|#\.)\s+")
 
 
@@ -310,7 +324,9 @@ def _rst_headings(lines: list[str]) -> list[tuple[int, str, bool]]:
         title = lines[i - 1].strip()
         if not title or not _RST_UNDERLINE.fullmatch(lines[i]) or len(lines[i].rstrip()) < len(title):
             continue
-        if _RST_UNDERLINE.fullmatch(title) or (i >= 2 and lines[i - 2].strip() and not _RST_UNDERLINE.fullmatch(lines[i - 2])):
+        if _RST_UNDERLINE.fullmatch(title) or (
+            i >= 2 and lines[i - 2].strip() and not _RST_UNDERLINE.fullmatch(lines[i - 2])
+        ):
             continue
         headings.append((i - 1, title, i >= 2 and lines[i - 2].rstrip() == lines[i].rstrip()))
     return headings
@@ -387,7 +403,9 @@ def parse_debian_faq(text: str) -> list[FaqEntry]:
     possibly wrapped over several lines) and its indented text up to the next heading.
     The table of contents (everything before ``Chapter 1.``) is skipped."""
     lines = text.replace("\r\n", "\n").replace("\xa0", " ").split("\n")  # headings use no-break spaces
-    start = next((i for i, l in enumerate(lines) if _DEB_CHAPTER.fullmatch(l.strip()) and not l[:1].isspace()), len(lines))
+    start = next(
+        (i for i, l in enumerate(lines) if _DEB_CHAPTER.fullmatch(l.strip()) and not l[:1].isspace()), len(lines)
+    )
     entries: list[FaqEntry] = []
     chapter = ""
     number: str | None = None
@@ -439,14 +457,67 @@ def parse_debian_faq(text: str) -> list[FaqEntry]:
 # ---------------------------------------------------------------- man pages (groff), for weak pairs
 
 _GROFF_CHARS = {
-    "em": "-", "en": "-", "hy": "-", "mi": "-", "bu": "*", "aq": "'", "dq": '"', "lq": '"', "rq": '"',
-    "oq": "'", "cq": "'", "co": "(c)", "rg": "(R)", "tm": "(TM)", "ti": "~", "ha": "^", "ga": "`",
-    "ul": "_", "bv": "|", "or": "|", "sl": "/", "rs": "\\", "ba": "|", ">=": ">=", "<=": "<=",
-    "!=": "!=", "mu": "x", "de": " degrees", "->": "->", "<-": "<-", "==": "==", "pl": "+",
-    "eq": "=", "sq": "*", "at": "@", "sh": "#", "Do": "$", "lB": "[", "rB": "]", "lC": "{",
-    "rC": "}", "la": "<", "ra": ">", "fm": "'", "sd": '"', "tno": "~", "Fo": "<<", "Fc": ">>",
-    "fo": "<", "fc": ">", "%": "", "Aq": "'", "L\"": '"', "R\"": '"', "C+": "C++", "--": "--",
-    "PI": "pi", "C`": '"', "C'": '"', "lh": "<=", "rh": "=>",
+    "em": "-",
+    "en": "-",
+    "hy": "-",
+    "mi": "-",
+    "bu": "*",
+    "aq": "'",
+    "dq": '"',
+    "lq": '"',
+    "rq": '"',
+    "oq": "'",
+    "cq": "'",
+    "co": "(c)",
+    "rg": "(R)",
+    "tm": "(TM)",
+    "ti": "~",
+    "ha": "^",
+    "ga": "`",
+    "ul": "_",
+    "bv": "|",
+    "or": "|",
+    "sl": "/",
+    "rs": "\\",
+    "ba": "|",
+    ">=": ">=",
+    "<=": "<=",
+    "!=": "!=",
+    "mu": "x",
+    "de": " degrees",
+    "->": "->",
+    "<-": "<-",
+    "==": "==",
+    "pl": "+",
+    "eq": "=",
+    "sq": "*",
+    "at": "@",
+    "sh": "#",
+    "Do": "$",
+    "lB": "[",
+    "rB": "]",
+    "lC": "{",
+    "rC": "}",
+    "la": "<",
+    "ra": ">",
+    "fm": "'",
+    "sd": '"',
+    "tno": "~",
+    "Fo": "<<",
+    "Fc": ">>",
+    "fo": "<",
+    "fc": ">",
+    "%": "",
+    "Aq": "'",
+    'L"': '"',
+    'R"': '"',
+    "C+": "C++",
+    "--": "--",
+    "PI": "pi",
+    "C`": '"',
+    "C'": '"',
+    "lh": "<=",
+    "rh": "=>",
 }
 _GROFF_ESCAPE = re.compile(
     r"\\(?:"
@@ -458,12 +529,52 @@ _GROFF_ESCAPE = re.compile(
     r"|(?P<one>.)"
     r")"
 )
-_GROFF_ONE = {"-": "-", "e": "\\", "\\": "\\", "'": "'", "`": "`", ".": ".", " ": " ", "~": " ", "0": " ", "t": " ", "_": "_"}
+_GROFF_ONE = {
+    "-": "-",
+    "e": "\\",
+    "\\": "\\",
+    "'": "'",
+    "`": "`",
+    ".": ".",
+    " ": " ",
+    "~": " ",
+    "0": " ",
+    "t": " ",
+    "_": "_",
+}
 _ALTERNATING = {"BR", "RB", "BI", "IB", "RI", "IR"}
 _TEXT_MACROS = {"B", "I", "SM", "SB", "UE", "ME"}
 _BREAKS = {
-    "PP", "LP", "P", "sp", "br", "Sp", "TP", "TQ", "HP", "RS", "RE", "nf", "fi", "EX", "EE", "Vb", "Ve",
-    "Pp", "Bl", "El", "Bd", "Ed", "It", "INDENT", "UNINDENT", "IP", "SS", "Ss", "in", "ti",
+    "PP",
+    "LP",
+    "P",
+    "sp",
+    "br",
+    "Sp",
+    "TP",
+    "TQ",
+    "HP",
+    "RS",
+    "RE",
+    "nf",
+    "fi",
+    "EX",
+    "EE",
+    "Vb",
+    "Ve",
+    "Pp",
+    "Bl",
+    "El",
+    "Bd",
+    "Ed",
+    "It",
+    "INDENT",
+    "UNINDENT",
+    "IP",
+    "SS",
+    "Ss",
+    "in",
+    "ti",
 }
 # mdoc macros that only mark up their arguments (openssh's pages); Fl, Xr and Ns need care
 _MDOC_MARKUP = set(
@@ -487,7 +598,10 @@ def groff_inline(text: str) -> str:
 
 
 def _groff_args(rest: str) -> list[str]:
-    return [a[1:-1] if a.startswith('"') and a.endswith('"') and len(a) > 1 else a for a in re.findall(r'"[^"]*"?|\S+', rest)]
+    return [
+        a[1:-1] if a.startswith('"') and a.endswith('"') and len(a) > 1 else a
+        for a in re.findall(r'"[^"]*"?|\S+', rest)
+    ]
 
 
 def _mdoc_line(args: list[str], name: str) -> str:
@@ -590,7 +704,13 @@ def parse_manpage(source: str) -> dict[str, str]:
                 flush()
                 if macro in ("IP", "SS", "Ss", "It"):
                     args = _groff_args(rest)
-                    label = args[0] if args and macro == "IP" else " ".join(args) if macro != "It" else _mdoc_line(args, mdoc_name)
+                    label = (
+                        args[0]
+                        if args and macro == "IP"
+                        else " ".join(args)
+                        if macro != "It"
+                        else _mdoc_line(args, mdoc_name)
+                    )
                     if label and groff_inline(label).strip() not in ("*", "-", "\\(bu"):
                         emit(label)
                         if macro in ("SS", "Ss"):

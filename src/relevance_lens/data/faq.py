@@ -29,18 +29,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from relevance_lens.data.formats import (
-    Passage,
-    atomic_write,
-    read_corpus,
-    read_qrels,
-    read_queries,
-    read_run,
-    write_corpus,
-    write_qrels,
-    write_queries,
-    write_run,
-)
 from relevance_lens.data.debfile import DebPackage, find_debs, read_deb
 from relevance_lens.data.docparse import (  # noqa: F401  (parsers re-exported for callers of faq)
     FaqEntry,
@@ -55,6 +43,18 @@ from relevance_lens.data.docparse import (  # noqa: F401  (parsers re-exported f
     rst_inline,
     rst_labels,
 )
+from relevance_lens.data.formats import (
+    Passage,
+    atomic_write,
+    read_corpus,
+    read_qrels,
+    read_queries,
+    read_run,
+    write_corpus,
+    write_qrels,
+    write_queries,
+    write_run,
+)
 from relevance_lens.errors import InputError
 
 DATA_DIR = Path(__file__).parent.parent / "datasets" / "faq"
@@ -66,9 +66,29 @@ FAQ_PACKAGES = ("perl-doc", "python3.11-doc", "debian-faq")
 # lines read like queries. The FAQ packages are deliberately absent (perl-doc carries
 # perlfaq*.1, which would leak test answers into training).
 WEAK_PACKAGES = (
-    "apt", "coreutils", "debhelper", "dpkg", "dpkg-dev", "e2fsprogs", "findutils", "git-man",
-    "iproute2", "less", "libssl-doc", "libx11-doc", "man-db", "manpages", "manpages-dev",
-    "openssh-client", "openssl", "passwd", "procps", "rsync", "systemd", "tar", "util-linux",
+    "apt",
+    "coreutils",
+    "debhelper",
+    "dpkg",
+    "dpkg-dev",
+    "e2fsprogs",
+    "findutils",
+    "git-man",
+    "iproute2",
+    "less",
+    "libssl-doc",
+    "libx11-doc",
+    "man-db",
+    "manpages",
+    "manpages-dev",
+    "openssh-client",
+    "openssl",
+    "passwd",
+    "procps",
+    "rsync",
+    "systemd",
+    "tar",
+    "util-linux",
 )
 BM25_DEPTH = 100
 WEAK_BM25_DEPTH = 30  # hard negatives only need the top; depth 100 would triple the file
@@ -114,7 +134,10 @@ def faq_entries(debs: Mapping[str, DebPackage]) -> list[FaqEntry]:
     entries: list[FaqEntry] = []
     for path, blob in _documents(debs["perl-doc"]):
         entries += parse_pod_faq(blob.decode("utf-8"), PurePosixPath(path).stem)
-    rst = [(PurePosixPath(path).name.split(".")[0], blob.decode("utf-8")) for path, blob in _documents(debs["python3.11-doc"])]
+    rst = [
+        (PurePosixPath(path).name.split(".")[0], blob.decode("utf-8"))
+        for path, blob in _documents(debs["python3.11-doc"])
+    ]
     labels = {label: title for _, text in rst for label, title in rst_labels(text).items()}
     for name, text in rst:
         entries += parse_rst_faq(text, name, labels)
@@ -240,7 +263,9 @@ def build_faq(out_dir: Path, deb_dir: Path | None = None, *, weak: bool = True) 
     entries = faq_entries({p: debs[p] for p in FAQ_PACKAGES})
     for package, prefix in zip(FAQ_PACKAGES, ("perlfaq", "pyfaq-", "debfaq-")):
         if not any(e.docid.startswith(prefix) for e in entries):
-            raise InputError(f"{paths[package]}: no FAQ questions found inside; expected the Debian 12 layout of {package}")
+            raise InputError(
+                f"{paths[package]}: no FAQ questions found inside; expected the Debian 12 layout of {package}"
+            )
     corpus = {e.docid: Passage(e.docid, e.title, e.answer) for e in sorted(entries, key=lambda e: e.docid)}
     manifest: dict = {
         "name": "relevance-lens FAQ collection",
@@ -276,7 +301,11 @@ def build_faq(out_dir: Path, deb_dir: Path | None = None, *, weak: bool = True) 
         write_qrels(qrels, out_dir / "qrels.train-weak.txt.gz")
         write_run(run, out_dir / "bm25.train-weak.run.gz", tag="bm25", depth=WEAK_BM25_DEPTH)
         per_package = {p: sum(1 for s in sources.values() if s == p) for p in WEAK_PACKAGES}
-        manifest["splits"]["train-weak"] = {"queries": len(queries), "passages": len(weak_corpus), "by_package": per_package}
+        manifest["splits"]["train-weak"] = {
+            "queries": len(queries),
+            "passages": len(weak_corpus),
+            "by_package": per_package,
+        }
         manifest["bm25"]["train-weak"] = _metrics(qrels, run)
     else:
         for stale in out_dir.glob("*.train-weak.*"):  # the manifest must describe what is there
@@ -290,14 +319,15 @@ def build_faq(out_dir: Path, deb_dir: Path | None = None, *, weak: bool = True) 
 def _readme(manifest: Mapping) -> str:
     splits, bm25, sources = manifest["splits"], manifest["bm25"], manifest["sources"]
     rows = [
-        f"| {name} | {splits[name]['queries']} | {bm25[name]['RR@10']:.3f} | {bm25[name]['nDCG@10']:.3f} | {bm25[name]['R@100']:.3f} |"
+        f"| {name} | {splits[name]['queries']} | {bm25[name]['RR@10']:.3f} | {bm25[name]['nDCG@10']:.3f} | "
+        f"{bm25[name]['R@100']:.3f} |"
         for name in splits
     ]
     faq = ", ".join(f"{p} {sources[p]['version']}" for p in FAQ_PACKAGES)
     weak = (
         f"\n`train-weak` holds {splits['train-weak']['queries']} weakly labelled man-page pairs from "
         f"{sum(1 for n in splits['train-weak']['by_package'].values() if n)} Debian packages: the NAME line's "
-        "description is the query (\"list directory contents\"), the DESCRIPTION section (clipped to "
+        'description is the query ("list directory contents"), the DESCRIPTION section (clipped to '
         f"{WEAK_MAX_CHARS} characters) its passage, in a corpus of its own (`corpus.train-weak.jsonl.gz`). "
         f"Its BM25 run (depth {WEAK_BM25_DEPTH}) is there for hard negatives. Use it for training only; "
         "no man page is in dev or test.\n"
@@ -307,9 +337,9 @@ def _readme(manifest: Mapping) -> str:
     return f"""# FAQ retrieval collection
 
 Questions from three FAQs shipped by Debian ({faq}); each question's own answer is its one
-relevant passage, and all {manifest['corpus']['passages']} answers form the corpus
+relevant passage, and all {manifest["corpus"]["passages"]} answers form the corpus
 (`corpus.jsonl`: docid, title, text; never truncated). Query ids are `q-` + the answer's docid.
-Splits are fixed by `{manifest['split_rule']}`, so a rebuild never moves a question.
+Splits are fixed by `{manifest["split_rule"]}`, so a rebuild never moves a question.
 
 | split | queries | BM25 RR@10 | nDCG@10 | R@100 |
 |---|---|---|---|---|

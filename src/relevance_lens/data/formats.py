@@ -262,7 +262,9 @@ def _json_id(path: PathLike, lineno: int, record: Mapping[str, Any], keys: tuple
     raise at(path, lineno, f"no {kind}: expected one of the fields {', '.join(map(repr, keys))}")
 
 
-def _json_str(path: PathLike, lineno: int, record: Mapping[str, Any], keys: tuple[str, ...], default: str | None) -> str:
+def _json_str(
+    path: PathLike, lineno: int, record: Mapping[str, Any], keys: tuple[str, ...], default: str | None
+) -> str:
     """Read a text field from the first of ``keys`` present (``null`` counts as absent)."""
     for key in keys:
         value = record.get(key)
@@ -318,7 +320,9 @@ def _query_tsv(path: PathLike) -> Iterator[tuple[int, str, str]]:
     for lineno, line in _lines(path):
         columns = line.split("\t")
         if len(columns) != 2:
-            raise at(path, lineno, f"expected 2 tab-separated columns (qid, text), found {len(columns)}: {_preview(line)}")
+            raise at(
+                path, lineno, f"expected 2 tab-separated columns (qid, text), found {len(columns)}: {_preview(line)}"
+            )
         yield lineno, _check_id(path, lineno, "query id", columns[0].strip()), columns[1]
 
 
@@ -447,7 +451,11 @@ def read_run(
     for lineno, line in _lines(path):
         columns = line.split()
         if len(columns) != 6:
-            raise at(path, lineno, f"expected 6 columns (qid Q0 docid rank score tag), found {len(columns)}: {_preview(line)}")
+            raise at(
+                path,
+                lineno,
+                f"expected 6 columns (qid Q0 docid rank score tag), found {len(columns)}: {_preview(line)}",
+            )
         qid, _, docid, rank, score, _ = columns
         try:
             int(rank)
@@ -486,7 +494,9 @@ def read_qrels(
     for lineno, line in _lines(path):
         columns = line.split()
         if len(columns) != 4:
-            hint = "; BEIR's 3-column qrels need an iteration column, e.g. 0, after the qid" if len(columns) == 3 else ""
+            hint = (
+                "; BEIR's 3-column qrels need an iteration column, e.g. 0, after the qid" if len(columns) == 3 else ""
+            )
             raise at(
                 path,
                 lineno,
@@ -497,7 +507,9 @@ def read_qrels(
         _check_known(path, lineno, qid, docid, queries, corpus)
         docs = qrels.setdefault(qid, {})
         if docid in docs:
-            raise at(path, lineno, f"duplicate judgement for query {qid!r} and docid {docid!r}; each pair may appear once")
+            raise at(
+                path, lineno, f"duplicate judgement for query {qid!r} and docid {docid!r}; each pair may appear once"
+            )
         docs[docid] = value
     return qrels
 
@@ -512,7 +524,11 @@ def _check_known(
 ) -> None:
     """Look qids up in the queries only and docids in the corpus only: separate id spaces."""
     if queries is not None and qid not in queries:
-        raise at(path, lineno, f"unknown query id {qid!r}: not among the {len(queries)} queries given; check the queries file")
+        raise at(
+            path,
+            lineno,
+            f"unknown query id {qid!r}: not among the {len(queries)} queries given; check the queries file",
+        )
     if corpus is not None and docid not in corpus:
         raise at(path, lineno, f"unknown docid {docid!r}: not among the {len(corpus)} passages of the corpus given")
 
@@ -550,7 +566,9 @@ def _run_block(path: PathLike, qid: str, docs: Mapping[str, float], tag: str, de
     scores = list(map(float, docs.values()))
     if not all(map(math.isfinite, scores)):
         docid, bad = next((d, v) for d, v in zip(docs, scores) if not math.isfinite(v))
-        raise InputError(f"cannot write {path}: score {bad} for query {qid!r}, docid {docid!r}; expected a finite number")
+        raise InputError(
+            f"cannot write {path}: score {bad} for query {qid!r}, docid {docid!r}; expected a finite number"
+        )
     # Sort by docid, then stably by score: ties keep docid order (reverse=True is stable).
     ranked = sorted(zip(docs, scores))
     ranked.sort(key=itemgetter(1), reverse=True)
@@ -608,7 +626,9 @@ def _passage_list(path: PathLike, lineno: int, record: Mapping[str, Any], key: s
     passages = []
     for item in items:
         if not isinstance(item, dict):
-            raise at(path, lineno, f"an entry of {key!r} is {type(item).__name__}; expected an object with docid and text")
+            raise at(
+                path, lineno, f"an entry of {key!r} is {type(item).__name__}; expected an object with docid and text"
+            )
         passages.append(_passage_from_record(path, lineno, item))
     return passages
 

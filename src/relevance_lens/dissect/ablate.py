@@ -23,7 +23,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -31,7 +31,7 @@ from relevance_lens.dissect.evalset import MetricFn, mean
 from relevance_lens.dissect.settings import SWEEP_NAMES, SweepConfig
 from relevance_lens.dissect.switch import MergedSwitch, Part, lora_parts, merge_blocker, merge_fits, switch_off
 from relevance_lens.errors import InputError
-from relevance_lens.evaluate.stats import PERMUTATIONS, SEED, holm, paired_randomization
+from relevance_lens.evaluate.stats import holm, paired_randomization
 from relevance_lens.model.hooks import record_block_inputs, start_at_layer
 from relevance_lens.model.roles import MHA_ROLES, MLP_ROLES, ROLES, architecture_of, num_layers
 from relevance_lens.score.batching import EncodedPairs, run_from_scores
@@ -119,12 +119,17 @@ def by_role(parts: frozenset[Part], n_layers: int) -> list[Variant]:
 
 def drop_each_layer_role(parts: frozenset[Part], n_layers: int) -> list[Variant]:
     """Each single (layer, role) removed: ``-L5.up``."""
-    return [Variant(f"-L{l}.{r}", parts - {(l, r)}, l, r) for l, r in sorted(parts, key=lambda p: (p[0], ROLES.index(p[1])))]
+    return [
+        Variant(f"-L{l}.{r}", parts - {(l, r)}, l, r) for l, r in sorted(parts, key=lambda p: (p[0], ROLES.index(p[1])))
+    ]
 
 
 def keep_each_layer_role(parts: frozenset[Part], n_layers: int) -> list[Variant]:
     """Each single (layer, role) kept alone: ``L5.up``."""
-    return [Variant(f"L{l}.{r}", frozenset({(l, r)}), l, r) for l, r in sorted(parts, key=lambda p: (p[0], ROLES.index(p[1])))]
+    return [
+        Variant(f"L{l}.{r}", frozenset({(l, r)}), l, r)
+        for l, r in sorted(parts, key=lambda p: (p[0], ROLES.index(p[1])))
+    ]
 
 
 Builder = Callable[[frozenset[Part], int], list[Variant]]

@@ -23,19 +23,19 @@ from typing import Any, Iterator, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from relevance_lens.errors import InputError
 from relevance_lens.dissect.ablate import build_variants, sweep
-from relevance_lens.dissect.settings import DEFAULT_METRICS, LensConfig, SweepConfig
 from relevance_lens.dissect.evalset import EvalSet, encode_evalset, ir_metrics, mean
 from relevance_lens.dissect.lens import lens_curve
+from relevance_lens.dissect.settings import DEFAULT_METRICS, LensConfig, SweepConfig
 from relevance_lens.dissect.switch import lora_parts, switch_off
 from relevance_lens.dissect.weights import compare, load_adapter_weights, role_stats
-from relevance_lens.model.roles import ROLES
+from relevance_lens.errors import InputError
+from relevance_lens.evaluate.stats import paired_randomization
 from relevance_lens.model.reranker import CONFIG_FILE, HEAD_FILE, Reranker, read_saved_config
+from relevance_lens.model.roles import ROLES
 from relevance_lens.score.batching import run_from_scores
 from relevance_lens.score.config import ScoreConfig, prepare
 from relevance_lens.score.scorer import PlainScorer
-from relevance_lens.evaluate.stats import paired_randomization
 from relevance_lens.store import Store, config_hash, normalize
 from relevance_lens.train.rundir import FINAL, RUN_FILE, is_run_member, run_checkpoints, step_of
 
@@ -57,7 +57,13 @@ class AdapterInfo:
     targets: str | None
 
     def row(self, **fields: Any) -> dict[str, Any]:
-        base = {"run": self.run, "checkpoint": self.checkpoint, "model": self.model, "rank": self.rank, "targets": self.targets}
+        base = {
+            "run": self.run,
+            "checkpoint": self.checkpoint,
+            "model": self.model,
+            "rank": self.rank,
+            "targets": self.targets,
+        }
         return {**base, **fields}
 
 
@@ -145,19 +151,42 @@ def analyze_checkpoints(
     """
     score = score or ScoreConfig(depth=evalset.depth)
     fns = ir_metrics(evalset, metrics)
-    config = {**evalset.describe(), "dtype": score.dtype,
-              "baseline": Path(baseline_run_dir).name if baseline_run_dir is not None else "bm25"}
+    config = {
+        **evalset.describe(),
+        "dtype": score.dtype,
+        "baseline": Path(baseline_run_dir).name if baseline_run_dir is not None else "bm25",
+    }
     folders = run_checkpoints(run_dir)
     info = [describe_adapter(f) for f in folders]
     bm25 = {m: fn(evalset.first_stage()) for m, fn in fns.items()}
     reference, reference_name = bm25, "bm25"
-    rows = [info[-1].row(checkpoint="bm25", model=None, rank=None, targets=None, analysis="checkpoints", metric=m,
-                         value=mean(v), n_queries=len(v), config_json=config) for m, v in bm25.items()]
-    todo = [i for i in info if force or store is None or not store.has(i.run, "checkpoints", checkpoint=i.checkpoint, config=config)]
+    rows = [
+        info[-1].row(
+            checkpoint="bm25",
+            model=None,
+            rank=None,
+            targets=None,
+            analysis="checkpoints",
+            metric=m,
+            value=mean(v),
+            n_queries=len(v),
+            config_json=config,
+        )
+        for m, v in bm25.items()
+    ]
+    todo = [
+        i
+        for i in info
+        if force or store is None or not store.has(i.run, "checkpoints", checkpoint=i.checkpoint, config=config)
+    ]
     base_info = describe_adapter(run_checkpoints(baseline_run_dir)[-1]) if baseline_run_dir is not None else None
     if base_info is not None:
         reference_name = f"{base_info.run}/{base_info.checkpoint}"
-        done = store is not None and not force and store.has(base_info.run, "checkpoints", checkpoint=base_info.checkpoint, config=config)
+        done = (
+            store is not None
+            and not force
+            and store.has(base_info.run, "checkpoints", checkpoint=base_info.checkpoint, config=config)
+        )
         if todo or not done:  # the baseline's per-query values are the reference of the p-values
             reference = _score_folders([base_info], evalset, fns, score)[0]
             rows += _metric_rows(base_info, reference, bm25, config)
@@ -167,12 +196,19 @@ def analyze_checkpoints(
     if store is not None:
         store.append(rows)
         runs = [info[-1].run] + ([base_info.run] if base_info is not None else [])
-        rows = [r for run in runs for r in store.rows(run=run, analysis="checkpoints") if r["config_hash"] == config_hash(config)]
+        rows = [
+            r
+            for run in runs
+            for r in store.rows(run=run, analysis="checkpoints")
+            if r["config_hash"] == config_hash(config)
+        ]
     _print(console, _checkpoint_table(rows, metrics, reference_name))
     return rows
 
 
-def _score_folders(items: list[AdapterInfo], evalset: EvalSet, fns, score: ScoreConfig) -> list[dict[str, dict[str, float]]]:
+def _score_folders(
+    items: list[AdapterInfo], evalset: EvalSet, fns, score: ScoreConfig
+) -> list[dict[str, dict[str, float]]]:
     """Per-query metric values of each adapter folder (base weights loaded once)."""
     if not items:
         return []
@@ -182,7 +218,9 @@ def _score_folders(items: list[AdapterInfo], evalset: EvalSet, fns, score: Score
     out = []
     for item in items:
         if item.model != items[0].model:
-            raise InputError(f"{item.folder}: base model {item.model!r} differs from {items[0].model!r} of the other checkpoints")
+            raise InputError(
+                f"{item.folder}: base model {item.model!r} differs from {items[0].model!r} of the other checkpoints"
+            )
         with adapter_loaded(reranker, item.folder, score):
             run = run_from_scores(encoded.pairs, PlainScorer(reranker).score_encoded(encoded))
         out.append({m: fn(run) for m, fn in fns.items()})
@@ -194,7 +232,16 @@ def _metric_rows(item: AdapterInfo, values, reference, config) -> list[dict[str,
     for m, per_query in values.items():
         qids = sorted(per_query)
         p = paired_randomization([per_query[q] for q in qids], [reference[m][q] for q in qids])
-        rows.append(item.row(analysis="checkpoints", metric=m, value=mean(per_query), n_queries=len(qids), p_value=p, config_json=config))
+        rows.append(
+            item.row(
+                analysis="checkpoints",
+                metric=m,
+                value=mean(per_query),
+                n_queries=len(qids),
+                p_value=p,
+                config_json=config,
+            )
+        )
     return rows
 
 
@@ -205,11 +252,17 @@ def _checkpoint_table(rows, metrics, reference_name: str) -> Table:
     grouped: dict[tuple[str, str], dict[str, dict]] = {}
     for r in rows:
         grouped.setdefault((r["run"], r["checkpoint"]), {})[r["metric"]] = r
-    order = sorted(grouped, key=lambda k: (k[1] != "bm25", k[0], step_of(k[1]) if step_of(k[1]) is not None else 1 << 60))
+    order = sorted(
+        grouped, key=lambda k: (k[1] != "bm25", k[0], step_of(k[1]) if step_of(k[1]) is not None else 1 << 60)
+    )
     for key in order:
         cells = grouped[key]
         p = next((c["p_value"] for c in cells.values() if c.get("p_value") is not None), None)
-        table.add_row(*key, *[f"{cells[m]['value']:.4f}" if m in cells else "-" for m in metrics], "-" if p is None else f"{p:.3g}")
+        table.add_row(
+            *key,
+            *[f"{cells[m]['value']:.4f}" if m in cells else "-" for m in metrics],
+            "-" if p is None else f"{p:.3g}",
+        )
     return table
 
 
@@ -244,12 +297,22 @@ def analyze_ablate(
     reranker = encoded = None
     rows: list[dict[str, Any]] = []
     for name in sweeps:
-        config = {**evalset.describe(), "dtype": score.dtype, "sweep": name, "window": window if name == "window" else None,
-                  "window_stride": window_stride if name == "window" and window_stride != 1 else None,
-                  "permutations": sweep_config.permutations, "seed": sweep_config.seed}
+        config = {
+            **evalset.describe(),
+            "dtype": score.dtype,
+            "sweep": name,
+            "window": window if name == "window" else None,
+            "window_stride": window_stride if name == "window" and window_stride != 1 else None,
+            "permutations": sweep_config.permutations,
+            "seed": sweep_config.seed,
+        }
         analysis = f"ablate:{name}"
         if store is not None and not force and store.has(info.run, analysis, checkpoint=info.checkpoint, config=config):
-            rows += [r for r in store.rows(run=info.run, checkpoint=info.checkpoint, analysis=analysis) if r["config_hash"] == config_hash(config)]
+            rows += [
+                r
+                for r in store.rows(run=info.run, checkpoint=info.checkpoint, analysis=analysis)
+                if r["config_hash"] == config_hash(config)
+            ]
             continue
         if reranker is None:
             reranker = load_reranker(adapter_dir, None, score)
@@ -267,7 +330,11 @@ def analyze_ablate(
 
 def _ablate_rows(info: AdapterInfo, analysis: str, result, config) -> list[dict[str, Any]]:
     row = lambda **kw: info.row(analysis=analysis, n_queries=result.n_queries, config_json=config, **kw)  # noqa: E731
-    rows = [row(variant=ref, metric=m, value=v) for ref, values in (("full", result.full), ("base", result.base)) for m, v in values.items()]
+    rows = [
+        row(variant=ref, metric=m, value=v)
+        for ref, values in (("full", result.full), ("base", result.base))
+        for m, v in values.items()
+    ]
     for v in result.variants:
         for m in v.metrics:
             common = dict(variant=v.name, layer=v.layer, role=v.role)
@@ -279,9 +346,11 @@ def _ablate_rows(info: AdapterInfo, analysis: str, result, config) -> list[dict[
 
 
 def _ablate_table(result, metrics: list[str]) -> Table:
-    table = Table(title=f"ablate {result.name}: {result.n_queries} queries, {result.n_parts} parts; "
-                        f"forward work {result.work.computed:,} of {result.work.naive:,} layer-tokens (saved {result.work.saved:.0%})"
-                        f"{'; merged weights' if result.work.merged else ''}")
+    table = Table(
+        title=f"ablate {result.name}: {result.n_queries} queries, {result.n_parts} parts; "
+        f"forward work {result.work.computed:,} of {result.work.naive:,} layer-tokens (saved {result.work.saved:.0%})"
+        f"{'; merged weights' if result.work.merged else ''}"
+    )
     table.add_column("variant")
     table.add_column("parts", justify="right")
     for m in metrics:
@@ -290,8 +359,17 @@ def _ablate_table(result, metrics: list[str]) -> Table:
     table.add_row("full", str(result.n_parts), *[c for m in metrics for c in (f"{result.full[m]:.4f}", "", "", "", "")])
     table.add_row("base", "0", *[c for m in metrics for c in (f"{result.base[m]:.4f}", "", "", "", "")])
     for v in result.variants:
-        cells = [c for m in metrics for c in (f"{v.metrics[m]:.4f}", f"{v.delta_full[m]:+.4f}", f"{v.p_full[m]:.3g}",
-                                              f"{v.delta_base[m]:+.4f}", f"{v.p_base[m]:.3g}")]
+        cells = [
+            c
+            for m in metrics
+            for c in (
+                f"{v.metrics[m]:.4f}",
+                f"{v.delta_full[m]:+.4f}",
+                f"{v.p_full[m]:.3g}",
+                f"{v.delta_base[m]:+.4f}",
+                f"{v.p_base[m]:.3g}",
+            )
+        ]
         table.add_row(v.name, str(v.n_parts), *cells)
     return table
 
@@ -332,15 +410,37 @@ def analyze_weights(
         if info.targets == "none":
             continue
         if store is None or force or not store.has(info.run, "weights", checkpoint=info.checkpoint, config=config):
-            rows += [info.row(analysis="weights", layer=s.layer, role=s.role, metric=m, value=v, config_json=config)
-                     for s in role_stats(weights_of(folder)) for m, v in s.metrics().items()]
-    pairs = [(f, folders[-1]) for f in folders[:-1]] if is_run else ([(adapter_dir, Path(other))] if other is not None else [])
+            rows += [
+                info.row(analysis="weights", layer=s.layer, role=s.role, metric=m, value=v, config_json=config)
+                for s in role_stats(weights_of(folder))
+                for m, v in s.metrics().items()
+            ]
+    pairs = (
+        [(f, folders[-1]) for f in folders[:-1]]
+        if is_run
+        else ([(adapter_dir, Path(other))] if other is not None else [])
+    )
     for first, second in pairs:
         info, against = describe_adapter(first), describe_adapter(second)
         label = f"{against.run}/{against.checkpoint}"
-        if store is None or force or not store.has(info.run, "subspace", checkpoint=info.checkpoint, variant=label, config=config):
-            rows += [info.row(analysis="subspace", variant=label, layer=s.layer, role=s.role, metric=m, value=v, config_json=config)
-                     for s in compare(weights_of(first), weights_of(second), side) for m, v in s.metrics().items()]
+        if (
+            store is None
+            or force
+            or not store.has(info.run, "subspace", checkpoint=info.checkpoint, variant=label, config=config)
+        ):
+            rows += [
+                info.row(
+                    analysis="subspace",
+                    variant=label,
+                    layer=s.layer,
+                    role=s.role,
+                    metric=m,
+                    value=v,
+                    config_json=config,
+                )
+                for s in compare(weights_of(first), weights_of(second), side)
+                for m, v in s.metrics().items()
+            ]
     rows = [normalize(r) for r in rows]
     if store is not None:
         store.append(rows)
@@ -362,8 +462,15 @@ def _weights_tables(rows) -> list[Table]:
         for role in roles:
             table.add_column(role, justify="right")
         for layer in sorted({k[0] for k in cells}):
-            table.add_row(str(layer), *[f"{cells[layer, role, 'frobenius']:.3g} ({cells[layer, role, 'effective_rank']:.1f})"
-                                        if (layer, role, "frobenius") in cells else "-" for role in roles])
+            table.add_row(
+                str(layer),
+                *[
+                    f"{cells[layer, role, 'frobenius']:.3g} ({cells[layer, role, 'effective_rank']:.1f})"
+                    if (layer, role, "frobenius") in cells
+                    else "-"
+                    for role in roles
+                ],
+            )
         tables.append(table)
     pairs: dict[tuple[str, str, str], dict[str, list[float]]] = {}
     for r in rows:
@@ -375,8 +482,14 @@ def _weights_tables(rows) -> list[Table]:
         for column in ("adapter", "vs", "phi@1,1", "phi@k,k", "phi_mean"):
             table.add_column(column, justify="left" if column in ("adapter", "vs") else "right")
         for (run, checkpoint, other), values in pairs.items():
-            table.add_row(f"{run}/{checkpoint}", other, *[f"{sum(values[k]) / len(values[k]):.3f}" if k in values else "-"
-                                                          for k in ("phi@1,1", "phi@k,k", "phi_mean")])
+            table.add_row(
+                f"{run}/{checkpoint}",
+                other,
+                *[
+                    f"{sum(values[k]) / len(values[k]):.3f}" if k in values else "-"
+                    for k in ("phi@1,1", "phi@k,k", "phi_mean")
+                ],
+            )
         tables.append(table)
     return tables
 
@@ -412,24 +525,53 @@ def analyze_lens(
         if model is None:
             raise InputError("analyze lens: pass an adapter folder or --model")
         info = AdapterInfo(Path("."), f"base:{model}", FINAL, model, None, "none")
-    config = {**evalset.describe(), "dtype": score.dtype, "probe": lens_config.probe, "adapter_off": adapter_off,
-              "probe_set": probe_set.describe() if probe_set is not None and lens_config.probe != "none" else None}
+    config = {
+        **evalset.describe(),
+        "dtype": score.dtype,
+        "probe": lens_config.probe,
+        "adapter_off": adapter_off,
+        "probe_set": probe_set.describe() if probe_set is not None and lens_config.probe != "none" else None,
+    }
     head = "head-base" if adapter_off else "head"
-    if store is not None and not force and store.has(info.run, "lens", checkpoint=info.checkpoint, variant=head, config=config):
-        rows = [r for r in store.rows(run=info.run, checkpoint=info.checkpoint, analysis="lens") if r["config_hash"] == config_hash(config)]
+    if (
+        store is not None
+        and not force
+        and store.has(info.run, "lens", checkpoint=info.checkpoint, variant=head, config=config)
+    ):
+        rows = [
+            r
+            for r in store.rows(run=info.run, checkpoint=info.checkpoint, analysis="lens")
+            if r["config_hash"] == config_hash(config)
+        ]
         _print(console, _lens_table(rows, list(metrics)))
         return rows
     reranker = load_reranker(adapter_dir, model, score)
     encoded = encode_evalset(reranker, evalset, score.batch_tokens, score.max_batch)
     train = encode_evalset(reranker, probe_set, score.batch_tokens, score.max_batch) if probe_set is not None else None
     with switch_off(reranker, frozenset()) if adapter_off else _nothing():
-        result = lens_curve(reranker, encoded, ir_metrics(evalset, metrics), lens_config, train=train,
-                            train_qrels=probe_set.qrels if probe_set is not None else None)
+        result = lens_curve(
+            reranker,
+            encoded,
+            ir_metrics(evalset, metrics),
+            lens_config,
+            train=train,
+            train_qrels=probe_set.qrels if probe_set is not None else None,
+        )
     rows = []
     for variant, curve in ((head, result.lens), (f"probe-{result.probe_kind}", result.probe)):
         for layer, values in enumerate(curve or []):
-            rows += [info.row(analysis="lens", variant=variant, layer=layer, metric=m, value=v, n_queries=result.n_queries,
-                              config_json=config) for m, v in values.items()]
+            rows += [
+                info.row(
+                    analysis="lens",
+                    variant=variant,
+                    layer=layer,
+                    metric=m,
+                    value=v,
+                    n_queries=result.n_queries,
+                    config_json=config,
+                )
+                for m, v in values.items()
+            ]
     rows = [normalize(r) for r in rows]
     if store is not None:
         store.append(rows)
@@ -451,7 +593,10 @@ def _lens_table(rows, metrics: list[str]) -> Table:
             table.add_column(f"{v} {m}", justify="right")
     cells = {(r["variant"], r["layer"], r["metric"]): r["value"] for r in rows}
     for layer in sorted({r["layer"] for r in rows}):
-        table.add_row(str(layer), *[f"{cells[v, layer, m]:.4f}" if (v, layer, m) in cells else "-" for v in variants for m in metrics])
+        table.add_row(
+            str(layer),
+            *[f"{cells[v, layer, m]:.4f}" if (v, layer, m) in cells else "-" for v in variants for m in metrics],
+        )
     return table
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
-
+from typing import Any, Callable, Mapping, Sequence
 
 from relevance_lens.data.formats import Passage, read_corpus, read_qrels, read_queries, read_run
 from relevance_lens.errors import InputError
 from relevance_lens.evaluate.metrics import evaluate
-from relevance_lens.score.batching import EncodedPairs, Run, candidate_pairs, encode_pairs, run_from_scores
+from relevance_lens.score.batching import EncodedPairs, Run, candidate_pairs, encode_pairs
 
 MetricFn = Callable[[Mapping[str, Mapping[str, float]]], dict[str, float]]
 
@@ -78,7 +77,12 @@ class EvalSet:
 
     def describe(self) -> dict:
         """The settings that decide the numbers (goes into every result row's config)."""
-        return {"eval": self.name, "depth": self.depth, "max_queries": self.max_queries, "n_queries": len(self._query_ids)}
+        return {
+            "eval": self.name,
+            "depth": self.depth,
+            "max_queries": self.max_queries,
+            "n_queries": len(self._query_ids),
+        }
 
 
 def faq_evalset(split: str, depth: int = 10, max_queries: int | None = None) -> EvalSet:
@@ -90,11 +94,18 @@ def faq_evalset(split: str, depth: int = 10, max_queries: int | None = None) -> 
 
 
 def file_evalset(
-    queries: str | Path, qrels: str | Path, corpus: str | Path, run: str | Path, depth: int = 10, max_queries: int | None = None
+    queries: str | Path,
+    qrels: str | Path,
+    corpus: str | Path,
+    run: str | Path,
+    depth: int = 10,
+    max_queries: int | None = None,
 ) -> EvalSet:
     """An eval set from files (queries TSV, TREC qrels, corpus TSV/JSONL, TREC run)."""
     qs, docs = read_queries(queries), read_corpus(corpus)
-    return EvalSet(Path(run).stem, qs, read_qrels(qrels), docs, read_run(run, queries=qs, corpus=docs), depth, max_queries)
+    return EvalSet(
+        Path(run).stem, qs, read_qrels(qrels), docs, read_run(run, queries=qs, corpus=docs), depth, max_queries
+    )
 
 
 def resolve_evalset(
@@ -173,7 +184,10 @@ def need_ir_datasets():
     try:
         import ir_datasets
     except ImportError:
-        raise InputError("an eval set names an ir_datasets id, but ir_datasets is not installed: pip install 'relevance-lens[datasets]'") from None
+        raise InputError(
+            "an eval set names an ir_datasets id, but ir_datasets is not installed: pip install "
+            "'relevance-lens[datasets]'"
+        ) from None
     return ir_datasets
 
 
@@ -184,7 +198,9 @@ def ir_datasets_evalset(dataset_id: str, depth: int, max_queries: int | None):
     try:
         dataset = irds.load(dataset_id)
     except KeyError:
-        raise InputError(f"ir_datasets id {dataset_id!r} not found; see https://ir-datasets.com (e.g. msmarco-passage/trec-dl-2019)") from None
+        raise InputError(
+            f"ir_datasets id {dataset_id!r} not found; see https://ir-datasets.com (e.g. msmarco-passage/trec-dl-2019)"
+        ) from None
     if not dataset.has_scoreddocs():
         raise InputError(f"ir_datasets {dataset_id}: has no scoreddocs (first-stage run); give the four files instead")
     queries = {q.query_id: q.text for q in dataset.queries_iter()}
@@ -196,7 +212,9 @@ def ir_datasets_evalset(dataset_id: str, depth: int, max_queries: int | None):
         if s.query_id in qrels:
             run.setdefault(s.query_id, {})[s.doc_id] = float(s.score)
     evalset = EvalSet(dataset_id, queries, qrels, {}, run, depth, max_queries)
-    wanted = sorted({d for q in evalset.query_ids for d, _ in sorted(run[q].items(), key=lambda kv: (-kv[1], kv[0]))[:depth]})
+    wanted = sorted(
+        {d for q in evalset.query_ids for d, _ in sorted(run[q].items(), key=lambda kv: (-kv[1], kv[0]))[:depth]}
+    )
     docs = dataset.docs_store().get_many(wanted)
     evalset.corpus = {d: Passage(d, getattr(doc, "title", "") or "", doc.text) for d, doc in docs.items()}
     return evalset

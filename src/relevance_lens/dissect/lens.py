@@ -20,18 +20,17 @@ scikit-learn) on the standardized last-token states, fitted on a train split's p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Mapping
 
 import torch
 
-from relevance_lens.errors import InputError
 from relevance_lens.dissect.evalset import MetricFn, mean
 from relevance_lens.dissect.settings import LensConfig, ProbeKind
-from relevance_lens.score.batching import EncodedPairs, run_from_scores
+from relevance_lens.errors import InputError
 from relevance_lens.model.hooks import final_norm, record_block_inputs
 from relevance_lens.model.reranker import pool_last
 from relevance_lens.model.roles import architecture_of, num_layers
-
+from relevance_lens.score.batching import EncodedPairs, run_from_scores
 
 
 @dataclass
@@ -123,7 +122,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1.0, steps: int =
 
 def fit_probe(kind: ProbeKind, x: torch.Tensor, y: torch.Tensor, config: LensConfig) -> Probe:
     if y.min() == y.max():
-        raise InputError("probe training pairs are all relevant or all non-relevant: use a split with judged positives and negatives")
+        raise InputError(
+            "probe training pairs are all relevant or all non-relevant: use a split with judged positives and negatives"
+        )
     if kind == "ridge":
         return fit_ridge(x, y, config.l2)
     return fit_logistic(x, y, config.l2, config.steps)
@@ -148,7 +149,9 @@ class LensResult:
     per_query: dict[str, list[dict[str, dict[str, float]]]] = field(default_factory=dict, repr=False)
 
 
-def _curve(encoded: EncodedPairs, scores: torch.Tensor, metrics: Mapping[str, MetricFn]) -> list[dict[str, dict[str, float]]]:
+def _curve(
+    encoded: EncodedPairs, scores: torch.Tensor, metrics: Mapping[str, MetricFn]
+) -> list[dict[str, dict[str, float]]]:
     return [
         {m: fn(run_from_scores(encoded.pairs, scores[:, l].tolist())) for m, fn in metrics.items()}
         for l in range(scores.shape[1])
@@ -177,7 +180,10 @@ def lens_curve(
         fitted = layer_states(reranker, train, keep_states=True)
         y = labels(train, train_qrels)
         probe_scores = torch.stack(
-            [fit_probe(config.probe, fitted.states[:, l], y, config)(evaluated.states[:, l]).float() for l in range(fitted.states.shape[1])],
+            [
+                fit_probe(config.probe, fitted.states[:, l], y, config)(evaluated.states[:, l]).float()
+                for l in range(fitted.states.shape[1])
+            ],
             1,
         )
         per_query["probe"] = _curve(encoded, probe_scores, metrics)

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 from rich.console import Console
 
-from relevance_lens.dissect.settings import DEFAULT_METRICS, AblateSettings, CheckpointsSettings, LensSettings, WeightsSettings
+from relevance_lens.dissect.settings import (
+    DEFAULT_METRICS,
+    AblateSettings,
+    CheckpointsSettings,
+    LensSettings,
+    WeightsSettings,
+)
 from relevance_lens.errors import InputError
 
 if TYPE_CHECKING:
@@ -70,23 +76,42 @@ class Analysis:
 def _checkpoints(inputs: Inputs, settings: CheckpointsSettings, ctx: Context) -> list[dict[str, Any]]:
     from relevance_lens.dissect.analyses import analyze_checkpoints
 
-    return analyze_checkpoints(inputs.target, inputs.evalset, inputs.metrics, baseline_run_dir=inputs.baseline,
-                               store=ctx.store, score=ctx.score, force=ctx.force, console=ctx.console)
+    return analyze_checkpoints(
+        inputs.target,
+        inputs.evalset,
+        inputs.metrics,
+        baseline_run_dir=inputs.baseline,
+        store=ctx.store,
+        score=ctx.score,
+        force=ctx.force,
+        console=ctx.console,
+    )
 
 
 def _ablate(inputs: Inputs, settings: AblateSettings, ctx: Context) -> list[dict[str, Any]]:
     from relevance_lens.dissect.analyses import analyze_ablate
 
-    return analyze_ablate(inputs.target, inputs.evalset, settings.sweeps, inputs.metrics, window=settings.window,
-                          window_stride=settings.window_stride, sweep_config=settings.sweep_config(),
-                          store=ctx.store, score=ctx.score, force=ctx.force, console=ctx.console)
+    return analyze_ablate(
+        inputs.target,
+        inputs.evalset,
+        settings.sweeps,
+        inputs.metrics,
+        window=settings.window,
+        window_stride=settings.window_stride,
+        sweep_config=settings.sweep_config(),
+        store=ctx.store,
+        score=ctx.score,
+        force=ctx.force,
+        console=ctx.console,
+    )
 
 
 def _weights(inputs: Inputs, settings: WeightsSettings, ctx: Context) -> list[dict[str, Any]]:
     from relevance_lens.dissect.analyses import analyze_weights
 
-    return analyze_weights(inputs.target, other=inputs.other, side=settings.side, store=ctx.store, force=ctx.force,
-                           console=ctx.console)
+    return analyze_weights(
+        inputs.target, other=inputs.other, side=settings.side, store=ctx.store, force=ctx.force, console=ctx.console
+    )
 
 
 def _lens(inputs: Inputs, settings: LensSettings, ctx: Context) -> list[dict[str, Any]]:
@@ -96,8 +121,15 @@ def _lens(inputs: Inputs, settings: LensSettings, ctx: Context) -> list[dict[str
     lens = settings.lens_config()
     depth = inputs.evalset.depth
     probe_set = faq_evalset(settings.probe_split, depth) if lens.probe != "none" else None
-    common = dict(model=inputs.model, lens_config=lens, probe_set=probe_set, store=ctx.store, score=ctx.score,
-                  force=ctx.force, console=ctx.console)
+    common = dict(
+        model=inputs.model,
+        lens_config=lens,
+        probe_set=probe_set,
+        store=ctx.store,
+        score=ctx.score,
+        force=ctx.force,
+        console=ctx.console,
+    )
     rows = analyze_lens(inputs.target, inputs.evalset, inputs.metrics, **common)
     has_lora = inputs.target is not None and (Path(inputs.target) / "adapter_config.json").is_file()
     if settings.adapter_off and has_lora:  # the head-only runs have no LoRA to switch off
@@ -108,14 +140,38 @@ def _lens(inputs: Inputs, settings: LensSettings, ctx: Context) -> list[dict[str
 ANALYSES: dict[str, Analysis] = {
     a.name: a
     for a in (
-        Analysis("checkpoints", CheckpointsSettings, _checkpoints, "run", True,
-                 "Metrics of every checkpoint of a run, beside BM25 and a head-only baseline."),
-        Analysis("ablate", AblateSettings, _ablate, "final", True,
-                 "Switch parts of ΔW off (by layer, role, window...) and measure what ranking loses."),
-        Analysis("weights", WeightsSettings, _weights, "run", False,
-                 "ΔW norms, spectra and effective ranks per layer x role; subspace similarity."),
-        Analysis("lens", LensSettings, _lens, "final", True,
-                 "Rank with the score head on every layer's last-token state (and optional probes)."),
+        Analysis(
+            "checkpoints",
+            CheckpointsSettings,
+            _checkpoints,
+            "run",
+            True,
+            "Metrics of every checkpoint of a run, beside BM25 and a head-only baseline.",
+        ),
+        Analysis(
+            "ablate",
+            AblateSettings,
+            _ablate,
+            "final",
+            True,
+            "Switch parts of ΔW off (by layer, role, window...) and measure what ranking loses.",
+        ),
+        Analysis(
+            "weights",
+            WeightsSettings,
+            _weights,
+            "run",
+            False,
+            "ΔW norms, spectra and effective ranks per layer x role; subspace similarity.",
+        ),
+        Analysis(
+            "lens",
+            LensSettings,
+            _lens,
+            "final",
+            True,
+            "Rank with the score head on every layer's last-token state (and optional probes).",
+        ),
     )
 }
 
@@ -127,12 +183,16 @@ def analysis(name: str) -> Analysis:
     return ANALYSES[name]
 
 
-def run_analysis(name: str, inputs: Inputs, settings: Any = None, context: Context | None = None) -> list[dict[str, Any]]:
+def run_analysis(
+    name: str, inputs: Inputs, settings: Any = None, context: Context | None = None
+) -> list[dict[str, Any]]:
     """Run one analysis by name; returns its tidy rows (also appended to ``context.store``)."""
     entry = analysis(name)
     settings = settings if settings is not None else entry.settings()
     if not isinstance(settings, entry.settings):
-        raise InputError(f"analysis {name}: settings of type {type(settings).__name__}; expected {entry.settings.__name__}")
+        raise InputError(
+            f"analysis {name}: settings of type {type(settings).__name__}; expected {entry.settings.__name__}"
+        )
     if entry.uses_eval and inputs.evalset is None:
         raise InputError(f"analysis {name}: needs an eval set (a FAQ split or the four files)")
     return entry.run(inputs, settings, context or Context())

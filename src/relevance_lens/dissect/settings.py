@@ -14,7 +14,16 @@ from relevance_lens.errors import InputError
 from relevance_lens.evaluate.stats import PERMUTATIONS, SEED
 
 #: The named ablation sweeps (their builders: :data:`relevance_lens.dissect.ablate.SWEEPS`).
-SWEEP_NAMES = ("drop-layer", "keep-layer", "window", "bottom-up", "top-down", "roles", "drop-layer-role", "keep-layer-role")
+SWEEP_NAMES = (
+    "drop-layer",
+    "keep-layer",
+    "window",
+    "bottom-up",
+    "top-down",
+    "roles",
+    "drop-layer-role",
+    "keep-layer-role",
+)
 ProbeKind = Literal["none", "ridge", "logistic"]
 #: Metrics an analysis reports when none are named.
 DEFAULT_METRICS = ("nDCG@10", "RR@10")
@@ -24,13 +33,25 @@ DEFAULT_METRICS = ("nDCG@10", "RR@10")
 class SweepConfig:
     """How a sweep is run and tested."""
 
-    cached: bool = field(default=True, metadata={"help": "Restart variants from cached block inputs (exact; saves work); --naive runs every variant in full.", "flag": "--cached/--naive"})
+    cached: bool = field(
+        default=True,
+        metadata={
+            "help": "Restart variants from cached block inputs (exact; saves work); --naive runs every variant "
+            "in full.",
+            "flag": "--cached/--naive",
+        },
+    )
     merge: str = field(
         default="auto",
-        metadata={"help": "Run variants on merged weights, W or W+ΔW per module (relevance_lens.dissect.switch), not "
-                          "through LoRA layers: auto (when a second copy of the adapted weights fits), on, off."},
+        metadata={
+            "help": "Run variants on merged weights, W or W+ΔW per module (relevance_lens.dissect.switch), not "
+            "through LoRA layers: auto (when a second copy of the adapted weights fits), on, off."
+        },
     )
-    verify: bool = field(default=True, metadata={"help": "Check once that a restarted forward equals a full one; fall back to naive if not."})
+    verify: bool = field(
+        default=True,
+        metadata={"help": "Check once that a restarted forward equals a full one; fall back to naive if not."},
+    )
     permutations: int = field(default=PERMUTATIONS, metadata={"help": "Sign flips in the paired randomization test."})
     seed: int = field(default=SEED, metadata={"help": "Seed of the randomization test."})
 
@@ -48,8 +69,6 @@ class LensConfig:
             raise InputError(f"--probe {self.probe!r}: expected none, ridge or logistic")
         if self.l2 < 0 or self.steps < 1:
             raise InputError(f"probe l2 {self.l2} / steps {self.steps}: expected l2 >= 0 and steps >= 1")
-
-
 
 
 @dataclass
@@ -75,18 +94,24 @@ class AblateSettings(SweepConfig):
         if self.merge not in ("auto", "on", "off"):
             raise InputError(f"merge {self.merge!r}: expected auto, on or off")
         if self.window < 1 or self.window_stride < 1 or self.permutations < 1:
-            raise InputError(f"window {self.window} / window_stride {self.window_stride} / permutations "
-                             f"{self.permutations}: expected positive integers")
+            raise InputError(
+                f"window {self.window} / window_stride {self.window_stride} / permutations "
+                f"{self.permutations}: expected positive integers"
+            )
 
     def sweep_config(self) -> SweepConfig:
-        return SweepConfig(cached=self.cached, merge=self.merge, verify=self.verify, permutations=self.permutations, seed=self.seed)
+        return SweepConfig(
+            cached=self.cached, merge=self.merge, verify=self.verify, permutations=self.permutations, seed=self.seed
+        )
 
 
 @dataclass
 class WeightsSettings:
     """``weights``: ΔW norms, spectra and effective ranks per layer x role; subspace similarity."""
 
-    side: Literal["left", "right"] = field(default="left", metadata={"help": "left: output-space directions of ΔW; right: input-space."})
+    side: Literal["left", "right"] = field(
+        default="left", metadata={"help": "left: output-space directions of ΔW; right: input-space."}
+    )
 
     def __post_init__(self) -> None:
         if self.side not in ("left", "right"):
@@ -98,9 +123,9 @@ class LensSettings(LensConfig):
     """``lens``: the score head read on every layer (plus :class:`LensConfig`'s probe settings)."""
 
     probe_split: str = field(default="train", metadata={"help": "FAQ split the probe is fitted on."})
-    adapter_off: bool = field(default=False, metadata={"help": "Also read the trained head on the frozen base (all LoRA parts off)."})
+    adapter_off: bool = field(
+        default=False, metadata={"help": "Also read the trained head on the frozen base (all LoRA parts off)."}
+    )
 
     def lens_config(self) -> LensConfig:
         return LensConfig(probe=self.probe, l2=self.l2, steps=self.steps)
-
-

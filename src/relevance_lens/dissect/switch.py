@@ -106,9 +106,7 @@ def switch_off(reranker, keep: frozenset[Part]) -> Iterator[None]:
                 weight.copy_(original)
 
 
-
 # ---------------------------------------------------------------- merged weights
-
 
 
 @dataclass

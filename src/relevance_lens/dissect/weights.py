@@ -120,7 +120,9 @@ def load_adapter_weights(folder: str | Path, base_config=None) -> AdapterWeights
         if b is None:
             raise InputError(f"{path}: {key} has no matching lora_B tensor; the file is incomplete")
         rank = a.shape[0]
-        alpha = config.get("alpha_pattern", {}).get(get_pattern_key(config.get("alpha_pattern", {}).keys(), module), config["lora_alpha"])
+        alpha = config.get("alpha_pattern", {}).get(
+            get_pattern_key(config.get("alpha_pattern", {}).keys(), module), config["lora_alpha"]
+        )
         scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         factors[module] = (b.double(), a.double(), float(scaling))
     if not factors:
@@ -158,7 +160,9 @@ def effective_rank(values: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def numerical_rank(values: torch.Tensor, shape: tuple[int, int], eps: float = float(torch.finfo(torch.float32).eps)) -> int:
+def numerical_rank(
+    values: torch.Tensor, shape: tuple[int, int], eps: float = float(torch.finfo(torch.float32).eps)
+) -> int:
     """Singular values above ``s_max · max(m, n) · eps`` (numpy's matrix_rank rule, fp32 eps)."""
     if values.numel() == 0 or float(values.max()) == 0.0:
         return 0
@@ -179,7 +183,11 @@ class RoleStats:
 
     def metrics(self) -> dict[str, float]:
         """Flat metric -> value pairs for the results store."""
-        out = {"frobenius": self.frobenius, "effective_rank": self.effective_rank, "numerical_rank": float(self.numerical_rank)}
+        out = {
+            "frobenius": self.frobenius,
+            "effective_rank": self.effective_rank,
+            "numerical_rank": float(self.numerical_rank),
+        }
         out.update({f"sv{i + 1}": v for i, v in enumerate(self.singular_values)})
         return out
 
@@ -235,7 +243,11 @@ class Similarity:
     def metrics(self) -> dict[str, float]:
         """phi(1,1), phi(k,k) for k = the smaller rank, and the mean over the whole grid."""
         k = min(self.grid.shape)
-        return {"phi@1,1": float(self.grid[0, 0]), f"phi@{k},{k}": float(self.grid[k - 1, k - 1]), "phi_mean": float(self.grid.mean())}
+        return {
+            "phi@1,1": float(self.grid[0, 0]),
+            f"phi@{k},{k}": float(self.grid[k - 1, k - 1]),
+            "phi_mean": float(self.grid.mean()),
+        }
 
 
 def compare(first: AdapterWeights, second: AdapterWeights, side: Literal["left", "right"] = "left") -> list[Similarity]:

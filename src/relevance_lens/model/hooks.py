@@ -40,7 +40,9 @@ def final_norm(base_model: nn.Module, arch: Architecture) -> nn.Module:
 
 
 @contextmanager
-def record_block_inputs(base_model: nn.Module, arch: Architecture, keep_final: bool = True) -> Iterator[dict[int, torch.Tensor]]:
+def record_block_inputs(
+    base_model: nn.Module, arch: Architecture, keep_final: bool = True
+) -> Iterator[dict[int, torch.Tensor]]:
     """Cache ``{layer: hidden state entering that block}`` during the forward passes inside.
 
     With ``keep_final`` the output of the last block (the final norm's input) is stored under

@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from relevance_lens.errors import InputError
-from relevance_lens.model.roles import Architecture, architecture_of, num_layers, resolve_roles, role_module_name, role_rows
+from relevance_lens.model.roles import (
+    Architecture,
+    architecture_of,
+    num_layers,
+    resolve_roles,
+    role_module_name,
+    role_rows,
+)
 
 
 @dataclass

@@ -33,13 +33,17 @@ CONFIG_FILE = "reranker.json"
 class RerankerConfig:
     """How text becomes a score. Saved with every adapter so scoring repeats training."""
 
-    model: str = field(default="smollm2-135m", metadata={"help": "Base model: short name, GGUF path, folder or hub id."})
+    model: str = field(
+        default="smollm2-135m", metadata={"help": "Base model: short name, GGUF path, folder or hub id."}
+    )
     template: str = field(
         default="query: {query} document: {title} {text}",
         metadata={"help": "Input template; fields {query}, {title}, {text}."},
     )
     max_length: int = field(default=256, metadata={"help": "Tokens per query-passage pair, EOS included."})
-    append_eos: bool = field(default=True, metadata={"help": "Append EOS (Tevatron: the scored position is stable only with it)."})
+    append_eos: bool = field(
+        default=True, metadata={"help": "Append EOS (Tevatron: the scored position is stable only with it)."}
+    )
     padding_side: Literal["right", "left"] = field(default="right", metadata={"help": "Padding side when batching."})
     head_bias: bool = field(default=False, metadata={"help": "Bias in the score head (RankLLaMA's has none)."})
 
@@ -52,7 +56,8 @@ class RerankerConfig:
             self.template.format(query="q", title="t", text="x")
         except (KeyError, IndexError) as exc:
             raise InputError(
-                f"template {self.template!r} uses unknown field {exc}: allowed fields are {{query}}, {{title}}, {{text}}"
+                f"template {self.template!r} uses unknown field {exc}: allowed fields are {{query}}, "
+                f"{{title}}, {{text}}"
             ) from None
 
 
@@ -89,7 +94,7 @@ class Reranker(nn.Module):
         config: RerankerConfig | None = None,
         dtype: torch.dtype = torch.float32,
         trust_remote_code: bool = False,
-    ) -> "Reranker":
+    ) -> Reranker:
         """Load a base model by name and, optionally, a saved adapter + head folder."""
         saved = read_saved_config(adapter) if adapter is not None else None
         if config is None:
@@ -149,8 +154,8 @@ class Reranker(nn.Module):
                 input_ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
             else:
-                input_ids[row, width - len(seq):] = torch.tensor(seq)
-                mask[row, width - len(seq):] = 1
+                input_ids[row, width - len(seq) :] = torch.tensor(seq)
+                mask[row, width - len(seq) :] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
 
     # ---------------------------------------------------------------- forward
@@ -199,7 +204,9 @@ class Reranker(nn.Module):
         try:
             head = load_file(head_path)
         except Exception as exc:  # safetensors raises several types for truncated files
-            raise InputError(f"{head_path}: unreadable score head ({exc}); the checkpoint is corrupted or truncated") from None
+            raise InputError(
+                f"{head_path}: unreadable score head ({exc}); the checkpoint is corrupted or truncated"
+            ) from None
         expected = {k: tuple(v.shape) for k, v in self.score.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in head.items()}
         if expected != got:

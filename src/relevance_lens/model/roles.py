@@ -167,7 +167,7 @@ def blocks(base_model: nn.Module, arch: Architecture) -> nn.ModuleList:
 
 
 def num_layers(config) -> int:
-    return int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer"))
+    return int(getattr(config, "num_hidden_layers", None) or config.n_layer)
 
 
 def role_module_name(arch: Architecture, layer: int, role: str) -> str:
@@ -180,9 +180,9 @@ def role_module(base_model: nn.Module, arch: Architecture, layer: int, role: str
 
 
 def _head_dims(config) -> tuple[int, int, int]:
-    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head"))
+    heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+    hidden = int(getattr(config, "hidden_size", None) or config.n_embd)
     head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
     return heads, kv_heads, head_dim
 
@@ -224,7 +224,7 @@ def role_of_module(arch: Architecture, module_name: str) -> tuple[int, tuple[str
     pos = module_name.find(marker)
     if pos < 0:
         return None
-    rest = module_name[pos + len(marker):]
+    rest = module_name[pos + len(marker) :]
     layer_str, _, inner = rest.partition(".")
     if not layer_str.isdigit():
         return None

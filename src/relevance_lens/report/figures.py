@@ -10,8 +10,8 @@ import io
 import math
 from collections.abc import Callable
 
-from relevance_lens.report.results import Results
 from relevance_lens.model.roles import ROLES
+from relevance_lens.report.results import Results
 from relevance_lens.report.tables import mark
 
 TARGET_STYLES = {"all": "-", "mha": "--", "mlp": ":"}
@@ -51,7 +51,7 @@ def _colors(values: list) -> dict:
 
 
 def _chunks(items: list, size: int = MAX_PANELS) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _lines_by_model(res: Results, rows: list[dict], metric: str, draw: Callable, title: str) -> str:
@@ -74,8 +74,15 @@ def _reference_lines(ax, res: Results, rows: list[dict], metric: str, all_rows: 
     if bm25:
         ax.axhline(bm25[0], color="grey", linestyle="--", linewidth=1, label="BM25")
     models = {res.runs[r["run"]].model for r in rows if r["run"] in res.runs}
-    base = [r["value"] for r in all_rows if r["checkpoint"] == "final" and r["metric"] == metric
-            and r["run"] in res.runs and res.runs[r["run"]].head_only and res.runs[r["run"]].model in models]
+    base = [
+        r["value"]
+        for r in all_rows
+        if r["checkpoint"] == "final"
+        and r["metric"] == metric
+        and r["run"] in res.runs
+        and res.runs[r["run"]].head_only
+        and res.runs[r["run"]].model in models
+    ]
     if base:
         ax.axhline(base[0], color="black", linestyle=":", linewidth=1.2, label="head only (before)")
 

@@ -8,6 +8,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 
+from relevance_lens.model.roles import ROLES
 from relevance_lens.report.figures import (
     _chunks,
     _colors,
@@ -18,7 +19,6 @@ from relevance_lens.report.figures import (
     _lines_by_model,
 )
 from relevance_lens.report.results import Results, _eval_label, _metrics
-from relevance_lens.model.roles import ROLES
 from relevance_lens.report.tables import Section, _fmt, _table, mark
 
 
@@ -44,11 +44,19 @@ def heatmap_section(res: Results) -> Section:
             runs = sorted({r["run"] for r in cells})
             if not runs:
                 continue
-            parts.append(f"<h3>{html.escape(sweep)} on {html.escape(ev)}: {html.escape(name)}</h3><p>{html.escape(meaning)}; * Holm p &lt; 0.05.</p>")
+            parts.append(
+                f"<h3>{html.escape(sweep)} on {html.escape(ev)}: "
+                f"{html.escape(name)}</h3><p>{html.escape(meaning)}; * Holm p &lt; 0.05.</p>"
+            )
             for chunk in _chunks(runs):
                 parts.append(_heatmaps(res, chunk, cells, name, diverging=True))
-    return Section("layer-heatmap", "Which layers and projections carry relevance (ablation heat map)", "".join(parts) or None,
-                   "No per-(layer, role) ablations in this store: add drop-layer-role (or keep-layer-role) to [analyses.ablate] sweeps.")
+    return Section(
+        "layer-heatmap",
+        "Which layers and projections carry relevance (ablation heat map)",
+        "".join(parts) or None,
+        "No per-(layer, role) ablations in this store: add drop-layer-role (or keep-layer-role) to "
+        "[analyses.ablate] sweeps.",
+    )
 
 
 def layer_sweeps_section(res: Results) -> Section:
@@ -66,7 +74,12 @@ def layer_sweeps_section(res: Results) -> Section:
             for run in sorted({c["run"] for c in cells}):
                 pts = sorted((c["layer"], c["value"], c["p_value"]) for c in cells if c["run"] == run)
                 info = res.runs.get(run)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[run], label=f"{info.model} {info.label}" if info else run)
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    color=colors[run],
+                    label=f"{info.model} {info.label}" if info else run,
+                )
                 sig = [p for p in pts if mark(p[2])]
                 ax.scatter([p[0] for p in sig], [p[1] for p in sig], color=colors[run], s=18, zorder=3)
             ax.axhline(0, color="grey", linewidth=0.8)
@@ -75,10 +88,17 @@ def layer_sweeps_section(res: Results) -> Section:
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-            parts.append(f"<h3>{html.escape(sweep)} on {html.escape(ev)}</h3><p>{html.escape(meaning)}; dots: Holm p &lt; 0.05.</p>")
+            parts.append(
+                f"<h3>{html.escape(sweep)} on {html.escape(ev)}</h3><p>{html.escape(meaning)}; dots: Holm p "
+                f"&lt; 0.05.</p>"
+            )
             parts.append(_img(fig, f"{sweep} {ev}"))
-    return Section("layer-sweeps", "Layer and window ablations", "".join(parts) or None,
-                   "No layer sweeps in this store: add drop-layer, window, bottom-up or top-down to [analyses.ablate] sweeps.")
+    return Section(
+        "layer-sweeps",
+        "Layer and window ablations",
+        "".join(parts) or None,
+        "No layer sweeps in this store: add drop-layer, window, bottom-up or top-down to [analyses.ablate] sweeps.",
+    )
 
 
 def roles_section(res: Results) -> Section:
@@ -93,12 +113,28 @@ def roles_section(res: Results) -> Section:
         fig, axes = _figure(len(runs), width=4.4, height=3.0)
         body = []
         for ax, run in zip(axes, runs):
-            groups = [g for g in (*ROLES, "mha", "mlp") if any(r["run"] == run and r["variant"] in (g, f"-{g}") for r in ev_rows)]
+            groups = [
+                g
+                for g in (*ROLES, "mha", "mlp")
+                if any(r["run"] == run and r["variant"] in (g, f"-{g}") for r in ev_rows)
+            ]
             drop = [cells.get((run, f"-{g}", f"{metric} Δfull")) for g in groups]
             keep = [cells.get((run, g, f"{metric} Δbase")) for g in groups]
             xs = range(len(groups))
-            ax.bar([x - 0.2 for x in xs], [d["value"] if d else 0 for d in drop], 0.4, color="#c0392b", label="removed: Δ vs full")
-            ax.bar([x + 0.2 for x in xs], [k["value"] if k else 0 for k in keep], 0.4, color="#2e86c1", label="kept alone: Δ vs base")
+            ax.bar(
+                [x - 0.2 for x in xs],
+                [d["value"] if d else 0 for d in drop],
+                0.4,
+                color="#c0392b",
+                label="removed: Δ vs full",
+            )
+            ax.bar(
+                [x + 0.2 for x in xs],
+                [k["value"] if k else 0 for k in keep],
+                0.4,
+                color="#2e86c1",
+                label="kept alone: Δ vs base",
+            )
             for x, d, k in zip(xs, drop, keep):
                 for offset, cell in ((-0.2, d), (0.2, k)):
                     if cell and mark(cell["p_value"]):
@@ -109,29 +145,61 @@ def roles_section(res: Results) -> Section:
             ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=9)
             ax.legend(fontsize=6)
             for g, d, k in zip(groups, drop, keep):
-                body.append([info.model if info else "?", info.label if info else run, g,
-                             _fmt(d["value"], d["p_value"], True) if d else "-", _fmt(k["value"], k["p_value"], True) if k else "-"])
+                body.append(
+                    [
+                        info.model if info else "?",
+                        info.label if info else run,
+                        g,
+                        _fmt(d["value"], d["p_value"], True) if d else "-",
+                        _fmt(k["value"], k["p_value"], True) if k else "-",
+                    ]
+                )
         parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>" + _img(fig, f"roles {ev}"))
-        parts.append(_table(["model", "run", "role", f"removed: {metric} Δfull", f"kept alone: {metric} Δbase"], body,
-                            "marks: Holm-adjusted paired randomization p within the sweep"))
-    return Section("roles", "Which projections matter (role ablations)", "".join(parts) or None,
-                   "No role ablations in this store: add roles to [analyses.ablate] sweeps.")
+        parts.append(
+            _table(
+                ["model", "run", "role", f"removed: {metric} Δfull", f"kept alone: {metric} Δbase"],
+                body,
+                "marks: Holm-adjusted paired randomization p within the sweep",
+            )
+        )
+    return Section(
+        "roles",
+        "Which projections matter (role ablations)",
+        "".join(parts) or None,
+        "No role ablations in this store: add roles to [analyses.ablate] sweeps.",
+    )
 
 
 def weights_section(res: Results) -> Section:
     """||ΔW||_F per layer x role of each run's final adapter."""
     rows = [r for r in res.get("weights") if r["checkpoint"] == "final" and r["metric"] == "frobenius"]
     if not rows:
-        return Section("weights", "Where the update is large: ΔW norms", None, "No ΔW statistics in this store (analysis 'weights').")
-    runs = sorted({r["run"] for r in rows}, key=lambda x: (res.runs[x].model, res.runs[x].targets, res.runs[x].rank or 0) if x in res.runs else (x,))
+        return Section(
+            "weights",
+            "Where the update is large: ΔW norms",
+            None,
+            "No ΔW statistics in this store (analysis 'weights').",
+        )
+    runs = sorted(
+        {r["run"] for r in rows},
+        key=lambda x: (res.runs[x].model, res.runs[x].targets, res.runs[x].rank or 0) if x in res.runs else (x,),
+    )
     parts = ["<p>Frobenius norm of ΔW = B·A·α/r per layer and projection of the final adapter.</p>"]
     parts += [_heatmaps(res, chunk, rows, "||ΔW||_F", diverging=False) for chunk in _chunks(runs)]
     eff = defaultdict(list)
     for r in res.get("weights"):
         if r["checkpoint"] == "final" and r["metric"] == "effective_rank" and not math.isnan(r["value"]):
             eff[r["run"]].append(r["value"])
-    body = [[res.runs[run].model, res.runs[run].label, math.sqrt(sum(r["value"] ** 2 for r in rows if r["run"] == run)),
-             sum(eff[run]) / len(eff[run]) if eff[run] else None] for run in runs if run in res.runs]
+    body = [
+        [
+            res.runs[run].model,
+            res.runs[run].label,
+            math.sqrt(sum(r["value"] ** 2 for r in rows if r["run"] == run)),
+            sum(eff[run]) / len(eff[run]) if eff[run] else None,
+        ]
+        for run in runs
+        if run in res.runs
+    ]
     parts.append(_table(["model", "run", "total ||ΔW||_F", "mean effective rank"], body))
     sub = res.get("subspace")
     if sub:
@@ -140,9 +208,13 @@ def weights_section(res: Results) -> Section:
             if r["metric"] in ("phi@1,1", "phi_mean"):
                 means[r["run"], r["checkpoint"], r["variant"], r["metric"]].append(r["value"])
         keys = sorted({k[:3] for k in means})
-        parts.append(_table(["run", "checkpoint", "compared with", "phi@1,1", "phi_mean"],
-                            [[k[0], k[1], k[2], _avg(means.get((*k, "phi@1,1"))), _avg(means.get((*k, "phi_mean")))] for k in keys],
-                            "subspace similarity (Hu et al. 2021), mean over layer x role parts; 1 = same directions"))
+        parts.append(
+            _table(
+                ["run", "checkpoint", "compared with", "phi@1,1", "phi_mean"],
+                [[k[0], k[1], k[2], _avg(means.get((*k, "phi@1,1"))), _avg(means.get((*k, "phi_mean")))] for k in keys],
+                "subspace similarity (Hu et al. 2021), mean over layer x role parts; 1 = same directions",
+            )
+        )
     return Section("weights", "Where the update is large: ΔW norms", "".join(parts))
 
 
@@ -163,8 +235,12 @@ def lens_section(res: Results) -> Section:
                 colors = _colors([k[0] for k in keys])
                 for run, variant in keys:
                     pts = sorted((r["layer"], r["value"]) for r in mine if (r["run"], r["variant"]) == (run, variant))
-                    ax.plot(*zip(*pts), color=colors[run], linestyle="-" if variant == "head" else "--",
-                            label=f"{res.runs[run].label} · {variant}")
+                    ax.plot(
+                        *zip(*pts),
+                        color=colors[run],
+                        linestyle="-" if variant == "head" else "--",
+                        label=f"{res.runs[run].label} · {variant}",
+                    )
                 bm25 = [r["value"] for r in bm25_rows if r["metric"] == metric]
                 if bm25:
                     ax.axhline(bm25[0], color="grey", linestyle="--", linewidth=1, label="BM25")
@@ -173,5 +249,9 @@ def lens_section(res: Results) -> Section:
 
             parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
             parts.append(_lines_by_model(res, m_rows, metric, draw, f"lens {ev} {metric}"))
-    return Section("lens", "Where relevance becomes readable (lens)", "".join(parts) or None,
-                   "No lens curves in this store (analysis 'lens').")
+    return Section(
+        "lens",
+        "Where relevance becomes readable (lens)",
+        "".join(parts) or None,
+        "No lens curves in this store (analysis 'lens').",
+    )

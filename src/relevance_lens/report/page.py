@@ -38,9 +38,26 @@ from relevance_lens.report.tables import Section, _table_raw, mark
 from relevance_lens.report.train_sections import checkpoint_section, ranks_section, targets_section
 
 __all__ = [
-    "MAX_PANELS", "SECTIONS", "STYLE", "TARGET_STYLES", "Results", "RunInfo", "Section", "checkpoint_section",
-    "config_section", "heatmap_section", "layer_sweeps_section", "lens_section", "mark", "ranks_section",
-    "read_rows", "render", "roles_section", "targets_section", "weights_section", "write_report",
+    "MAX_PANELS",
+    "SECTIONS",
+    "STYLE",
+    "TARGET_STYLES",
+    "Results",
+    "RunInfo",
+    "Section",
+    "checkpoint_section",
+    "config_section",
+    "heatmap_section",
+    "layer_sweeps_section",
+    "lens_section",
+    "mark",
+    "ranks_section",
+    "read_rows",
+    "render",
+    "roles_section",
+    "targets_section",
+    "weights_section",
+    "write_report",
 ]
 
 
@@ -55,24 +72,43 @@ def config_section(res: Results) -> Section:
         for run in sorted(train, key=lambda x: (res.runs[x].model, res.runs[x].targets, res.runs[x].rank or 0)):
             rows = train[run]
             first = next(iter(rows.values()))
-            details = f"<details><summary>{html.escape(run)}</summary><pre>{html.escape(json.dumps(first['config'], indent=2, sort_keys=True))}</pre></details>"
+            config = html.escape(json.dumps(first["config"], indent=2, sort_keys=True))
+            details = f"<details><summary>{html.escape(run)}</summary><pre>{config}</pre></details>"
             loss = rows.get("loss")
-            body.append([res.runs[run].model, res.runs[run].label, res.runs[run].seed, int(rows["steps"]["value"]) if "steps" in rows else None,
-                         loss["value"] if loss else None, details])
+            body.append(
+                [
+                    res.runs[run].model,
+                    res.runs[run].label,
+                    res.runs[run].seed,
+                    int(rows["steps"]["value"]) if "steps" in rows else None,
+                    loss["value"] if loss else None,
+                    details,
+                ]
+            )
         parts.append(_table_raw(["model", "run", "seed", "steps", "last loss", "exact config"], body))
     settings = {}
     for r in res.rows:
         if r["analysis"] != "train":
             settings.setdefault((r["analysis"], r["config_json"]), r["config"])
-    items = "".join(f"<details><summary>{html.escape(a)} · {html.escape(_eval_label(c) if 'eval' in c else 'settings')}</summary>"
-                    f"<pre>{html.escape(json.dumps(c, indent=2, sort_keys=True))}</pre></details>" for (a, _), c in sorted(settings.items()))
+    items = "".join(
+        f"<details><summary>{html.escape(a)} · {html.escape(_eval_label(c) if 'eval' in c else 'settings')}</summary>"
+        f"<pre>{html.escape(json.dumps(c, indent=2, sort_keys=True))}</pre></details>"
+        for (a, _), c in sorted(settings.items())
+    )
     parts.append(f"<h3>Analysis settings</h3>{items}" if items else "")
     return Section("configs", "Runs and their exact configs", "".join(parts) or None, "No runs in this store.")
 
 
 SECTIONS: tuple[Callable[[Results], Section], ...] = (
-    checkpoint_section, ranks_section, targets_section, heatmap_section, layer_sweeps_section, roles_section,
-    weights_section, lens_section, config_section,
+    checkpoint_section,
+    ranks_section,
+    targets_section,
+    heatmap_section,
+    layer_sweeps_section,
+    roles_section,
+    weights_section,
+    lens_section,
+    config_section,
 )
 
 STYLE = """
@@ -92,14 +128,20 @@ def render(rows: list[dict[str, Any]], title: str) -> str:
     sections = [fn(res) for fn in SECTIONS]
     nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections if s.body)
     runs = [i for i in res.runs.values()]
-    summary = (f"<p>{len(res.rows)} result rows; {len(runs)} runs ({sum(not i.head_only for i in runs)} LoRA, "
-               f"{sum(i.head_only for i in runs)} head-only) of {len(res.models())} model(s): {html.escape(', '.join(res.models()))}. "
-               f"Significance: * p&lt;0.05, ** p&lt;0.01, *** p&lt;0.001 (paired randomization over queries).</p>")
+    summary = (
+        f"<p>{len(res.rows)} result rows; {len(runs)} runs ({sum(not i.head_only for i in runs)} LoRA, "
+        f"{sum(i.head_only for i in runs)} head-only) of {len(res.models())} model(s): "
+        f"{html.escape(', '.join(res.models()))}. "
+        f"Significance: * p&lt;0.05, ** p&lt;0.01, *** p&lt;0.001 (paired randomization over queries).</p>"
+    )
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head><body>'
-            f"<h1>{html.escape(title)}</h1><p>Written {created} by relevance-lens report.</p>{summary}<nav>{nav}</nav>"
-            + "".join(s.html() for s in sections) + "</body></html>")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head><body>'
+        f"<h1>{html.escape(title)}</h1><p>Written {created} by relevance-lens report.</p>{summary}<nav>{nav}</nav>"
+        + "".join(s.html() for s in sections)
+        + "</body></html>"
+    )
 
 
 def write_report(store: str | Path, output: str | Path = "report.html") -> Path:

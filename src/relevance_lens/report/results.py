@@ -70,8 +70,10 @@ class Results:
                     info.setdefault(key, r[key])
             if r["analysis"] == "train":
                 info.setdefault("seed", (r["config"].get("train") or {}).get("seed"))
-        return {run: RunInfo(run, _short(i.get("model", "?")), i.get("rank"), i.get("targets") or "?", i.get("seed"))
-                for run, i in seen.items()}
+        return {
+            run: RunInfo(run, _short(i.get("model", "?")), i.get("rank"), i.get("targets") or "?", i.get("seed"))
+            for run, i in seen.items()
+        }
 
     def models(self) -> list[str]:
         """The short names of the models with runs in the store, sorted."""

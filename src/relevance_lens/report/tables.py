@@ -53,5 +53,7 @@ class Section:
 def _table_raw(header: list[str], body: list[list[Any]]) -> str:
     """A table whose last column is ready-made HTML."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    rows = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row[:-1]) + f"<td>{row[-1]}</td></tr>" for row in body)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row[:-1]) + f"<td>{row[-1]}</td></tr>" for row in body
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 from collections import defaultdict
 
+from relevance_lens.evaluate.stats import holm
 from relevance_lens.report.figures import (
     TARGET_STYLES,
     _colors,
@@ -14,7 +15,6 @@ from relevance_lens.report.figures import (
     _step_axis,
 )
 from relevance_lens.report.results import Results, _metrics, _step
-from relevance_lens.evaluate.stats import holm
 from relevance_lens.report.tables import Section, _fmt, _table
 
 
@@ -27,43 +27,76 @@ def checkpoint_section(res: Results) -> Section:
             m_rows = [r for r in ev_rows if r["metric"] == metric]
 
             def draw(ax, model, mine, m_rows=m_rows, metric=metric):
-                runs = sorted({r["run"] for r in mine if not res.runs[r["run"]].head_only}, key=lambda x: (res.runs[x].targets, res.runs[x].rank or 0))
+                runs = sorted(
+                    {r["run"] for r in mine if not res.runs[r["run"]].head_only},
+                    key=lambda x: (res.runs[x].targets, res.runs[x].rank or 0),
+                )
                 colors = _colors([res.runs[x].rank for x in runs])
                 heads = sorted({r["run"] for r in mine if res.runs[r["run"]].head_only})
                 for run in runs + heads:
-                    pts = sorted((_step(r["checkpoint"]), r["value"]) for r in mine if r["run"] == run and _step(r["checkpoint"]))
+                    pts = sorted(
+                        (_step(r["checkpoint"]), r["value"]) for r in mine if r["run"] == run and _step(r["checkpoint"])
+                    )
                     info = res.runs[run]
-                    style = dict(color="black", linewidth=0.8) if info.head_only else dict(
-                        color=colors[info.rank], linestyle=TARGET_STYLES.get(info.targets, "-."))
+                    style = (
+                        dict(color="black", linewidth=0.8)
+                        if info.head_only
+                        else dict(color=colors[info.rank], linestyle=TARGET_STYLES.get(info.targets, "-."))
+                    )
                     if pts:
-                        ax.plot(*zip(*pts), marker="o", markersize=3, label=f"{info.label} s{info.seed}" if info.seed is not None else info.label, **style)
+                        ax.plot(
+                            *zip(*pts),
+                            marker="o",
+                            markersize=3,
+                            label=f"{info.label} s{info.seed}" if info.seed is not None else info.label,
+                            **style,
+                        )
                 _reference_lines(ax, res, mine, metric, m_rows)
                 _step_axis(ax, {_step(r["checkpoint"]) for r in mine if _step(r["checkpoint"])})
 
             parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
             parts.append(_lines_by_model(res, m_rows, metric, draw, f"checkpoint curves {ev} {metric}"))
             parts.append(_checkpoint_table(res, m_rows, metric))
-    return Section("checkpoints", "How ranking quality emerges over training", "".join(parts) or None,
-                   "No checkpoint evaluations in this store (analysis 'checkpoints').")
+    return Section(
+        "checkpoints",
+        "How ranking quality emerges over training",
+        "".join(parts) or None,
+        "No checkpoint evaluations in this store (analysis 'checkpoints').",
+    )
 
 
 def _checkpoint_table(res: Results, rows: list[dict], metric: str) -> str:
     steps = sorted({_step(r["checkpoint"]) for r in rows if _step(r["checkpoint"])})
-    runs = sorted({r["run"] for r in rows if r["run"] in res.runs and r["checkpoint"] != "bm25"},
-                  key=lambda x: (res.runs[x].model, not res.runs[x].head_only, res.runs[x].targets, res.runs[x].rank or 0))
+    runs = sorted(
+        {r["run"] for r in rows if r["run"] in res.runs and r["checkpoint"] != "bm25"},
+        key=lambda x: (res.runs[x].model, not res.runs[x].head_only, res.runs[x].targets, res.runs[x].rank or 0),
+    )
     cells = {(r["run"], _step(r["checkpoint"])): r for r in rows}
-    body = [[res.runs[run].model, res.runs[run].label, run] + [_fmt(cells[run, s]["value"], cells[run, s]["p_value"]) if (run, s) in cells else "-"
-                                                               for s in steps] for run in runs]
-    return _table(["model", "run", "run folder"] + [f"step {s}" for s in steps], body,
-                  f"{metric} per checkpoint; marks: paired randomization p vs the head-only run's final (vs BM25 for the head-only run "
-                  "or when the study has none), unadjusted")
+    body = [
+        [res.runs[run].model, res.runs[run].label, run]
+        + [_fmt(cells[run, s]["value"], cells[run, s]["p_value"]) if (run, s) in cells else "-" for s in steps]
+        for run in runs
+    ]
+    return _table(
+        ["model", "run", "run folder"] + [f"step {s}" for s in steps],
+        body,
+        f"{metric} per checkpoint; marks: paired randomization p vs the head-only run's final (vs BM25 for the "
+        f"head-only run "
+        "or when the study has none), unadjusted",
+    )
 
 
 def _finals(res: Results, rows: list[dict], metric: str) -> dict[tuple[str, str, int], list[dict]]:
     out: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for r in rows:
         info = res.runs.get(r["run"])
-        if r["metric"] == metric and r["checkpoint"] == "final" and info and not info.head_only and info.rank is not None:
+        if (
+            r["metric"] == metric
+            and r["checkpoint"] == "final"
+            and info
+            and not info.head_only
+            and info.rank is not None
+        ):
             out[info.model, info.targets, info.rank].append(r)
     return out
 
@@ -89,10 +122,22 @@ def ranks_section(res: Results) -> Section:
                 ax.set_xlabel("LoRA rank")
 
             parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
-            parts.append(_lines_by_model(res, [r for r in m_rows if r["checkpoint"] == "final" or r["checkpoint"] == "bm25"], metric, draw, f"ranks {ev} {metric}"))
+            parts.append(
+                _lines_by_model(
+                    res,
+                    [r for r in m_rows if r["checkpoint"] == "final" or r["checkpoint"] == "bm25"],
+                    metric,
+                    draw,
+                    f"ranks {ev} {metric}",
+                )
+            )
             parts.append(_grid_table(finals, metric))
-    return Section("ranks", "LoRA rank 1 / 2 / 8 / 32 compared", "".join(parts) or None,
-                   "No final-adapter evaluations of LoRA runs in this store (analysis 'checkpoints').")
+    return Section(
+        "ranks",
+        "LoRA rank 1 / 2 / 8 / 32 compared",
+        "".join(parts) or None,
+        "No final-adapter evaluations of LoRA runs in this store (analysis 'checkpoints').",
+    )
 
 
 def _mean(rows: list[dict]) -> float:
@@ -110,10 +155,19 @@ def _grid_table(finals: dict[tuple[str, str, int], list[dict]], metric: str) -> 
         cells = []
         for rank in ranks:
             found = finals.get((model, targets, rank))
-            cells.append("-" if not found else _fmt(_mean(found), adjusted.get((model, targets, rank))) + (f" (n={len(found)})" if len(found) > 1 else ""))
+            cells.append(
+                "-"
+                if not found
+                else _fmt(_mean(found), adjusted.get((model, targets, rank)))
+                + (f" (n={len(found)})" if len(found) > 1 else "")
+            )
         body.append([model, targets] + cells)
-    return _table(["model", "targets"] + [f"r{r}" for r in ranks], body,
-                  f"final {metric}; marks: Holm-adjusted (per model) paired randomization p vs the head-only run (vs BM25 without one)")
+    return _table(
+        ["model", "targets"] + [f"r{r}" for r in ranks],
+        body,
+        f"final {metric}; marks: Holm-adjusted (per model) paired randomization p vs the head-only run (vs "
+        f"BM25 without one)",
+    )
 
 
 def targets_section(res: Results) -> Section:
@@ -138,6 +192,18 @@ def targets_section(res: Results) -> Section:
                 _reference_lines(ax, res, mine, metric, m_rows)
 
             parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
-            parts.append(_lines_by_model(res, [r for r in m_rows if r["checkpoint"] in ("final", "bm25")], metric, draw, f"targets {ev} {metric}"))
-    return Section("targets", "MHA-only vs MLP-only vs both", "".join(parts) or None,
-                   "Needs final evaluations of runs with at least two different targets (e.g. mha and mlp).")
+            parts.append(
+                _lines_by_model(
+                    res,
+                    [r for r in m_rows if r["checkpoint"] in ("final", "bm25")],
+                    metric,
+                    draw,
+                    f"targets {ev} {metric}",
+                )
+            )
+    return Section(
+        "targets",
+        "MHA-only vs MLP-only vs both",
+        "".join(parts) or None,
+        "Needs final evaluations of runs with at least two different targets (e.g. mha and mlp).",
+    )

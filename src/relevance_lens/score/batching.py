@@ -46,8 +46,6 @@ def batches(lengths: Sequence[int], order: Sequence[int], batch_tokens: int, max
         yield batch
 
 
-
-
 @dataclass
 class EncodedPairs:
     """Tokenized pairs cut into length-sorted batches; ``batches`` index into ``pairs``."""

@@ -24,7 +24,10 @@ class ScoreConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
     fast: bool = field(
         default=True,
-        metadata={"help": "Score with relevance_lens.score.fast (same scores, tested): the paths below. Off: the plain forward."},
+        metadata={
+            "help": "Score with relevance_lens.score.fast (same scores, tested): the paths below. Off: the "
+            "plain forward."
+        },
     )
     merge_lora: bool = field(
         default=True, metadata={"help": "fast: merge LoRA into a scoring copy (costs one copy of the model's memory)."}
@@ -33,7 +36,8 @@ class ScoreConfig:
         default=True, metadata={"help": "fast: run each query's shared prefix once and reuse its KV cache."}
     )
     compile: Literal["auto", "on", "off"] = field(
-        default="auto", metadata={"help": "fast: torch.compile the decoder blocks; auto = when the run is large enough to pay."}
+        default="auto",
+        metadata={"help": "fast: torch.compile the decoder blocks; auto = when the run is large enough to pay."},
     )
 
     def __post_init__(self) -> None:

@@ -37,8 +37,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from relevance_lens.model.reranker import Reranker, pool_last
 from relevance_lens.model.compile import can_compile, compile_blocks
+from relevance_lens.model.reranker import Reranker, pool_last
 from relevance_lens.score.batching import batches
 from relevance_lens.score.config import ScoreConfig
 
@@ -157,8 +157,8 @@ def _left_pad(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for row, seq in enumerate(ids):
         if seq:
-            out[row, width - len(seq):] = torch.as_tensor(seq)
-            mask[row, width - len(seq):] = 1
+            out[row, width - len(seq) :] = torch.as_tensor(seq)
+            mask[row, width - len(seq) :] = 1
     return out, mask
 
 
@@ -200,8 +200,11 @@ def prefix_states(reranker: Reranker, prefixes: Sequence[Sequence[int]], batch_t
         cache = _new_cache(reranker)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         reranker.backbone(
-            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
-            cache=cache, use_cache=True,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=position_ids.to(device),
+            cache=cache,
+            use_cache=True,
         )
         w = ids.shape[1]
         keep = mask.to(device)[:, None, :, None].bool()
@@ -300,7 +303,7 @@ class FastScorer:
                 for i in rows:
                     prefix_len[i], group_of[i] = p, len(prefixes)  # group 0: no prefix
         states = prefix_states(model, prefixes, self.config.batch_tokens) if prefixes else None
-        suffix = [ids[i][prefix_len[i]:] for i in range(len(ids))]
+        suffix = [ids[i][prefix_len[i] :] for i in range(len(ids))]
         lengths = [len(s) for s in suffix]
         order = sorted(range(len(ids)), key=lambda i: (lengths[i], group_of[i], i))
         scores = [0.0] * len(ids)
@@ -328,8 +331,11 @@ class FastScorer:
             cache = _new_cache(model, list(zip(keys, values)))
             position_ids = states.lengths[groups][:, None] + (mask.cumsum(-1) - 1).clamp(min=0)
             out = model.backbone(
-                input_ids=ids, attention_mask=torch.cat([prefix_mask, mask], dim=1), position_ids=position_ids,
-                cache=cache, use_cache=True,
+                input_ids=ids,
+                attention_mask=torch.cat([prefix_mask, mask], dim=1),
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
             )
             pooled = pool_last(out.last_hidden_state, mask)
             scores = model.score(pooled.to(model.score.weight.dtype)).squeeze(-1)

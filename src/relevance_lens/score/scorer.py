@@ -48,7 +48,9 @@ class PlainScorer:
         ids = reranker.tokenize([reranker.format(q, p) for q, p in items])
         lengths = [len(x) for x in ids]
         order = sorted(range(len(ids)), key=lambda i: (lengths[i], i))
-        encoded = EncodedPairs([("", "")] * len(ids), ids, list(batches(lengths, order, self.config.batch_tokens, self.config.max_batch)))
+        encoded = EncodedPairs(
+            [("", "")] * len(ids), ids, list(batches(lengths, order, self.config.batch_tokens, self.config.max_batch))
+        )
         return self.score_encoded(encoded, bar, task)
 
     @torch.inference_mode()

@@ -8,7 +8,6 @@ status is read from its run folder and the results store only. The cells are run
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,10 @@ def expand(study: Study) -> list[Cell]:
     cells: list[Cell] = []
     weights = study.analyses.get("weights")
     if weights is not None and weights.vs_rank is not None and weights.vs_rank not in study.spec.ranks:
-        raise InputError(f"{study.path} [analyses.weights]: vs_rank {weights.vs_rank} is not one of the study's ranks {study.spec.ranks}")
+        raise InputError(
+            f"{study.path} [analyses.weights]: vs_rank {weights.vs_rank} is not one of the study's ranks "
+            f"{study.spec.ranks}"
+        )
     infos = {m.name: model_info(m.name, m.family) for m in study.models}
     eval_sizes = {name: _eval_queries(ev) for name, ev in study.evals.items()}
     for model in study.models:
@@ -89,8 +91,16 @@ def expand(study: Study) -> list[Cell]:
                     cell = _train_cell(study, model, info, values, f"{model.short()}-r{rank}-{_slug(targets)}-s{seed}")
                     vs = None
                     if weights is not None and weights.vs_rank is not None and weights.vs_rank != rank:
-                        other = {**study.train, "model": model.name, "rank": weights.vs_rank, "targets": targets, "seed": seed}
-                        vs = _run_name(f"{model.short()}-r{weights.vs_rank}-{_slug(targets)}-s{seed}", _train_values(other))
+                        other = {
+                            **study.train,
+                            "model": model.name,
+                            "rank": weights.vs_rank,
+                            "targets": targets,
+                            "seed": seed,
+                        }
+                        vs = _run_name(
+                            f"{model.short()}-r{weights.vs_rank}-{_slug(targets)}-s{seed}", _train_values(other)
+                        )
                     cells += [cell] + _analysis_cells(study, cell, info, base_run, vs, eval_sizes)
     _check_unique(cells)
     return cells
@@ -120,25 +130,36 @@ def _train_cell(study: Study, model: ModelSpec, info: ModelInfo, values: dict, s
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
     arch = ARCHITECTURES[info.family]
-    settings = LoraSettings(rank=config["rank"], alpha=config["alpha"], dropout=config["lora_dropout"],
-                            targets=config["targets"], layers=config["layers"])
+    settings = LoraSettings(
+        rank=config["rank"],
+        alpha=config["alpha"],
+        dropout=config["lora_dropout"],
+        targets=config["targets"],
+        layers=config["layers"],
+    )
     try:
         roles = settings.validate(arch, info.layers if info.layers is not None else 1 << 30)
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
     if roles and info.hidden is not None and config["rank"] > info.hidden:
-        raise InputError(f"{where}: rank {config['rank']} is impossible for hidden size {info.hidden}; expected at most {info.hidden}")
+        raise InputError(
+            f"{where}: rank {config['rank']} is impossible for hidden size {info.hidden}; expected at most "
+            f"{info.hidden}"
+        )
     name = _run_name(stem, config)
     unit = config_hash({"kind": "train", "train": config})
     seqs = config["queries_per_device"] * config["grad_accum"] * config["group_size"]
     passes = 3 if roles else 1  # forward + backward through the model, or only the head's
     work = config["max_steps"] * seqs * passes
-    cost = f"{config['max_steps']} steps x {seqs} seq x <={config['max_length']} tok" + ("" if roles else " (head only)")
+    cost = f"{config['max_steps']} steps x {seqs} seq x <={config['max_length']} tok" + (
+        "" if roles else " (head only)"
+    )
     return Cell("train", name, {"train": config}, unit=unit, needs=(), cost=cost, work=work)
 
 
-def _analysis_cells(study: Study, run: Cell, info: ModelInfo, baseline: str | None, vs: str | None,
-                    eval_sizes: dict[str, int | None]) -> list[Cell]:
+def _analysis_cells(
+    study: Study, run: Cell, info: ModelInfo, baseline: str | None, vs: str | None, eval_sizes: dict[str, int | None]
+) -> list[Cell]:
     """The analyses of one run: checkpoints and lens for every run, ablate and weights for LoRA runs."""
     head_only = run.config["train"]["targets"] == "none"
     unit = run.unit
@@ -151,13 +172,28 @@ def _analysis_cells(study: Study, run: Cell, info: ModelInfo, baseline: str | No
         if name == "weights":
             other = vs if spec.vs_rank is not None else None
             config = {"analysis": name, "run": run.run, "eval": None, "settings": settings, "vs": other}
-            cells.append(Cell("analyze", run.run, config, unit, tuple(needs + ([other] if other else [])),
-                              "reads adapters (no forward pass)", 0))
+            cells.append(
+                Cell(
+                    "analyze",
+                    run.run,
+                    config,
+                    unit,
+                    tuple(needs + ([other] if other else [])),
+                    "reads adapters (no forward pass)",
+                    0,
+                )
+            )
             continue
         for ev_name in spec.evals or list(study.evals):
             ev = study.evals[ev_name]
-            config = {"analysis": name, "run": run.run, "eval": {"name": ev_name, **asdict(ev)}, "settings": settings,
-                      "scoring": study.scoring, "baseline": needs[1] if len(needs) > 1 else None}
+            config = {
+                "analysis": name,
+                "run": run.run,
+                "eval": {"name": ev_name, **asdict(ev)},
+                "settings": settings,
+                "scoring": study.scoring,
+                "baseline": needs[1] if len(needs) > 1 else None,
+            }
             cost, work = _analysis_cost(name, spec.settings, run, info, ev, eval_sizes[ev_name], head_only)
             cells.append(Cell("analyze", run.run, config, unit, tuple(needs), cost, work))
     return cells
@@ -167,16 +203,22 @@ def _check_unique(cells: list[Cell]) -> None:
     seen: dict[str, Cell] = {}
     for cell in cells:
         if cell.id in seen:
-            raise InputError(f"the study names the same {cell.what} of {cell.run} twice; remove the repeated grid value")
+            raise InputError(
+                f"the study names the same {cell.what} of {cell.run} twice; remove the repeated grid value"
+            )
         seen[cell.id] = cell
 
 
 # ---------------------------------------------------------------- cost estimates (no weights)
 
 #: Judged queries of the ir_datasets eval sets the paper uses (for dry-run estimates).
-IRDS_QUERIES = {"msmarco-passage/trec-dl-2019": 43, "msmarco-passage/trec-dl-2019/judged": 43,
-                "msmarco-passage/trec-dl-2020": 54, "msmarco-passage/trec-dl-2020/judged": 54,
-                "msmarco-passage/dev/small": 6980}
+IRDS_QUERIES = {
+    "msmarco-passage/trec-dl-2019": 43,
+    "msmarco-passage/trec-dl-2019/judged": 43,
+    "msmarco-passage/trec-dl-2020": 54,
+    "msmarco-passage/trec-dl-2020/judged": 54,
+    "msmarco-passage/dev/small": 6980,
+}
 
 
 def _eval_queries(ev: EvalSpec) -> int | None:
@@ -195,7 +237,9 @@ def _eval_queries(ev: EvalSpec) -> int | None:
     return count
 
 
-def _analysis_cost(name: str, spec, run: Cell, info: ModelInfo, ev: EvalSpec, queries: int | None, head_only: bool) -> tuple[str, int]:
+def _analysis_cost(
+    name: str, spec, run: Cell, info: ModelInfo, ev: EvalSpec, queries: int | None, head_only: bool
+) -> tuple[str, int]:
     pairs = None if queries is None else queries * ev.depth
     train = run.config["train"]
     if name == "checkpoints":
@@ -209,13 +253,22 @@ def _analysis_cost(name: str, spec, run: Cell, info: ModelInfo, ev: EvalSpec, qu
         passes = 1 + (1 if spec.adapter_off and not head_only else 0)
     if pairs is None or passes is None:
         return f"{passes or '?'} pass(es) x ? pairs", 0
-    return f"{passes} pass{'es' if passes > 1 else ''} x {pairs} pairs{' (at most)' if name == 'ablate' else ''}", passes * pairs
+    return (
+        f"{passes} pass{'es' if passes > 1 else ''} x {pairs} pairs{' (at most)' if name == 'ablate' else ''}",
+        passes * pairs,
+    )
 
 
 def _variants(sweep: str, spec: AblateSettings, train: dict, info: ModelInfo) -> list:
     roles = resolve_roles(train["targets"], ARCHITECTURES[info.family])
     layers = train["layers"] if train["layers"] is not None else range(info.layers)
-    return build_variants(sweep, frozenset((l, r) for l in layers for r in roles), info.layers, window=spec.window, stride=spec.window_stride)
+    return build_variants(
+        sweep,
+        frozenset((l, r) for l in layers for r in roles),
+        info.layers,
+        window=spec.window,
+        stride=spec.window_stride,
+    )
 
 
 # ---------------------------------------------------------------- shards and status

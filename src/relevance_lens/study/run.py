@@ -22,7 +22,8 @@ then trained once; on separate disks each shard trains an identical copy on CPU,
 possibly differing in the last bits, which the merge reports). Each shard writes its own
 store; :func:`merge_stores` combines them (the same row from two shards is one row).
 
-This module runs the cells (the study's public API is :mod:`relevance_lens.study`); the study file is parsed by :mod:`relevance_lens.study.spec`, and expanded into cells,
+This module runs the cells (the study's public API is :mod:`relevance_lens.study`); the study
+file is parsed by :mod:`relevance_lens.study.spec`, and expanded into cells,
 cost estimates, shards and status by :mod:`relevance_lens.study.plan`.
 """
 
@@ -53,7 +54,6 @@ from relevance_lens.train.config import TrainConfig
 from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, train_done
 from relevance_lens.train.trainer import train
 
-
 # ---------------------------------------------------------------- running
 
 
@@ -67,7 +67,9 @@ class RunOptions:
     progress: bool = field(default=True, metadata={"help": "Show training progress bars."})
 
 
-def default_paths(study: Study, workdir: Path | None, store: Path | None, shard: tuple[int, int] | None) -> tuple[Path, Path]:
+def default_paths(
+    study: Study, workdir: Path | None, store: Path | None, shard: tuple[int, int] | None
+) -> tuple[Path, Path]:
     """Work folder ``runs/<study>`` and store ``WORKDIR/results.sqlite`` (one per shard)."""
     workdir = Path(workdir) if workdir is not None else Path("runs") / study.spec.name
     if store is None:
@@ -102,8 +104,11 @@ def run_study(study: Study, options: RunOptions, console: Console | None = None)
         counts["ran"] += 1
         gc.collect()
         _free_accelerator()
-    console.print(f"study {study.spec.name}: {counts['cells']} cells, {counts['ran']} run now, {counts['skipped']} already done "
-                  f"({time.perf_counter() - started:.0f} s); results in {options.store} (relevance-lens report {options.store})", highlight=False)
+    console.print(
+        f"study {study.spec.name}: {counts['cells']} cells, {counts['ran']} run now, {counts['skipped']} already done "
+        f"({time.perf_counter() - started:.0f} s); results in {options.store} (relevance-lens report {options.store})",
+        highlight=False,
+    )
     return counts
 
 
@@ -123,12 +128,19 @@ def _preflight(study: Study, cells: list[Cell]) -> None:
             keys = ("tevatron",) if train.get("tevatron") else ("queries", "qrels", "corpus", "negatives_run")
             missing += [f"{k} {train[k]}" for k in keys if not Path(train[k]).is_file()]
         ev = cell.config.get("eval") or {}
-        missing += [f"eval {ev['name']} {k} {ev[k]}" for k in ("queries", "qrels", "corpus", "run") if ev.get(k) and not Path(ev[k]).is_file()]
+        missing += [
+            f"eval {ev['name']} {k} {ev[k]}"
+            for k in ("queries", "qrels", "corpus", "run")
+            if ev.get(k) and not Path(ev[k]).is_file()
+        ]
         if ev.get("ir_datasets"):
             need_ir_datasets()
     if missing:
         shown = sorted(set(missing))
-        raise InputError(f"{study.path}: missing file(s): {'; '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}; fill in the paths in the study file")
+        raise InputError(
+            f"{study.path}: missing file(s): {'; '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}; fill in "
+            f"the paths in the study file"
+        )
 
 
 @contextmanager
@@ -164,13 +176,27 @@ def _train_rows(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:
     record = json.loads((run_dir / RUN_FILE).read_text())
     summary = json.loads((run_dir / SUMMARY).read_text())
     train = cell.config["train"]
-    config = {"train": train, "resolved": record.get("resolved", {}), "data_fingerprints": record.get("data_fingerprints", {}),
-              "versions": record.get("versions", {}), "cell": cell.id}
+    config = {
+        "train": train,
+        "resolved": record.get("resolved", {}),
+        "data_fingerprints": record.get("data_fingerprints", {}),
+        "versions": record.get("versions", {}),
+        "cell": cell.id,
+    }
     losses = [entry["loss"] for entry in summary.get("log", []) if "loss" in entry]
-    base = {"run": cell.run, "model": train["model"], "rank": None if train["targets"] == "none" else train["rank"],
-            "targets": train["targets"], "checkpoint": FINAL, "analysis": "train", "config_json": config}
-    rows = [{**base, "metric": "steps", "value": summary["steps"]},
-            {**base, "metric": "train_queries", "value": record.get("resolved", {}).get("train_queries", 0)}]
+    base = {
+        "run": cell.run,
+        "model": train["model"],
+        "rank": None if train["targets"] == "none" else train["rank"],
+        "targets": train["targets"],
+        "checkpoint": FINAL,
+        "analysis": "train",
+        "config_json": config,
+    }
+    rows = [
+        {**base, "metric": "steps", "value": summary["steps"]},
+        {**base, "metric": "train_queries", "value": record.get("resolved", {}).get("train_queries", 0)},
+    ]
     if losses:
         rows.append({**base, "metric": "loss", "value": losses[-1]})
     return rows
@@ -193,8 +219,18 @@ def _analyze(cell: Cell, options: RunOptions, store: Store, console: Console) ->
     entry.run(inputs, settings, context)
     if c.get("vs"):  # weights: the final adapter's subspaces against the other rank's
         entry.run(Inputs(run_dir / FINAL, other=options.workdir / RUNS / c["vs"] / FINAL), settings, context)
-    store.append([{"run": cell.run, "analysis": "study", "variant": marker(cell), "metric": "done", "value": 1.0,
-                   "config_json": c}])
+    store.append(
+        [
+            {
+                "run": cell.run,
+                "analysis": "study",
+                "variant": marker(cell),
+                "metric": "done",
+                "value": 1.0,
+                "config_json": c,
+            }
+        ]
+    )
 
 
 def _missing_metrics(cell: Cell, store: Store) -> bool:
@@ -206,15 +242,22 @@ def _missing_metrics(cell: Cell, store: Store) -> bool:
     ev, analysis = cell.config["eval"], cell.config["analysis"]
     names = [f"ablate:{s}" for s in cell.config["settings"]["sweeps"]] if analysis == "ablate" else [analysis]
     for name in names:
-        stored = [r for r in store.rows(run=cell.run, analysis=name)
-                  if _same_eval(json.loads(r["config_json"]), ev) and r["checkpoint"] != "bm25"]
+        stored = [
+            r
+            for r in store.rows(run=cell.run, analysis=name)
+            if _same_eval(json.loads(r["config_json"]), ev) and r["checkpoint"] != "bm25"
+        ]
         if stored and not set(ev["metrics"]) <= {r["metric"] for r in stored}:
             return True
     return False
 
 
 def _same_eval(config: dict, ev: dict) -> bool:
-    return config.get("eval") == ev["name"] and config.get("depth") == ev["depth"] and config.get("max_queries") == ev["max_queries"]
+    return (
+        config.get("eval") == ev["name"]
+        and config.get("depth") == ev["depth"]
+        and config.get("max_queries") == ev["max_queries"]
+    )
 
 
 # ---------------------------------------------------------------- dry run and merge
@@ -227,9 +270,14 @@ def dry_run(study: Study, options: RunOptions, console: Console) -> list[tuple[C
     listed = [(cell, status(cell, options.workdir, store)) for cell in cells]
     for model in study.models:
         info = model_info(model.name, model.family)
-        console.print(f"model {model.name}: family {info.family}, {info.layers or '?'} layers, hidden {info.hidden or '?'} "
-                      f"(from the {info.source})", highlight=False)
-    table = Table(title=f"study {study.spec.name}" + (f", shard {options.shard[0]}/{options.shard[1]}" if options.shard else ""))
+        console.print(
+            f"model {model.name}: family {info.family}, {info.layers or '?'} layers, hidden {info.hidden or '?'} "
+            f"(from the {info.source})",
+            highlight=False,
+        )
+    table = Table(
+        title=f"study {study.spec.name}" + (f", shard {options.shard[0]}/{options.shard[1]}" if options.shard else "")
+    )
     table.add_column("#", justify="right")
     table.add_column("run", no_wrap=True)
     for column in ("what", "estimated cost", "status"):
@@ -240,9 +288,13 @@ def dry_run(study: Study, options: RunOptions, console: Console) -> list[tuple[C
     train_work = sum(c.work for c, _ in listed if c.kind == "train")
     eval_work = sum(c.work for c, _ in listed if c.kind != "train")
     done = sum(1 for _, s in listed if s == "done")
-    console.print(f"{len(listed)} cells ({sum(c.kind == 'train' for c, _ in listed)} training runs), {done} done; estimated work: "
-                  f"{train_work:,} training sequence passes (forward+backward = 3), {eval_work:,} scoring forward passes; "
-                  f"work folder {options.workdir}, store {options.store}", highlight=False)
+    console.print(
+        f"{len(listed)} cells ({sum(c.kind == 'train' for c, _ in listed)} training runs), {done} done; "
+        f"estimated work: "
+        f"{train_work:,} training sequence passes (forward+backward = 3), {eval_work:,} scoring forward passes; "
+        f"work folder {options.workdir}, store {options.store}",
+        highlight=False,
+    )
     try:
         _preflight(study, cells)
     except InputError as exc:

@@ -25,8 +25,15 @@ from relevance_lens.train.config import TrainConfig
 
 STUDIES_DIR = Path(__file__).parent.parent / "studies"
 #: Training settings a study sets through its grid (or its evals), never through [train].
-GRID_KEYS = {"model": "models", "rank": "ranks", "targets": "targets", "seed": "seeds", "output": "--workdir",
-             "eval_split": "[evals]", "eval_depth": "[evals]"}
+GRID_KEYS = {
+    "model": "models",
+    "rank": "ranks",
+    "targets": "targets",
+    "seed": "seeds",
+    "output": "--workdir",
+    "eval_split": "[evals]",
+    "eval_depth": "[evals]",
+}
 
 
 # ---------------------------------------------------------------- the study file
@@ -39,7 +46,9 @@ class StudySpec:
     name: str = field(metadata={"help": "Study name (default work folder: runs/<name>)."})
     models: list[Any] = field(default_factory=list, metadata={"help": "Model names, or tables {name, family, label}."})
     ranks: list[int] = field(default_factory=lambda: [8], metadata={"help": "LoRA ranks (the paper: 1, 2, 8, 32)."})
-    targets: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "What LoRA updates: mha, mlp, all, or roles like q,k."})
+    targets: list[str] = field(
+        default_factory=lambda: ["all"], metadata={"help": "What LoRA updates: mha, mlp, all, or roles like q,k."}
+    )
     seeds: list[int] = field(default_factory=lambda: [42], metadata={"help": "Training seeds."})
     baseline: bool = field(default=True, metadata={"help": "Train the head-only 'before' run per model and seed."})
     description: str = field(default="", metadata={"help": "Free text shown in the report."})
@@ -50,7 +59,9 @@ class ModelSpec:
     """One base model of the grid."""
 
     name: str = field(metadata={"help": "Embedded short name, model folder, GGUF file or hub id."})
-    family: str | None = field(default=None, metadata={"help": "model_type (llama, mistral, gpt_neox...) when the config is not local."})
+    family: str | None = field(
+        default=None, metadata={"help": "model_type (llama, mistral, gpt_neox...) when the config is not local."}
+    )
     label: str | None = field(default=None, metadata={"help": "Short name used in run names (default: from the name)."})
 
     def short(self) -> str:
@@ -69,7 +80,9 @@ class EvalSpec:
     qrels: str | None = field(default=None, metadata={"help": "TREC qrels."})
     corpus: str | None = field(default=None, metadata={"help": "Corpus TSV/JSONL."})
     run: str | None = field(default=None, metadata={"help": "First-stage TREC run to rerank."})
-    ir_datasets: str | None = field(default=None, metadata={"help": "ir_datasets id with scoreddocs, e.g. msmarco-passage/trec-dl-2019."})
+    ir_datasets: str | None = field(
+        default=None, metadata={"help": "ir_datasets id with scoreddocs, e.g. msmarco-passage/trec-dl-2019."}
+    )
     depth: int = field(default=10, metadata={"help": "Rerank the first stage's top-k."})
     max_queries: int | None = field(default=None, metadata={"help": "Only the first N judged queries (sorted by id)."})
     metrics: list[str] = field(default_factory=lambda: ["nDCG@10", "RR@10"], metadata={"help": "ir_measures names."})
@@ -83,7 +96,8 @@ class AnalysisSpec:
     settings: Any  # the registered settings dataclass of ``name``
     evals: list[str] = field(default_factory=list, metadata={"help": "Eval sets (default: all)."})
     vs_rank: int | None = field(
-        default=None, metadata={"help": "weights: also compare each final adapter with this rank's (same model, targets, seed)."}
+        default=None,
+        metadata={"help": "weights: also compare each final adapter with this rank's (same model, targets, seed)."},
     )
 
 
@@ -127,11 +141,15 @@ def _build(cls, table: Any, where: str, extra: Sequence[str] = ()):
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join([*known, *extra])}")
+        raise InputError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join([*known, *extra])}"
+        )
     for key, value in table.items():
         default = known[key].default_factory() if callable(known[key].default_factory) else known[key].default
         if isinstance(default, list) and not isinstance(value, list):
-            raise InputError(f"{where}: {key} = {value!r}: expected a list, e.g. {key} = {json.dumps(default or ['...'])}")
+            raise InputError(
+                f"{where}: {key} = {value!r}: expected a list, e.g. {key} = {json.dumps(default or ['...'])}"
+            )
     try:
         return cls(**table)
     except TypeError as exc:  # a required key is missing
@@ -152,18 +170,24 @@ def load_study(path: str | Path) -> Study:
         raise InputError(f"{path}: unknown table(s) {', '.join(unknown)}; expected some of {', '.join(TABLES)}")
     spec = _build(StudySpec, raw.get("study", {}), f"{path} [study]")
     if not spec.models:
-        raise InputError(f"{path} [study]: models is empty; name at least one model, e.g. models = [\"smollm2-135m\"]")
-    models = [_build(ModelSpec, m if isinstance(m, dict) else {"name": str(m)}, f"{path} [study] models") for m in spec.models]
+        raise InputError(f'{path} [study]: models is empty; name at least one model, e.g. models = ["smollm2-135m"]')
+    models = [
+        _build(ModelSpec, m if isinstance(m, dict) else {"name": str(m)}, f"{path} [study] models") for m in spec.models
+    ]
     for axis in ("ranks", "targets", "seeds"):
         if not getattr(spec, axis):
             raise InputError(f"{path} [study]: {axis} is empty")
     for rank in spec.ranks:
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise InputError(f"{path} [study]: rank {rank!r} is impossible; expected positive integers such as 1, 2, 8, 32")
+            raise InputError(
+                f"{path} [study]: rank {rank!r} is impossible; expected positive integers such as 1, 2, 8, 32"
+            )
     train = _train_table(raw.get("train", {}), f"{path} [train]")
     baseline_train = _train_table(raw.get("baseline_train", {}), f"{path} [baseline_train]")
     evals = {name: _build(EvalSpec, t, f"{path} [evals.{name}]") for name, t in raw.get("evals", {}).items()}
-    analyses = {name: _analysis(name, table, f"{path} [analyses.{name}]") for name, table in raw.get("analyses", {}).items()}
+    analyses = {
+        name: _analysis(name, table, f"{path} [analyses.{name}]") for name, table in raw.get("analyses", {}).items()
+    }
     study = Study(spec, models, train, baseline_train, evals, analyses, dict(raw.get("scoring", {})), path)
     _check(study)
     return study
@@ -194,7 +218,10 @@ def _train_table(table: Any, where: str) -> dict[str, Any]:
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(table) - known)
     if unknown:
-        raise InputError(f"{where}: unknown training setting(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known - set(GRID_KEYS)))}")
+        raise InputError(
+            f"{where}: unknown training setting(s) {', '.join(unknown)}; expected some of "
+            f"{', '.join(sorted(known - set(GRID_KEYS)))}"
+        )
     return dict(table)
 
 
@@ -203,22 +230,39 @@ def _check(study: Study) -> None:
     where = str(study.path)
     for name, ev in study.evals.items():
         files = {k: getattr(ev, k) for k in ("queries", "qrels", "corpus", "run")}
-        sources = [s for s, given in (("split", ev.split), ("files", any(files.values())), ("ir_datasets", ev.ir_datasets)) if given]
+        sources = [
+            s
+            for s, given in (("split", ev.split), ("files", any(files.values())), ("ir_datasets", ev.ir_datasets))
+            if given
+        ]
         if len(sources) != 1:
-            raise InputError(f"{where} [evals.{name}]: give exactly one of split, the four files (queries, qrels, corpus, run) or ir_datasets; got {sources or 'none'}")
+            raise InputError(
+                f"{where} [evals.{name}]: give exactly one of split, the four files (queries, qrels, corpus, "
+                f"run) or ir_datasets; got {sources or 'none'}"
+            )
         if sources == ["files"] and not all(files.values()):
-            raise InputError(f"{where} [evals.{name}]: missing {', '.join(k for k, v in files.items() if not v)}; files need all of queries, qrels, corpus, run")
+            raise InputError(
+                f"{where} [evals.{name}]: missing {', '.join(k for k, v in files.items() if not v)}; files "
+                f"need all of queries, qrels, corpus, run"
+            )
         if ev.depth < 1 or (ev.max_queries is not None and ev.max_queries < 1):
-            raise InputError(f"{where} [evals.{name}]: depth {ev.depth} / max_queries {ev.max_queries}: expected positive numbers")
+            raise InputError(
+                f"{where} [evals.{name}]: depth {ev.depth} / max_queries {ev.max_queries}: expected positive numbers"
+            )
         parse_metrics(ev.metrics)
     for name, spec in study.analyses.items():
         for ev in spec.evals:
             if ev not in study.evals:
-                raise InputError(f"{where} [analyses.{name}]: eval set {ev!r} is not defined; defined: {', '.join(study.evals) or 'none (add [evals.NAME])'}")
+                raise InputError(
+                    f"{where} [analyses.{name}]: eval set {ev!r} is not defined; defined: "
+                    f"{', '.join(study.evals) or 'none (add [evals.NAME])'}"
+                )
         if ANALYSES[name].uses_eval and not study.evals:
-            raise InputError(f"{where} [analyses.{name}]: needs an eval set; add one, e.g. [evals.dev] split = \"dev\"")
+            raise InputError(f'{where} [analyses.{name}]: needs an eval set; add one, e.g. [evals.dev] split = "dev"')
     allowed = {f.name for f in fields(ScoreConfig)} - {"depth"}
     unknown = sorted(set(study.scoring) - allowed)
     if unknown:
-        raise InputError(f"{where} [scoring]: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(allowed))}")
+        raise InputError(
+            f"{where} [scoring]: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(allowed))}"
+        )
     ScoreConfig(**study.scoring)

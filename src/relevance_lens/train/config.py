@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from relevance_lens.errors import InputError
 from relevance_lens.model.lora import LoraSettings
@@ -19,15 +20,24 @@ class TrainConfig:
     model: str = field(default="smollm2-135m", metadata={"help": "Base model: short name, GGUF, folder or hub id."})
     output: str = field(default="runs/train", metadata={"help": "Run folder (checkpoint-<step>/ and final/ go here)."})
     # data
-    data: str = field(default="faq+weak", metadata={"help": "'faq' (embedded), 'faq+weak' (with man-page pairs), or 'files'."})
+    data: str = field(
+        default="faq+weak", metadata={"help": "'faq' (embedded), 'faq+weak' (with man-page pairs), or 'files'."}
+    )
     queries: str | None = field(default=None, metadata={"help": "Queries TSV (data=files)."})
     qrels: str | None = field(default=None, metadata={"help": "Qrels (data=files)."})
     corpus: str | None = field(default=None, metadata={"help": "Corpus TSV/JSONL (data=files)."})
-    negatives_run: str | None = field(default=None, metadata={"help": "First-stage run to draw hard negatives from (data=files)."})
-    tevatron: str | None = field(default=None, metadata={"help": "Tevatron train JSONL with given negatives (instead of the above)."})
+    negatives_run: str | None = field(
+        default=None, metadata={"help": "First-stage run to draw hard negatives from (data=files)."}
+    )
+    tevatron: str | None = field(
+        default=None, metadata={"help": "Tevatron train JSONL with given negatives (instead of the above)."}
+    )
     negatives_depth: int = field(default=100, metadata={"help": "Draw negatives from the run's top-k."})
     group_size: int = field(default=8, metadata={"help": "G: 1 positive + G-1 negatives per query (the study: 16)."})
-    short_groups: str = field(default="skip", metadata={"help": "Queries with fewer than G-1 negatives: skip (recorded in run.json) or error."})
+    short_groups: str = field(
+        default="skip",
+        metadata={"help": "Queries with fewer than G-1 negatives: skip (recorded in run.json) or error."},
+    )
     # LoRA
     rank: int = field(default=8, metadata={"help": "LoRA rank (the study: 1, 2, 8, 32)."})
     alpha: float = field(default=64.0, metadata={"help": "LoRA alpha."})
@@ -50,20 +60,30 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (7B models)."})
     compile: str = field(
         default="auto",
-        metadata={"help": "torch.compile each decoder block: auto (when the run's work pays the compile back), on or off."},
+        metadata={
+            "help": "torch.compile each decoder block: auto (when the run's work pays the compile back), on or off."
+        },
     )
     seed: int = field(default=42, metadata={"help": "Seed for init, negatives, order and dropout."})
     # checkpoints
-    save_steps: list[int] = field(default_factory=lambda: [5, 10, 25, 50], metadata={"help": "Explicit checkpoint steps."})
+    save_steps: list[int] = field(
+        default_factory=lambda: [5, 10, 25, 50], metadata={"help": "Explicit checkpoint steps."}
+    )
     save_every: int = field(default=0, metadata={"help": "Also checkpoint every N steps (0: off)."})
-    eval_split: str | None = field(default="dev", metadata={"help": "FAQ split to evaluate the final model on (none to skip)."})
+    eval_split: str | None = field(
+        default="dev", metadata={"help": "FAQ split to evaluate the final model on (none to skip)."}
+    )
     eval_depth: int = field(default=20, metadata={"help": "Rerank BM25's top-k in the final evaluation."})
     logging_steps: int = field(default=5, metadata={"help": "Log loss every N steps (TensorBoard in RUNDIR/logs)."})
     deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed config JSON (GPU clusters)."})
-    fsdp: str | None = field(default=None, metadata={"help": "FSDP options string passed to the Trainer (GPU clusters)."})
+    fsdp: str | None = field(
+        default=None, metadata={"help": "FSDP options string passed to the Trainer (GPU clusters)."}
+    )
 
     def lora(self) -> LoraSettings:
-        return LoraSettings(rank=self.rank, alpha=self.alpha, dropout=self.lora_dropout, targets=self.targets, layers=self.layers)
+        return LoraSettings(
+            rank=self.rank, alpha=self.alpha, dropout=self.lora_dropout, targets=self.targets, layers=self.layers
+        )
 
     def reranker(self) -> RerankerConfig:
         return RerankerConfig(model=self.model, template=self.template, max_length=self.max_length)
@@ -112,7 +132,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise InputError(f"unknown training setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}")
+        raise InputError(
+            f"unknown training setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}"
+        )
     if str(values.get("eval_split", "")).lower() == "none":
         values["eval_split"] = None
     config = TrainConfig(**values)

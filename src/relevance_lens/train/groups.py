@@ -15,7 +15,15 @@ import torch
 from torch.utils.data import Dataset
 
 from relevance_lens.data.faq import load_faq
-from relevance_lens.data.formats import Passage, fingerprint, read_corpus, read_qrels, read_queries, read_run, read_tevatron
+from relevance_lens.data.formats import (
+    Passage,
+    fingerprint,
+    read_corpus,
+    read_qrels,
+    read_queries,
+    read_run,
+    read_tevatron,
+)
 from relevance_lens.errors import InputError
 from relevance_lens.model.reranker import Reranker
 from relevance_lens.train.config import TrainConfig
@@ -148,4 +156,6 @@ class GroupCollator:
 def group_loss(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     """Listwise cross-entropy with the positive (column 0) as the target."""
     logits = scores.float().view(-1, group_size)
-    return torch.nn.functional.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+    return torch.nn.functional.cross_entropy(
+        logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    )

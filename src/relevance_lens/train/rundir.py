@@ -62,7 +62,9 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
     if (run_dir / FINAL / HEAD_FILE).is_file():
         found.append(run_dir / FINAL)
     if not found:
-        raise InputError(f"{run_dir}: no complete checkpoint-<step>/ or final/ folder; is it a relevance-lens train output?")
+        raise InputError(
+            f"{run_dir}: no complete checkpoint-<step>/ or final/ folder; is it a relevance-lens train output?"
+        )
     return found
 
 

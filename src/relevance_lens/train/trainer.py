@@ -39,7 +39,7 @@ from relevance_lens.score.config import ScoreConfig, prepare
 from relevance_lens.score.rerank import rerank
 from relevance_lens.train.config import TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
-from relevance_lens.train.rundir import FINAL, LOGS, RUN_FILE, SUMMARY, complete_checkpoints
+from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, complete_checkpoints
 
 #: ``compile="auto"`` compiles the decoder blocks when a run's forward and backward work
 #: (6 x block parameters x tokens) reaches this. Measured on the 2-core AMX CPU of
@@ -91,7 +91,9 @@ def load_trainable(reranker: Reranker, directory: Path) -> None:
         if adapter.is_file():
             set_peft_model_state_dict(reranker.backbone, load_file(adapter))
     except Exception as exc:
-        raise InputError(f"{directory}: unreadable checkpoint ({exc}); delete it to resume from an earlier one") from None
+        raise InputError(
+            f"{directory}: unreadable checkpoint ({exc}); delete it to resume from an earlier one"
+        ) from None
 
 
 def _schedule_callback(config: TrainConfig):
@@ -155,7 +157,10 @@ def compile_decision(config: TrainConfig, reranker: Reranker) -> tuple[bool, str
     tokens = config.max_steps * config.grad_accum * config.queries_per_device * config.group_size * config.max_length
     work = 6.0 * params * tokens
     if config.compile == "auto" and work < COMPILE_MIN_FLOPS:
-        return False, f"compile=auto: {work:.2g} FLOPs of training < {COMPILE_MIN_FLOPS:.0e}, compiling would not pay back"
+        return (
+            False,
+            f"compile=auto: {work:.2g} FLOPs of training < {COMPILE_MIN_FLOPS:.0e}, compiling would not pay back",
+        )
     return True, f"compile={config.compile}: {work:.2g} FLOPs of training"
 
 
@@ -171,7 +176,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     dropped = groups.check(config.group_size, config.short_groups)
     existing = complete_checkpoints(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise InputError(f"--output {run_dir}: folder exists and is not empty; pass --resume to continue it or choose a new folder")
+        raise InputError(
+            f"--output {run_dir}: folder exists and is not empty; pass --resume to continue it or choose a new folder"
+        )
     _check_same_run(run_dir, config) if resume else None
 
     set_seed(config.seed)
@@ -221,7 +228,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     started = time.perf_counter()
     with _tensorboard_dir(run_dir / "logs"):
         trainer = _make_trainer_class()(
-            model=reranker, args=args, train_dataset=dataset, data_collator=GroupCollator(reranker),
+            model=reranker,
+            args=args,
+            train_dataset=dataset,
+            data_collator=GroupCollator(reranker),
             callbacks=[_schedule_callback(config)],
         )
         trainer.run_record = record
@@ -262,8 +272,13 @@ def _finish(trainer, reranker: Reranker, run_dir: Path, record: dict, seconds: f
 def _run_record(config: TrainConfig, groups: TrainGroups, world: int, global_batch: int, epochs: int) -> dict:
     return {
         "config": asdict(config),
-        "resolved": {"precision": _precision(config), "world_size": world, "global_batch_queries": global_batch,
-                     "epochs_covered": epochs, "train_queries": len(groups.queries)},
+        "resolved": {
+            "precision": _precision(config),
+            "world_size": world,
+            "global_batch_queries": global_batch,
+            "epochs_covered": epochs,
+            "train_queries": len(groups.queries),
+        },
         "data_fingerprints": groups.fingerprints,
         "versions": versions(),
     }
@@ -291,10 +306,14 @@ def evaluate_final(run_dir: Path, split: str = "dev", depth: int = 20, *, progre
     data = load_faq(split)
     config = ScoreConfig(depth=depth)
     reranker = prepare(Reranker.from_pretrained(adapter=Path(run_dir) / FINAL), config)
-    scored = rerank(reranker, data.queries, data.corpus, data.run, config, progress=progress, description=f"evaluating on {split}")
+    scored = rerank(
+        reranker, data.queries, data.corpus, data.run, config, progress=progress, description=f"evaluating on {split}"
+    )
     qids = list(data.queries)
     result = {
-        "split": split, "depth": depth, "n_queries": len(qids),
+        "split": split,
+        "depth": depth,
+        "n_queries": len(qids),
         "bm25": evaluate(data.qrels, data.run, query_ids=qids).aggregate,
         "reranker": evaluate(data.qrels, scored, query_ids=qids).aggregate,
     }
