@@ -11,8 +11,10 @@ from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import write_run
 from relevance_lens.evaluate.metrics import evaluate, format_table
 from relevance_lens.model.reranker import Reranker
+from relevance_lens.report.page import write_report
 from relevance_lens.score.config import ScoreConfig, prepare
 from relevance_lens.score.rerank import rerank
+from relevance_lens.study import RunOptions, default_paths, load_study, run_study
 
 METRICS = ("nDCG@10", "RR@10", "R@100")
 
@@ -56,9 +58,6 @@ def run_study_demo(
     *, workdir: Path = Path("runs/demo"), console: Console | None = None, out: Console | None = None
 ) -> Path:
     """The README's demo: run the packaged ``demo`` study (resumable), then write its report."""
-    from relevance_lens.report.page import write_report
-    from relevance_lens.study import RunOptions, default_paths, load_study, run_study
-
     console = console or Console(stderr=True)
     out = out or Console()
     started = time.perf_counter()

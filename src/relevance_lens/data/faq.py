@@ -56,6 +56,7 @@ from relevance_lens.data.formats import (
     write_run,
 )
 from relevance_lens.errors import InputError
+from relevance_lens.evaluate.metrics import evaluate
 
 DATA_DIR = Path(__file__).parent.parent / "datasets" / "faq"
 SPLITS = ("train", "dev", "test", "train-weak")
@@ -222,8 +223,6 @@ def _bm25_run(queries: Mapping[str, str], corpus: Mapping[str, Passage], depth: 
 
 
 def _metrics(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    from relevance_lens.evaluate.metrics import evaluate
-
     result = evaluate(qrels, run, metrics=METRICS, query_ids=sorted(qrels))
     return {name: round(value, 4) for name, value in result.aggregate.items()}
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import Passage, read_corpus, read_qrels, read_queries, read_run
 from relevance_lens.errors import InputError
-from relevance_lens.evaluate.metrics import evaluate
+from relevance_lens.evaluate.metrics import evaluate, parse_metrics
 from relevance_lens.score.batching import EncodedPairs, Run, candidate_pairs, encode_pairs
 
 MetricFn = Callable[[Mapping[str, Mapping[str, float]]], dict[str, float]]
@@ -87,8 +88,6 @@ class EvalSet:
 
 def faq_evalset(split: str, depth: int = 10, max_queries: int | None = None) -> EvalSet:
     """A split (``dev``, ``test``) of the embedded FAQ collection with its BM25 run."""
-    from relevance_lens.data.faq import load_faq
-
     data = load_faq(split)
     return EvalSet(f"faq-{split}", data.queries, data.qrels, data.corpus, data.run, depth, max_queries)
 
@@ -155,8 +154,6 @@ def ir_metric(evalset: EvalSet, name: str) -> MetricFn:
 
 def ir_metrics(evalset: EvalSet, names: Sequence[str]) -> dict[str, MetricFn]:
     """``{name: metric function}`` for ir_measures names such as ``nDCG@10``, ``RR@10``."""
-    from relevance_lens.evaluate.metrics import parse_metrics
-
     parse_metrics(list(names))  # unknown names fail here, before any model runs
     return {name: ir_metric(evalset, name) for name in names}
 

@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 
 from relevance_lens.errors import InputError
+from relevance_lens.model.backbone import resolve_model
+from relevance_lens.model.reranker import read_saved_config
 from relevance_lens.model.roles import ROLES, Architecture, architecture_of, num_layers, role_module_name, role_rows
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -78,9 +80,6 @@ def read_base_config(folder: str | Path):
     local = adapter.get("base_model_name_or_path")
     if local and (Path(local) / "config.json").is_file():
         return AutoConfig.from_pretrained(local)
-    from relevance_lens.model.backbone import resolve_model
-    from relevance_lens.model.reranker import read_saved_config
-
     saved = read_saved_config(folder)
     if saved is None:
         raise InputError(

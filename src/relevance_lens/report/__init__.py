@@ -2,6 +2,7 @@
 ``tables`` and ``figures`` draw, ``train_sections`` and ``layer_sections`` answer the study's
 questions, ``page`` assembles and writes it.
 
-Reads results only: may import ``errors``, ``store``, ``evaluate`` and ``data`` (atomic
-writes), and ``model.roles`` (role order); never the stages that compute.
+Reads results only: may import ``errors``, ``store``, ``evaluate``, ``data`` (atomic
+writes), ``model.roles`` (role order) and ``train.rundir`` (checkpoint names); never the
+stages that compute.
 """

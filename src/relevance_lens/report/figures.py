@@ -13,6 +13,7 @@ from collections.abc import Callable
 from relevance_lens.model.roles import ROLES
 from relevance_lens.report.results import Results
 from relevance_lens.report.tables import mark
+from relevance_lens.train.rundir import FINAL
 
 TARGET_STYLES = {"all": "-", "mha": "--", "mlp": ":"}
 MAX_PANELS = 12  # small multiples per figure
@@ -77,7 +78,7 @@ def _reference_lines(ax, res: Results, rows: list[dict], metric: str, all_rows: 
     base = [
         r["value"]
         for r in all_rows
-        if r["checkpoint"] == "final"
+        if r["checkpoint"] == FINAL
         and r["metric"] == metric
         and r["run"] in res.runs
         and res.runs[r["run"]].head_only

@@ -20,6 +20,7 @@ from relevance_lens.report.figures import (
 )
 from relevance_lens.report.results import Results, _eval_label, _metrics
 from relevance_lens.report.tables import Section, _fmt, _table, mark
+from relevance_lens.train.rundir import FINAL
 
 
 def _sweep_rows(res: Results, sweeps: Iterable[str]) -> dict[str, list[dict]]:
@@ -172,7 +173,7 @@ def roles_section(res: Results) -> Section:
 
 def weights_section(res: Results) -> Section:
     """||ΔW||_F per layer x role of each run's final adapter."""
-    rows = [r for r in res.get("weights") if r["checkpoint"] == "final" and r["metric"] == "frobenius"]
+    rows = [r for r in res.get("weights") if r["checkpoint"] == FINAL and r["metric"] == "frobenius"]
     if not rows:
         return Section(
             "weights",
@@ -188,7 +189,7 @@ def weights_section(res: Results) -> Section:
     parts += [_heatmaps(res, chunk, rows, "||ΔW||_F", diverging=False) for chunk in _chunks(runs)]
     eff = defaultdict(list)
     for r in res.get("weights"):
-        if r["checkpoint"] == "final" and r["metric"] == "effective_rank" and not math.isnan(r["value"]):
+        if r["checkpoint"] == FINAL and r["metric"] == "effective_rank" and not math.isnan(r["value"]):
             eff[r["run"]].append(r["value"])
     body = [
         [

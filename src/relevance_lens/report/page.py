@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from relevance_lens.data.formats import atomic_write
 from relevance_lens.report.figures import MAX_PANELS, TARGET_STYLES
 from relevance_lens.report.layer_sections import (
     heatmap_section,
@@ -146,8 +147,6 @@ def render(rows: list[dict[str, Any]], title: str) -> str:
 
 def write_report(store: str | Path, output: str | Path = "report.html") -> Path:
     """Render the report of a results store to ``output`` (written atomically)."""
-    from relevance_lens.data.formats import atomic_write
-
     rows = read_rows(store)
     page = render(rows, f"relevance-lens report: {Path(store).name}")
     output = Path(output)

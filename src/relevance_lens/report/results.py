@@ -108,9 +108,3 @@ def _metrics(rows: Iterable[dict]) -> list[str]:
         if m != "work_saved" and m not in seen:
             seen.append(m)
     return seen
-
-
-def _step(checkpoint: str | None) -> int | None:
-    if checkpoint and checkpoint.startswith("checkpoint-") and checkpoint[11:].isdigit():
-        return int(checkpoint[11:])
-    return None

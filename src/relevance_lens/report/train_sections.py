@@ -14,8 +14,9 @@ from relevance_lens.report.figures import (
     _reference_lines,
     _step_axis,
 )
-from relevance_lens.report.results import Results, _metrics, _step
+from relevance_lens.report.results import Results, _metrics
 from relevance_lens.report.tables import Section, _fmt, _table
+from relevance_lens.train.rundir import FINAL, step_of
 
 
 def checkpoint_section(res: Results) -> Section:
@@ -35,7 +36,9 @@ def checkpoint_section(res: Results) -> Section:
                 heads = sorted({r["run"] for r in mine if res.runs[r["run"]].head_only})
                 for run in runs + heads:
                     pts = sorted(
-                        (_step(r["checkpoint"]), r["value"]) for r in mine if r["run"] == run and _step(r["checkpoint"])
+                        (step_of(r["checkpoint"]), r["value"])
+                        for r in mine
+                        if r["run"] == run and step_of(r["checkpoint"])
                     )
                     info = res.runs[run]
                     style = (
@@ -52,7 +55,7 @@ def checkpoint_section(res: Results) -> Section:
                             **style,
                         )
                 _reference_lines(ax, res, mine, metric, m_rows)
-                _step_axis(ax, {_step(r["checkpoint"]) for r in mine if _step(r["checkpoint"])})
+                _step_axis(ax, {step_of(r["checkpoint"]) for r in mine if step_of(r["checkpoint"])})
 
             parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
             parts.append(_lines_by_model(res, m_rows, metric, draw, f"checkpoint curves {ev} {metric}"))
@@ -66,12 +69,12 @@ def checkpoint_section(res: Results) -> Section:
 
 
 def _checkpoint_table(res: Results, rows: list[dict], metric: str) -> str:
-    steps = sorted({_step(r["checkpoint"]) for r in rows if _step(r["checkpoint"])})
+    steps = sorted({step_of(r["checkpoint"]) for r in rows if step_of(r["checkpoint"])})
     runs = sorted(
         {r["run"] for r in rows if r["run"] in res.runs and r["checkpoint"] != "bm25"},
         key=lambda x: (res.runs[x].model, not res.runs[x].head_only, res.runs[x].targets, res.runs[x].rank or 0),
     )
-    cells = {(r["run"], _step(r["checkpoint"])): r for r in rows}
+    cells = {(r["run"], step_of(r["checkpoint"])): r for r in rows}
     body = [
         [res.runs[run].model, res.runs[run].label, run]
         + [_fmt(cells[run, s]["value"], cells[run, s]["p_value"]) if (run, s) in cells else "-" for s in steps]
@@ -90,13 +93,7 @@ def _finals(res: Results, rows: list[dict], metric: str) -> dict[tuple[str, str,
     out: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for r in rows:
         info = res.runs.get(r["run"])
-        if (
-            r["metric"] == metric
-            and r["checkpoint"] == "final"
-            and info
-            and not info.head_only
-            and info.rank is not None
-        ):
+        if r["metric"] == metric and r["checkpoint"] == FINAL and info and not info.head_only and info.rank is not None:
             out[info.model, info.targets, info.rank].append(r)
     return out
 
@@ -125,7 +122,7 @@ def ranks_section(res: Results) -> Section:
             parts.append(
                 _lines_by_model(
                     res,
-                    [r for r in m_rows if r["checkpoint"] == "final" or r["checkpoint"] == "bm25"],
+                    [r for r in m_rows if r["checkpoint"] == FINAL or r["checkpoint"] == "bm25"],
                     metric,
                     draw,
                     f"ranks {ev} {metric}",
@@ -195,7 +192,7 @@ def targets_section(res: Results) -> Section:
             parts.append(
                 _lines_by_model(
                     res,
-                    [r for r in m_rows if r["checkpoint"] in ("final", "bm25")],
+                    [r for r in m_rows if r["checkpoint"] in (FINAL, "bm25")],
                     metric,
                     draw,
                     f"targets {ev} {metric}",
