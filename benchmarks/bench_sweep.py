@@ -43,7 +43,7 @@ from common import (  # noqa: E402
 from relevance_lens.dissect.ablate import SweepConfig, build_variants, lora_parts, sweep  # noqa: E402
 from relevance_lens.dissect.evalset import encode_evalset, faq_evalset, ir_metrics  # noqa: E402
 from relevance_lens.model.roles import num_layers  # noqa: E402
-from relevance_lens.score.rerank import ScoreConfig, prepare  # noqa: E402
+from relevance_lens.score.config import ScoreConfig, prepare  # noqa: E402
 
 TARGET = 2.0
 TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}  # the same blocks on the same inputs: only summation order may differ

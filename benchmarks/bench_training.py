@@ -46,6 +46,8 @@ from common import (  # noqa: E402
     report_peak_rss,
 )
 from relevance_lens.model.reranker import Reranker  # noqa: E402
+from relevance_lens.train.config import load_config  # noqa: E402
+from relevance_lens.train.groups import GroupCollator, GroupDataset, group_loss, load_groups  # noqa: E402
 
 TARGET = 1.5
 OURS = "relevance-lens"  # compile=on: what compile=auto picks for the default recipe (50 steps)
@@ -99,7 +101,7 @@ def timed_train(times: list[float]):
 
 
 def train_config(args, output: Path, compile: str = "off"):
-    return rl_train.load_config(
+    return load_config(
         None,
         model=args.model,
         output=str(output),
@@ -122,11 +124,11 @@ def train_config(args, output: Path, compile: str = "off"):
 
 def groups_for(config, steps: int) -> list[dict]:
     """The groups relevance-lens's own dataset yields for the first ``steps`` steps, in order."""
-    groups = rl_train.load_groups(config)
+    groups = load_groups(config)
     groups.check(config.group_size, config.short_groups)
     world = config.queries_per_device * config.grad_accum
     epochs = max(1, -(-steps * world // len(groups.queries)))
-    dataset = rl_train.GroupDataset(groups, config.group_size, epochs, config.seed)
+    dataset = GroupDataset(groups, config.group_size, epochs, config.seed)
     return [dataset[i] for i in range(steps * config.queries_per_device)]
 
 
@@ -229,11 +231,11 @@ def first_step_losses(args, items: list[dict], work: Path) -> dict:
 
     config = train_config(args, work / "unused")
     ours = rl_train.build_model(config).eval()
-    batch = rl_train.GroupCollator(ours)(items[: args.queries])
+    batch = GroupCollator(ours)(items[: args.queries])
     size = int(batch.pop("group_size"))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     with torch.no_grad(), autocast:
-        our_loss = float(rl_train.group_loss(ours(**batch), size))
+        our_loss = float(group_loss(ours(**batch), size))
     ce = cross_encoder_model(args, ours, work).eval()
     with torch.no_grad():
         ce.model.score.weight.copy_(ours.score.weight)  # both heads start from ours

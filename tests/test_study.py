@@ -23,7 +23,7 @@ from relevance_lens import study as st
 from relevance_lens.dissect.evalset import build_evalset
 from relevance_lens.errors import InputError
 from relevance_lens.model.backbone import model_info
-from relevance_lens.store import merge_stores
+from relevance_lens.store import Store, merge_stores
 from relevance_lens.train.rundir import complete_checkpoints
 from tiny import save_tiny
 from trainfix import write_collection
@@ -186,7 +186,7 @@ def test_report_of_a_real_study_has_every_section(reference, tmp_path):
 @pytest.mark.slow
 def test_changed_setting_makes_cells_pending(reference, tiny_study):
     changed = st.load_study(tiny_study("changed.toml", permutations=300))
-    store = st.Store(reference["store"])
+    store = Store(reference["store"])
     states = {(c.kind, c.what, c.run): st.status(c, reference["work"], store) for c in st.expand(changed)}
     pending = {k for k, s in states.items() if s != "done"}
     assert pending and all(what.startswith("ablate") for _, what, _ in pending)

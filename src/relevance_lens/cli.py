@@ -144,7 +144,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint."),
 ):
     """Fine-tune a LoRA reranker (contrastive groups, HF Trainer); checkpoints are adapter folders."""
-    from relevance_lens.train.trainer import evaluate_final, load_config
+    from relevance_lens.train.config import load_config
+    from relevance_lens.train.trainer import evaluate_final
     from relevance_lens.train.trainer import train as run_training
 
     settings = load_config(
