@@ -31,6 +31,7 @@ from relevance_lens.model.hooks import final_norm, record_block_inputs
 from relevance_lens.model.reranker import pool_last
 from relevance_lens.model.roles import architecture_of, num_layers
 from relevance_lens.score.batching import EncodedPairs, run_from_scores
+from relevance_lens.score.scorer import forward_batch
 
 
 @dataclass
@@ -55,7 +56,7 @@ def layer_states(reranker, encoded: EncodedPairs, keep_states: bool = False) -> 
         for batch in encoded.batches:
             tensors = encoded.tensors(reranker, batch)
             with record_block_inputs(base, arch, keep_final=True) as cache:
-                reranker(**tensors)
+                forward_batch(reranker, tensors)  # the scorer's forward; the hooks keep each layer's input
             pooled = torch.stack([pool_last(cache[l], tensors["attention_mask"]) for l in range(n + 1)], 1)
             head = reranker.score(norm(pooled).to(reranker.score.weight.dtype)).squeeze(-1)
             index = torch.tensor(batch)
