@@ -118,8 +118,8 @@ def test_every_setting_is_reachable_from_a_study_file(name, tmp_path, monkeypatc
     [
         ("ablate", "sweeps", '["everything"]', "unknown sweep"),
         ("ablate", "merge", '"maybe"', "expected auto, on or off"),
-        ("weights", "side", '"up"', "expected left or right"),
-        ("lens", "probe", '"svm"', "expected none, ridge or logistic"),
+        ("weights", "side", '"up"', "left.*right"),
+        ("lens", "probe", '"svm"', "none.*ridge.*logistic"),
         ("lens", "adapter", '"x"', "unknown key"),
     ],
 )
@@ -132,3 +132,26 @@ def test_bad_settings_are_refused_in_both_places_with_the_file_named(tmp_path, n
     if key in {f.name for f in dataclasses.fields(ANALYSES[name].settings)}:
         with pytest.raises(InputError, match=message):
             ANALYSES[name].settings(**{key: json.loads(value)})
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "message"),
+    [
+        ("evals.dev", 'depth = "100"', "depth = '100': expected an integer"),
+        ("evals.dev", "depth = 2.5", "depth = 2.5: expected an integer"),
+        ("analyses.ablate", "window = true", "window = True: expected an integer"),
+        ("analyses.ablate", "sweeps = [1]", "sweeps = \\[1\\]: expected a list of strings"),
+        ("analyses.ablate", "merge = 3", "merge = 3: expected a string"),
+        ("analyses.lens", 'l2 = "big"', "l2 = 'big': expected a number"),
+        ("study", 'baseline = "yes"', "baseline = 'yes': expected true or false"),
+    ],
+)
+def test_wrongly_typed_study_values_are_one_line_errors(tmp_path, table, line, message):
+    text = STUDY.format(name="ablate", settings="").replace(f"[{table}]", f"[{table}]\n{line}")
+    if f"[{table}]" not in text:
+        text += f"\n[{table}]\n{line}\n"
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message) as caught:
+        load_study(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

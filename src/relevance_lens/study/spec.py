@@ -11,6 +11,8 @@ mistake with one :class:`~relevance_lens.errors.InputError`. Expanding a study i
 from __future__ import annotations
 
 import json
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -132,6 +134,43 @@ def find_study(name_or_path: str | Path) -> Path:
     raise InputError(f"study {name_or_path}: no such file; expected a study TOML file or a packaged study ({names})")
 
 
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a dataclass field's type (bools are not numbers; ints are floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin is list:
+        return (
+            isinstance(value, list) and all(_has_type(v, args[0]) for v in value) if args else isinstance(value, list)
+        )
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " (or leave it out)"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(args[0], _type_name(args[0]))}" if args else "a list"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
 def _build(cls, table: Any, where: str, extra: Sequence[str] = ()):
     """A spec dataclass from a TOML table; unknown keys and wrong types are refused.
 
@@ -144,12 +183,15 @@ def _build(cls, table: Any, where: str, extra: Sequence[str] = ()):
         raise InputError(
             f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join([*known, *extra])}"
         )
+    hints = typing.get_type_hints(cls)
     for key, value in table.items():
         default = known[key].default_factory() if callable(known[key].default_factory) else known[key].default
         if isinstance(default, list) and not isinstance(value, list):
             raise InputError(
                 f"{where}: {key} = {value!r}: expected a list, e.g. {key} = {json.dumps(default or ['...'])}"
             )
+        if not _has_type(value, hints[key]):
+            raise InputError(f"{where}: {key} = {value!r}: expected {_type_name(hints[key])}")
     try:
         return cls(**table)
     except TypeError as exc:  # a required key is missing
