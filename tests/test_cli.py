@@ -114,6 +114,14 @@ def test_unknown_metric_is_refused(files, tmp_path):
     assert r.returncode == 2 and "nDGC@10" in r.stderr
 
 
+def test_bm25_with_no_queries_is_refused_and_writes_nothing(files, tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    out = tmp_path / "bm25.run"
+    r = cli("bm25", "--queries", empty, "--corpus", files["corpus"], "--output", out)
+    assert r.returncode == 2 and "no queries" in r.stderr and str(empty) in r.stderr and not out.exists()
+
+
 @pytest.mark.slow
 def test_real_model_reranks_a_real_faq_slice(tmp_path):
     """rerank -> evaluate with the embedded SmolLM2 on 5 FAQ test queries (untrained head)."""

@@ -36,7 +36,10 @@ def bm25(
 
     if depth < 1:
         raise InputError(f"--depth {depth}: expected a positive number")
-    run = bm25_search(read_queries(queries), read_corpus(corpus), depth=depth)
+    qs = read_queries(queries)
+    if not qs:  # an empty run would look like a retrieval that found nothing
+        raise InputError(f"{queries}: no queries; expected lines of qid<TAB>text")
+    run = bm25_search(qs, read_corpus(corpus), depth=depth)
     write_run(run, output, tag="bm25")
     console.print(f"wrote {output} ({len(run)} queries)")
 
