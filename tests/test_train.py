@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -138,6 +139,13 @@ def test_sigkill_then_resume_matches_uninterrupted(collection, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs gloo")
+def _free_port() -> int:
+    """A port nothing listens on now (a fixed one can be taken by another run on the machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path):
     one = train(
         load_config(None, **_config(collection, tmp_path / "one", max_steps=8, queries_per_device=4, save_steps=[])),
@@ -147,7 +155,7 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
     settings.pop("output")
     toml = _write_toml(tmp_path / "train.toml", settings)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -155,7 +163,7 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29517",
+            str(_free_port()),
             "-m",
             "relevance_lens",
             "train",
@@ -164,10 +172,10 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
             "--output",
             str(tmp_path / "two"),
         ],
-        check=True,
         capture_output=True,
         env=env,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["resolved"]["world_size"] == 2 and record["resolved"]["global_batch_queries"] == 4
     a, b = _trained_weights(one), _trained_weights(tmp_path / "two")

@@ -175,7 +175,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         raise InputError("no training query has a judged positive passage; check the qrels against the queries")
     dropped = groups.check(config.group_size, config.short_groups)
     existing = complete_checkpoints(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    # Rank 0 alone checks: under torchrun the other ranks may start after it has written run.json.
+    first_process = os.environ.get("RANK", "0") == "0"
+    if first_process and run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise InputError(
             f"--output {run_dir}: folder exists and is not empty; pass --resume to continue it or choose a new folder"
         )
