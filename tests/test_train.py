@@ -195,12 +195,49 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
         ({"queries": "/no/such/queries.tsv"}, "/no/such/queries.tsv"),
         ({"group_size": 1}, "--group-size 1"),
         ({"max_steps": 0}, "--max-steps 0"),
+        ({"head_lr": 0.0}, "--head-lr 0.0: expected a positive"),
+        ({"schedule": "step"}, "--schedule step: expected one of linear, constant, cosine"),
     ],
 )
 def test_nonsense_fails_before_training(collection, tmp_path, overrides, message):
     with pytest.raises(InputError, match=message):
         train(load_config(None, **_config(collection, tmp_path / "run", **overrides)), progress=False)
     assert not complete_checkpoints(tmp_path / "run")
+
+
+@pytest.mark.parametrize("head_lr", [None, 1e-2])
+def test_head_lr_moves_the_head_alone_at_its_own_rate(collection, tmp_path, head_lr):
+    """Adam moves each weight about lr a step: with lr 1e-6 and head_lr 1e-2 the head moves, LoRA barely."""
+    from relevance_lens.train.trainer import build_model
+
+    settings = _config(collection, tmp_path / "run", max_steps=3, save_steps=[], lr=1e-6, head_lr=head_lr)
+    settings["schedule"] = "constant"
+    config = load_config(None, **settings)
+    before = build_model(config).score.weight.detach().clone()
+    after = _trained_weights(train(config, progress=False))
+    head_moved = float((after["weight"] - before).abs().max())
+    lora_moved = max(float(v.abs().max()) for k, v in after.items() if "lora_B" in k)  # B starts at zero
+    assert lora_moved <= 3 * 1e-6 * 1.5
+    if head_lr is None:
+        assert head_moved <= 3 * 1e-6 * 1.5
+    else:
+        assert 1e-3 < head_moved <= 3 * head_lr * 1.5
+
+
+@pytest.mark.parametrize(
+    "schedule,expected",
+    [
+        ("constant", [0, 0.5, 1, 1, 1, 1]),
+        ("linear", [0, 0.5, 1, 0.75, 0.5, 0.25]),
+        ("cosine", [0, 0.5, 1, 0.8536, 0.5, 0.1464]),
+    ],
+)
+def test_schedule_names_map_to_the_trainers_schedules(collection, tmp_path, schedule, expected):
+    """Each logged rate is the one the step used: warm-up from 0 over 2 steps, then the schedule."""
+    settings = _config(collection, tmp_path / "run", max_steps=6, save_steps=[], warmup_steps=2, schedule=schedule)
+    log = json.loads((train(load_config(None, **settings), progress=False) / "train_summary.json").read_text())["log"]
+    rates = [e["learning_rate"] for e in log if "learning_rate" in e]
+    assert rates == pytest.approx([1e-2 * x for x in expected], abs=1e-5)
 
 
 def test_unknown_setting_in_config_file(tmp_path):

@@ -12,6 +12,9 @@ from relevance_lens.errors import InputError
 from relevance_lens.model.lora import LoraSettings
 from relevance_lens.model.reranker import RerankerConfig
 
+#: Our schedule names -> the HF Trainer's ``lr_scheduler_type`` (all after ``warmup_steps`` of linear warm-up).
+SCHEDULES = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}
+
 
 @dataclass
 class TrainConfig:
@@ -51,6 +54,17 @@ class TrainConfig:
     queries_per_device: int = field(default=4, metadata={"help": "Query groups per device per micro-batch."})
     grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
     lr: float = field(default=5e-4, metadata={"help": "Peak learning rate (the study: 1e-4 at global batch 128)."})
+    head_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the score head (default: lr). The head starts random and must move far; "
+            "Adam moves each weight about lr a step, so a head at the LoRA's lr learns slowly."
+        },
+    )
+    schedule: str = field(
+        default="linear",
+        metadata={"help": "Learning-rate schedule after the warm-up: linear (to 0), constant or cosine."},
+    )
     warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_steps: int = field(default=50, metadata={"help": "Optimizer steps."})
@@ -97,6 +111,10 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a positive integer")
         if self.lr <= 0:
             raise InputError(f"--lr {self.lr}: expected a positive learning rate")
+        if self.head_lr is not None and self.head_lr <= 0:
+            raise InputError(f"--head-lr {self.head_lr}: expected a positive learning rate (or leave it unset: lr)")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"--schedule {self.schedule}: expected one of {', '.join(SCHEDULES)}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"--precision {self.precision}: expected auto, bf16 or fp32")
         if any(s < 1 for s in self.save_steps) or self.save_every < 0:

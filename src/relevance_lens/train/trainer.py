@@ -37,7 +37,7 @@ from relevance_lens.model.roles import blocks
 from relevance_lens.provenance import versions
 from relevance_lens.score.config import ScoreConfig, prepare
 from relevance_lens.score.rerank import rerank
-from relevance_lens.train.config import TrainConfig
+from relevance_lens.train.config import SCHEDULES, TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
 from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, complete_checkpoints
 
@@ -56,6 +56,13 @@ def _make_trainer_class():
         """HF Trainer with the group loss, ordered sampling and adapter-folder checkpoints."""
 
         run_record: dict = {}
+        head_lr: float | None = None
+
+        def create_optimizer(self, model=None):
+            optimizer = super().create_optimizer(model)
+            if self.head_lr is not None:
+                _give_head_its_lr(optimizer, self.accelerator.unwrap_model(self.model), self.head_lr)
+            return optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             group_size = int(inputs.pop("group_size"))
@@ -77,6 +84,25 @@ def _make_trainer_class():
             load_trainable(self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint))
 
     return RerankTrainer
+
+
+def _give_head_its_lr(optimizer: torch.optim.Optimizer, reranker: Reranker, head_lr: float) -> None:
+    """Move the score head's parameters into their own param group at ``head_lr``.
+
+    Done before the scheduler exists, so warm-up and decay scale both groups alike.
+    """
+    head = {id(p) for p in reranker.score.parameters()}
+    found = []
+    for group in optimizer.param_groups:
+        found += [p for p in group["params"] if id(p) in head]
+        group["params"] = [p for p in group["params"] if id(p) not in head]
+    if len(found) != len(head):
+        raise InputError(
+            "--head-lr: the score head's parameters are not in the optimizer as themselves "
+            "(sharded training flattens them); leave head_lr unset under FSDP/DeepSpeed"
+        )
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+    optimizer.add_param_group({"params": found, "lr": head_lr, "weight_decay": 0.0})
 
 
 def load_trainable(reranker: Reranker, directory: Path) -> None:
@@ -208,7 +234,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
         max_steps=config.max_steps,
-        lr_scheduler_type="linear",
+        lr_scheduler_type=SCHEDULES[config.schedule],
         bf16=_precision(config) == "bf16",
         seed=config.seed,
         data_seed=config.seed,
@@ -237,6 +263,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             callbacks=[_schedule_callback(config)],
         )
         trainer.run_record = record
+        trainer.head_lr = config.head_lr
         trainer.train(resume_from_checkpoint=str(latest) if latest else None)
     if trainer.args.should_save:
         _finish(trainer, reranker, run_dir, record, time.perf_counter() - started, config)
