@@ -63,7 +63,7 @@ class TrainConfig:
     )
     schedule: str = field(
         default="linear",
-        metadata={"help": "Learning-rate schedule after the warm-up: linear (to 0), constant or cosine."},
+        metadata={"help": "LR schedule after the warm-up: linear (to 0), constant or cosine."},
     )
     warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
