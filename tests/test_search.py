@@ -201,6 +201,7 @@ def test_no_cell_reads_test_before_the_choice(make_study, tmp_path):
     test_cell = cells[on_test[0]]
     assert test_cell.config["after_choice"] == cells[choose].run and test_cell.config["final_only"]
     assert all(c.config.get("after_choice") for c in cells[choose + 1 :])
+    assert len({c.unit for c in cells}) == 1  # a search's cells stay in one shard, its choice beside its runs
     assert [c.what for c in cells] == [
         "train",
         "checkpoints on dev",
@@ -289,7 +290,10 @@ def test_packaged_recipe_search_dry_run_lists_the_search(no_weights_no_network, 
         (("lr = [1e-2, 1e-4]", 'lr = ["fast"]'), "expected each value to be a number"),
         (("lr = [1e-2, 1e-4]", "lr = [1e-2, 1e-2]"), "listed twice"),
         (("lr = [1e-2, 1e-4]", "rank = [1, 2]"), "rank is set by the study, not here; use ranks"),
-        (("lr = [1e-2, 1e-4]", "lrr = [1e-2]"), r"unknown training setting\(s\) lrr"),
+        (
+            ("lr = [1e-2, 1e-4]", "lrr = [1e-2]"),
+            r"unknown key\(s\) lrr; expected metric, select_on, test or training settings",
+        ),
         (("lr = [1e-2, 1e-4]", "max_steps = [1, 2]"), "max_steps is searched here and also set in \\[train\\]"),
         (("lr = [1e-2, 1e-4]", ""), "no training setting to search"),
     ],

@@ -22,6 +22,9 @@ then trained once; on separate disks each shard trains an identical copy on CPU,
 possibly differing in the last bits, which the merge reports). Each shard writes its own
 store; :func:`merge_stores` combines them (the same row from two shards is one row).
 
+A study with ``[search]`` adds a choice cell per grid point; the cells after it (the test set,
+the chosen run's analyses) are resolved to the chosen run when reached (:mod:`relevance_lens.study.search`).
+
 This module runs the cells (the study's public API is :mod:`relevance_lens.study`); the study
 file is parsed by :mod:`relevance_lens.study.spec`, and expanded into cells,
 cost estimates, shards and status by :mod:`relevance_lens.study.plan`.

@@ -150,7 +150,7 @@ class Study:
 
 
 def find_study(name_or_path: str | Path) -> Path:
-    """A study file by path, or a packaged study by name (demo, embedded-grid, paper)."""
+    """A study file by path, or a packaged study by name (demo, embedded-grid, paper, recipe-search)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
@@ -272,7 +272,13 @@ def _search(table: Any, train: dict[str, Any], where: str) -> SearchSpec:
     own = {f.name for f in fields(SearchSpec)} - {"axes"}
     spec = _build(SearchSpec, {k: v for k, v in table.items() if k in own}, where)
     axes = {k: v for k, v in table.items() if k not in own}
-    _train_table(axes, where)  # known training settings, none the grid sets
+    unknown = sorted(set(axes) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise InputError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(own))} or training settings "
+            f"to search, each a list of values (e.g. lr = [5e-4, 2e-3])"
+        )
+    _train_table(axes, where)  # none the grid sets
     hints = typing.get_type_hints(TrainConfig)
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
