@@ -256,7 +256,9 @@ app.add_typer(study_app, name="study")
 
 @study_app.command("run")
 def study_run(
-    study: str = typer.Argument(..., help="Study TOML file, or a packaged study: demo, embedded-grid, paper."),
+    study: str = typer.Argument(
+        ..., help="Study TOML file, or a packaged study: demo, embedded-grid, paper, recipe-search."
+    ),
     shard: Optional[str] = typer.Option(
         None, help="i/n: run only shard i of n (0-based; e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)."
     ),

@@ -137,12 +137,14 @@ def analyze_checkpoints(
     metrics: Sequence[str] = DEFAULT_METRICS,
     *,
     baseline_run_dir: str | Path | None = None,
+    final_only: bool = False,
     store: Store | None = None,
     score: ScoreConfig | None = None,
     force: bool = False,
     console: Console | None = None,
 ) -> list[dict[str, Any]]:
-    """Metrics of every checkpoint of a run, with BM25 and a head-only baseline beside them.
+    """Metrics of every checkpoint of a run, with BM25 and a head-only baseline beside them
+    (``final_only``: of its last adapter only, as a recipe search's test cell needs).
 
     Rows: analysis ``checkpoints``; checkpoint ``bm25``, ``checkpoint-<step>``, ``final``
     (the baseline run's rows carry its own run name). ``p_value``: paired randomization test
@@ -156,7 +158,7 @@ def analyze_checkpoints(
         "dtype": score.dtype,
         "baseline": Path(baseline_run_dir).name if baseline_run_dir is not None else "bm25",
     }
-    folders = run_checkpoints(run_dir)
+    folders = run_checkpoints(run_dir)[-1:] if final_only else run_checkpoints(run_dir)
     info = [describe_adapter(f) for f in folders]
     bm25 = {m: fn(evalset.first_stage()) for m, fn in fns.items()}
     reference, reference_name = bm25, "bm25"

@@ -42,6 +42,7 @@ class Inputs:
     baseline: Path | None = None  # checkpoints: the head-only run folder
     other: Path | None = None  # weights: a second adapter to compare subspaces with
     model: str | None = None  # lens: a bare base model when there is no adapter
+    final_only: bool = False  # checkpoints: the final adapter only (a recipe search's test cell)
 
 
 @dataclass
@@ -81,6 +82,7 @@ def _checkpoints(inputs: Inputs, settings: CheckpointsSettings, ctx: Context) ->
         inputs.evalset,
         inputs.metrics,
         baseline_run_dir=inputs.baseline,
+        final_only=inputs.final_only,
         store=ctx.store,
         score=ctx.score,
         force=ctx.force,

@@ -13,7 +13,8 @@ against its head-only run.
 The page is assembled here; the store is read by :mod:`relevance_lens.report.results`, the
 figures drawn by :mod:`relevance_lens.report.figures`, the tables built by
 :mod:`relevance_lens.report.tables`, and the sections written by :mod:`relevance_lens.report.train_sections`
-(training, ranks, targets) and :mod:`relevance_lens.report.layer_sections` (ablations, ΔW, lens).
+(training, ranks, targets), :mod:`relevance_lens.report.layer_sections` (ablations, ΔW, lens) and
+:mod:`relevance_lens.report.search_sections` (a recipe search's dev curves and its one test number).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from relevance_lens.report.layer_sections import (
     weights_section,
 )
 from relevance_lens.report.results import Results, RunInfo, _eval_label, read_rows
+from relevance_lens.report.search_sections import search_section
 from relevance_lens.report.tables import Section, _table_raw, mark
 from relevance_lens.report.train_sections import checkpoint_section, ranks_section, targets_section
 
@@ -56,6 +58,7 @@ __all__ = [
     "read_rows",
     "render",
     "roles_section",
+    "search_section",
     "targets_section",
     "weights_section",
     "write_report",
@@ -101,6 +104,7 @@ def config_section(res: Results) -> Section:
 
 
 SECTIONS: tuple[Callable[[Results], Section], ...] = (
+    search_section,
     checkpoint_section,
     ranks_section,
     targets_section,

@@ -12,6 +12,10 @@ from typing import Any
 
 from relevance_lens.store import read_results
 
+#: The variant of a recipe search's choice row (written by ``relevance_lens.study.search``, a
+#: stage the report does not import; tests/test_search.py holds the two names equal).
+CHOICE = "choice"
+
 # ---------------------------------------------------------------- reading the store
 
 
@@ -55,7 +59,11 @@ class Results:
     """Rows grouped the ways the sections need them."""
 
     def __init__(self, rows: list[dict[str, Any]]):
-        self.rows = [r for r in rows if r["analysis"] != "study"]
+        # A recipe search's choice rows are keyed by the search, not a run: kept apart.
+        self.choices = [r for r in rows if r["analysis"] == "search" and r["variant"] == CHOICE]
+        self.rows = [
+            r for r in rows if r["analysis"] != "study" and not (r["analysis"] == "search" and r["variant"] == CHOICE)
+        ]
         self.by_analysis: dict[str, list[dict]] = defaultdict(list)
         for r in self.rows:
             self.by_analysis[r["analysis"]].append(r)

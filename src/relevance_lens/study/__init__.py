@@ -1,5 +1,6 @@
 """Study: a grid of trainings and analyses from one TOML file. ``spec`` parses and checks the
-file, ``plan`` expands it into cells (cost, shards, status), ``run`` runs them resumably.
+file, ``plan`` expands it into cells (cost, shards, status), ``run`` runs them resumably, and
+``search`` records a recipe search's choice (test is read once, after it).
 
 May import every stage below it, up to ``dissect``; never ``report``.
 """
@@ -13,6 +14,7 @@ from relevance_lens.study.spec import (
     AnalysisSpec,
     EvalSpec,
     ModelSpec,
+    SearchSpec,
     Study,
     StudySpec,
     find_study,
@@ -30,6 +32,7 @@ __all__ = [
     "EvalSpec",
     "ModelSpec",
     "RunOptions",
+    "SearchSpec",
     "Study",
     "StudySpec",
     "default_paths",

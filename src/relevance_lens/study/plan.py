@@ -8,7 +8,7 @@ status is read from its run folder and the results store only. The cells are run
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from relevance_lens.model.backbone import ModelInfo, model_info
 from relevance_lens.model.lora import LoraSettings
 from relevance_lens.model.roles import ARCHITECTURES, resolve_roles
 from relevance_lens.store import Store, config_hash
+from relevance_lens.study.search import choice, resolve
 from relevance_lens.study.spec import EvalSpec, ModelSpec, Study
 from relevance_lens.train.config import TrainConfig
 from relevance_lens.train.rundir import complete_checkpoints, train_done
@@ -32,11 +33,13 @@ RUNS = "runs"  # WORKDIR/runs/<run>: the study's run folders
 
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work: a training run, or one analysis of one run on one eval set.
+    """One unit of work: a training run, one analysis of one run on one eval set, or a recipe
+    search's choice (kind ``search``).
 
     ``config`` holds everything the cell's result depends on; the id is its hash.
-    ``unit`` is the id of the run's training cell (what shards are assigned by);
-    ``needs`` the runs that must be trained before this cell runs.
+    ``unit`` is the id of the run's training cell, or of the search (what shards are assigned by);
+    ``needs`` the runs that must be trained before this cell runs. A cell whose config has
+    ``after_choice`` runs on the run a search chose (:func:`relevance_lens.study.search.resolve`).
     """
 
     kind: str
@@ -58,7 +61,12 @@ class Cell:
         if self.kind == "train":
             return "train"
         ev = self.config.get("eval")
-        return self.config["analysis"] + (f" on {ev['name']}" if ev else "")
+        if self.kind == "search":
+            return f"choose by {self.config['recipe']['metric']} on {ev['name']}"
+        if self.config.get("final_only"):
+            return f"test once on {ev['name']} (chosen run, final)"
+        text = self.config["analysis"] + (f" on {ev['name']}" if ev else "")
+        return text + (" (chosen run)" if self.config.get("after_choice") else "")
 
 
 def _slug(targets: str) -> str:
@@ -88,7 +96,11 @@ def expand(study: Study) -> list[Cell]:
             for rank in study.spec.ranks:
                 for targets in study.spec.targets:
                     values = {**study.train, "model": model.name, "rank": rank, "targets": targets, "seed": seed}
-                    cell = _train_cell(study, model, info, values, f"{model.short()}-r{rank}-{_slug(targets)}-s{seed}")
+                    stem = f"{model.short()}-r{rank}-{_slug(targets)}-s{seed}"
+                    if study.search is not None:
+                        cells += _search_cells(study, model, info, values, stem, base_run, eval_sizes)
+                        continue
+                    cell = _train_cell(study, model, info, values, stem)
                     vs = None
                     if weights is not None and weights.vs_rank is not None and weights.vs_rank != rank:
                         other = {
@@ -184,7 +196,7 @@ def _analysis_cells(
                 )
             )
             continue
-        for ev_name in spec.evals or list(study.evals):
+        for ev_name in spec.evals or study.default_evals():
             ev = study.evals[ev_name]
             config = {
                 "analysis": name,
@@ -197,6 +209,71 @@ def _analysis_cells(
             cost, work = _analysis_cost(name, spec.settings, run, info, ev, eval_sizes[ev_name], head_only)
             cells.append(Cell("analyze", run.run, config, unit, tuple(needs), cost, work))
     return cells
+
+
+def _search_cells(
+    study: Study,
+    model: ModelSpec,
+    info: ModelInfo,
+    values: dict,
+    stem: str,
+    baseline: str | None,
+    eval_sizes: dict[str, int | None],
+) -> list[Cell]:
+    """A recipe search at one grid point: per tried setting its training and dev curve, then the
+    choice, then (after the choice, on the chosen run) the test cell and the study's analyses."""
+    search = study.search
+    settings = search.settings()
+    tried = [_train_cell(study, model, info, {**values, **setting}, stem) for setting in settings]
+    select = {"name": search.select_on, **asdict(study.evals[search.select_on])}
+    test = {"name": search.test, **asdict(study.evals[search.test])}
+    first = tried[0].config["train"]
+    config = {
+        "recipe": {"axes": search.axes, "metric": search.metric},
+        "tried": [c.run for c in tried],
+        "settings": settings,
+        "eval": select,
+        "test": test,
+        "baseline": baseline,
+        "scoring": study.scoring,
+        **{k: first[k] for k in ("model", "rank", "targets")},
+    }
+    search_id = f"{stem}-search-{config_hash(config)[:6]}"
+    unit = config_hash({"kind": "search", **config})  # a search's cells stay in one shard
+    cells: list[Cell] = []
+    for run in tried:
+        run = replace(run, unit=unit)
+        curve = {"analysis": "checkpoints", "run": run.run, "eval": select, "settings": {}, "scoring": study.scoring}
+        cost, work = _analysis_cost(
+            "checkpoints", None, run, info, study.evals[search.select_on], eval_sizes[search.select_on], False
+        )
+        needs = (run.run,) + ((baseline,) if baseline else ())
+        cells += [run, Cell("analyze", run.run, {**curve, "baseline": baseline}, unit, needs, cost, work)]
+    cells.append(
+        Cell("search", search_id, config, unit, tuple(c.run for c in tried), f"{len(tried)} settings (no forward pass)")
+    )
+    pairs = eval_sizes[search.test] and eval_sizes[search.test] * test["depth"]
+    test_cell = Cell(
+        "analyze",
+        search_id,
+        {
+            "analysis": "checkpoints",
+            "run": search_id,
+            "eval": test,
+            "settings": {},
+            "scoring": study.scoring,
+            "baseline": None,
+            "final_only": True,
+        },
+        unit,
+        (search_id,),
+        f"1 pass x {pairs or '?'} pairs",
+        pairs or 0,
+    )
+    after = [test_cell] + _analysis_cells(
+        study, replace(tried[0], run=search_id, unit=unit), info, baseline, None, eval_sizes
+    )
+    return cells + [replace(c, config={**c.config, "after_choice": search_id}) for c in after]
 
 
 def _check_unique(cells: list[Cell]) -> None:
@@ -310,6 +387,11 @@ def marker(cell: Cell) -> str:
 
 def status(cell: Cell, workdir: Path, store: Store | None) -> str:
     """``done``, ``partial (...)`` or ``pending``: from the run folder and the store only."""
+    if cell.config.get("after_choice"):
+        resolved = resolve(cell, store)
+        return "waits for the choice" if resolved is None else status(resolved, workdir, store)
+    if cell.kind == "search":
+        return "done" if choice(store, cell.run) is not None else "pending"
     if cell.kind == "train":
         run_dir = workdir / RUNS / cell.run
         if train_done(run_dir):

@@ -22,6 +22,9 @@ then trained once; on separate disks each shard trains an identical copy on CPU,
 possibly differing in the last bits, which the merge reports). Each shard writes its own
 store; :func:`merge_stores` combines them (the same row from two shards is one row).
 
+A study with ``[search]`` adds a choice cell per grid point; the cells after it (the test set,
+the chosen run's analyses) are resolved to the chosen run when reached (:mod:`relevance_lens.study.search`).
+
 This module runs the cells (the study's public API is :mod:`relevance_lens.study`); the study
 file is parsed by :mod:`relevance_lens.study.spec`, and expanded into cells,
 cost estimates, shards and status by :mod:`relevance_lens.study.plan`.
@@ -49,6 +52,7 @@ from relevance_lens.model.backbone import model_info
 from relevance_lens.score.config import ScoreConfig
 from relevance_lens.store import Store
 from relevance_lens.study.plan import RUNS, Cell, expand, marker, select, status
+from relevance_lens.study.search import record_choice, resolve
 from relevance_lens.study.spec import Study
 from relevance_lens.train.config import TrainConfig
 from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, train_done
@@ -88,6 +92,7 @@ def run_study(study: Study, options: RunOptions, console: Console | None = None)
     counts = {"cells": len(cells), "skipped": 0, "ran": 0}
     started = time.perf_counter()
     for index, cell in enumerate(cells, 1):
+        cell = resolve(cell, store, required=True)  # after a search's choice: on the chosen run
         state = status(cell, options.workdir, store)
         head = f"[{index}/{len(cells)}] {cell.what} · {cell.run}"
         if state == "done":
@@ -97,6 +102,8 @@ def run_study(study: Study, options: RunOptions, console: Console | None = None)
         console.rule(f"{head} ({state}; {time.perf_counter() - started:.0f} s elapsed)")
         if cell.kind == "train":
             _ensure_trained(cell, options, store, console)
+        elif cell.kind == "search":
+            record_choice(cell, store, console)
         else:
             for need in cell.needs:  # idempotent: trains only what is not trained yet
                 _ensure_trained(by_run[need], options, store, console)
@@ -214,7 +221,9 @@ def _analyze(cell: Cell, options: RunOptions, store: Store, console: Console) ->
         inputs, context = Inputs(target), Context(store=store, console=console)
     else:
         baseline = options.workdir / RUNS / c["baseline"] if c.get("baseline") else None
-        inputs = Inputs(target, build_evalset(ev), ev["metrics"], baseline=baseline)
+        inputs = Inputs(
+            target, build_evalset(ev), ev["metrics"], baseline=baseline, final_only=c.get("final_only", False)
+        )
         context = Context(store, ScoreConfig(depth=ev["depth"], **c["scoring"]), _missing_metrics(cell, store), console)
     entry.run(inputs, settings, context)
     if c.get("vs"):  # weights: the final adapter's subspaces against the other rank's

@@ -2,7 +2,8 @@
 
 A study file has the tables ``[study]`` (the grid: models, ranks, targets, seeds),
 ``[train]`` and ``[baseline_train]`` (training settings), ``[evals.NAME]`` (eval sets),
-``[analyses.NAME]`` (checkpoints, ablate, weights, lens) and ``[scoring]``. Each table is a
+``[analyses.NAME]`` (checkpoints, ablate, weights, lens), ``[scoring]`` and optionally
+``[search]`` (a recipe search over training settings, chosen on one eval set, tested once). Each table is a
 dataclass here; :func:`load_study` turns a file into a :class:`Study`, refusing every
 mistake with one :class:`~relevance_lens.errors.InputError`. Expanding a study into cells is
 :mod:`relevance_lens.study.plan`; running them is :mod:`relevance_lens.study.run`.
@@ -10,6 +11,7 @@ mistake with one :class:`~relevance_lens.errors.InputError`. Expanding a study i
 
 from __future__ import annotations
 
+import itertools
 import json
 import types
 import typing
@@ -103,9 +105,28 @@ class AnalysisSpec:
     )
 
 
+@dataclass
+class SearchSpec:
+    """``[search]``: a recipe search. Its other keys are training settings, each a list of values
+    (the axes); every combination is trained per grid point and its checkpoints evaluated on
+    ``select_on`` (the dev curve); the setting whose final adapter scores the highest ``metric``
+    there is chosen (ties: the first listed) and recorded in the store; only then is ``test``
+    evaluated, once, on the chosen run's final adapter. Analyses run on the chosen run.
+    """
+
+    select_on: str = field(default="dev", metadata={"help": "Eval set the setting is chosen on (not the test split)."})
+    metric: str = field(default="nDCG@10", metadata={"help": "Metric of the final adapter the choice maximizes."})
+    test: str = field(default="test", metadata={"help": "Eval set evaluated once, on the chosen run only."})
+    axes: dict[str, list] = field(default_factory=dict, metadata={"help": "Training setting -> values to try."})
+
+    def settings(self) -> list[dict[str, Any]]:
+        """Every combination of the axes, the first axis slowest, in the order listed."""
+        return [dict(zip(self.axes, values)) for values in itertools.product(*self.axes.values())]
+
+
 #: Keys of an ``[analyses.NAME]`` table that wire the study in rather than set the analysis.
 WIRING = {"evals": "uses_eval", "vs_rank": "weights"}
-TABLES = ("study", "train", "baseline_train", "evals", "analyses", "scoring")
+TABLES = ("study", "train", "baseline_train", "evals", "analyses", "scoring", "search")
 
 
 @dataclass
@@ -120,10 +141,16 @@ class Study:
     analyses: dict[str, Any]
     scoring: dict[str, Any]
     path: Path
+    search: SearchSpec | None = None
+
+    def default_evals(self) -> list[str]:
+        """The eval sets an analysis reads when it names none: all, except a search's test set
+        (a search reads that once, for the chosen run only)."""
+        return [name for name in self.evals if self.search is None or name != self.search.test]
 
 
 def find_study(name_or_path: str | Path) -> Path:
-    """A study file by path, or a packaged study by name (demo, embedded-grid, paper)."""
+    """A study file by path, or a packaged study by name (demo, embedded-grid, paper, recipe-search)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
@@ -230,9 +257,90 @@ def load_study(path: str | Path) -> Study:
     analyses = {
         name: _analysis(name, table, f"{path} [analyses.{name}]") for name, table in raw.get("analyses", {}).items()
     }
-    study = Study(spec, models, train, baseline_train, evals, analyses, dict(raw.get("scoring", {})), path)
+    search = _search(raw["search"], train, f"{path} [search]") if "search" in raw else None
+    study = Study(spec, models, train, baseline_train, evals, analyses, dict(raw.get("scoring", {})), path, search)
     _check(study)
+    if search is not None:
+        _check_search(study)
     return study
+
+
+def _search(table: Any, train: dict[str, Any], where: str) -> SearchSpec:
+    """The ``[search]`` table: its own keys, and training settings each given a list of values."""
+    if not isinstance(table, dict):
+        raise InputError(f"{where}: expected a table of settings")
+    own = {f.name for f in fields(SearchSpec)} - {"axes"}
+    spec = _build(SearchSpec, {k: v for k, v in table.items() if k in own}, where)
+    axes = {k: v for k, v in table.items() if k not in own}
+    unknown = sorted(set(axes) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise InputError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(own))} or training settings "
+            f"to search, each a list of values (e.g. lr = [5e-4, 2e-3])"
+        )
+    _train_table(axes, where)  # none the grid sets
+    hints = typing.get_type_hints(TrainConfig)
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise InputError(
+                f"{where}: {key} = {values!r}: expected a non-empty list of values to try, e.g. {key} = [...]"
+            )
+        for value in values:
+            if not _has_type(value, hints[key]):
+                raise InputError(f"{where}: {key} = {values!r}: expected each value to be {_type_name(hints[key])}")
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise InputError(f"{where}: {key} = {values!r}: a value is listed twice; list each once")
+        if key in train:
+            raise InputError(f"{where}: {key} is searched here and also set in [train]; remove it from [train]")
+    if not axes:
+        raise InputError(
+            f"{where}: no training setting to search; add one with the values to try, e.g. lr = [5e-4, 2e-3]"
+        )
+    spec.axes = axes
+    return spec
+
+
+def _source(ev: EvalSpec) -> tuple:
+    """What data an eval set reads (a FAQ split, four files or an ir_datasets id), whatever its depth."""
+    return (ev.split, ev.queries, ev.qrels, ev.corpus, ev.run, ev.ir_datasets)
+
+
+def _check_search(study: Study) -> None:
+    """The test-once rule, as far as a file can break it: the choice never reads test data,
+    and nothing but the search's test cell reads the test set."""
+    search, where = study.search, f"{study.path} [search]"
+    for key in ("select_on", "test"):
+        name = getattr(search, key)
+        if name not in study.evals:
+            raise InputError(
+                f"{where}: {key} = {name!r} is not an eval set; defined: {', '.join(study.evals) or 'none'} "
+                f"(add [evals.{name}])"
+            )
+    select, test = study.evals[search.select_on], study.evals[search.test]
+    if select.split == "test" or _source(select) == _source(test):
+        raise InputError(
+            f"{where}: select_on = {search.select_on!r} reads the test data; choose on a dev set, e.g. "
+            f'[evals.dev] split = "dev"'
+        )
+    for name, ev in study.evals.items():
+        if name != search.test and _source(ev) == _source(test):
+            raise InputError(
+                f"{study.path} [evals.{name}]: reads the same data as the search's test set {search.test!r}, which "
+                f"is read once, for the chosen run only; remove it"
+            )
+    for name, ev in ((search.select_on, select), (search.test, test)):
+        if search.metric not in ev.metrics:
+            raise InputError(
+                f"{where}: metric = {search.metric!r} is not among [evals.{name}] metrics {ev.metrics}; add it there"
+            )
+    for name, spec in study.analyses.items():
+        if search.test in spec.evals:
+            raise InputError(
+                f"{study.path} [analyses.{name}]: evals names the search's test set {search.test!r}, which is read "
+                f"once, for the chosen run only; analyze on {search.select_on!r} instead"
+            )
+        if getattr(spec, "vs_rank", None) is not None:
+            raise InputError(f"{study.path} [analyses.{name}]: vs_rank is not supported with [search]; remove it")
 
 
 def _analysis(name: str, table: Any, where: str) -> AnalysisSpec:
