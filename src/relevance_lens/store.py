@@ -100,14 +100,14 @@ class Store:
         self.path = Path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._session() as conn, conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(results)")}  # reading it finds corruption
+            missing = [c for c in COLUMNS if c not in columns]
+            if columns and missing:
+                raise InputError(
+                    f"results store {self.path}: its results table lacks {', '.join(missing)}; "
+                    "not a relevance-lens results store: choose another --store path"
+                )
             conn.executescript(_SCHEMA)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
-        missing = [c for c in COLUMNS if c not in columns]
-        if missing:
-            raise InputError(
-                f"results store {self.path}: its results table lacks {', '.join(missing)}; "
-                "not a relevance-lens results store: choose another --store path"
-            )
 
     def _connect(self) -> sqlite3.Connection:
         try:
