@@ -173,6 +173,15 @@ def test_resume_falls_back_past_a_corrupted_checkpoint_and_says_so(collection, s
         assert all(torch.allclose(resumed[k], straight[k], atol=1e-6) for k in straight)
 
 
+def test_a_study_sees_past_a_corrupted_checkpoint_so_its_training_can_resume(straight_run, tmp_path):
+    from relevance_lens.study.plan import RUNS, Cell, status
+
+    run_dir = shutil.copytree(straight_run, tmp_path / RUNS / "r")
+    shutil.rmtree(run_dir / "final")
+    flip_last_byte(run_dir / "checkpoint-6" / HEAD_FILE)
+    assert status(Cell(kind="train", run="r", config={}), tmp_path, None) == "partial (checkpoint-4)"
+
+
 # ---------------------------------------------------------------- the results store
 
 
