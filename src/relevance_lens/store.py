@@ -22,11 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from rich.console import Console
 
@@ -99,7 +99,14 @@ class Store:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as conn, conn:
+        with self._session() as conn, conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(results)")}  # reading it finds corruption
+            missing = [c for c in COLUMNS if c not in columns]
+            if columns and missing:
+                raise InputError(
+                    f"results store {self.path}: its results table lacks {', '.join(missing)}; "
+                    "not a relevance-lens results store: choose another --store path"
+                )
             conn.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
@@ -111,6 +118,23 @@ class Store:
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
+    @contextmanager
+    def _session(self) -> Iterator[sqlite3.Connection]:
+        """A connection, closed after use; a corrupted file becomes a one-line error (a lock does not)."""
+        try:
+            conn = self._connect()
+            try:
+                yield conn
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError)):
+                raise  # busy, locked, full disk...: not the file's fault
+            raise InputError(
+                f"results store {self.path}: corrupted or not a relevance-lens results store ({exc}); restore it from "
+                "a copy, or move it aside and rerun (done work is recomputed)"
+            ) from None
+
     def append(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert rows in one transaction, replacing rows with the same identity; returns the count.
 
@@ -119,7 +143,7 @@ class Store:
         """
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         count = 0
-        with closing(self._connect()) as conn, conn:  # `with conn`: commit, or roll back on error
+        with self._session() as conn, conn:  # `with conn`: commit, or roll back on error
             for row in rows:
                 record = _record(row, created)
                 conn.execute(
@@ -132,7 +156,7 @@ class Store:
     def rows(self, **where: Any) -> list[dict[str, Any]]:
         """All rows matching the given column values (``None`` matches NULL), oldest first."""
         clause, params = _where(where)
-        with closing(self._connect()) as conn:
+        with self._session() as conn:
             cursor = conn.execute(f"SELECT * FROM results{clause} ORDER BY rowid", params)
             return [dict(r) for r in cursor.fetchall()]
 
@@ -154,7 +178,7 @@ class Store:
         if config is not None:
             where["config_hash"] = config_hash(config)
         clause, params = _where(where)
-        with closing(self._connect()) as conn:
+        with self._session() as conn:
             return conn.execute(f"SELECT 1 FROM results{clause} LIMIT 1", params).fetchone() is not None
 
 

@@ -112,6 +112,31 @@ def atomic_write(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> It
     _fsync_directory(path.parent)
 
 
+def current_umask() -> int:
+    """The process's umask, read from ``/proc`` where it can be (setting it to read it races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(*paths: PathLike) -> None:
+    """Give files the mode a plain ``open()`` would: 0o666 less the umask.
+
+    For files written by libraries that create them privately: safetensors writes a ``0600``
+    temporary file and renames it, so adapters, heads and the model cache would otherwise be
+    readable by their owner only while the JSON beside them follows the umask.
+    """
+    mode = 0o666 & ~current_umask()
+    for path in paths:
+        os.chmod(path, mode)
+
+
 def _layer_streams(raw: IO[bytes], path: Path, mode: str, encoding: str) -> IO[Any]:
     """Wrap the raw temp file in gzip and/or text layers as ``path`` and ``mode`` ask."""
     stream: IO[Any] = raw

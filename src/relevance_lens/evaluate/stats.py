@@ -27,9 +27,12 @@ def paired_randomization(
     observed assignment among the permutations ((hits + 1) / (permutations + 1)), so it is
     never 0. Identical systems give 1.0. Deterministic for a given ``seed``.
     """
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if diff.ndim != 1 or diff.size != len(b):
-        raise InputError(f"paired test: expected two equal-length lists of per-query values, got {len(a)} and {len(b)}")
+    a_values, b_values = _per_query(a, "first"), _per_query(b, "second")
+    if a_values.size != b_values.size:  # compared before subtracting: numpy would broadcast a one-item list
+        raise InputError(
+            f"paired test: expected two equal-length lists of per-query values, got {a_values.size} and {b_values.size}"
+        )
+    diff = a_values - b_values
     if permutations < 1:
         raise InputError(f"permutations {permutations}: expected a positive number (10000 is usual)")
     observed = abs(diff.mean()) if diff.size else 0.0
@@ -47,6 +50,23 @@ def paired_randomization(
     return (hits + 1) / (permutations + 1)
 
 
+def _per_query(values: Sequence[float], which: str) -> np.ndarray:
+    """One system's per-query values as a flat float array; NaN or inf is refused, not tested."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"paired test: the {which} system's values are not numbers ({exc})") from None
+    if array.ndim != 1:
+        raise InputError(f"paired test: the {which} system's values have shape {array.shape}; expected one per query")
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise InputError(
+            f"paired test: the {which} system's value for query #{bad[0]} is {array[bad[0]]} ({bad.size} not finite); "
+            "expected a number per query (with NaN the test would return its smallest possible p-value)"
+        )
+    return array
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (step-down), in the input order.
 
@@ -55,6 +75,9 @@ def holm(p_values: Sequence[float]) -> list[float]:
     rejected when one with a smaller raw p-value is not); cap at 1.
     """
     m = len(p_values)
+    bad = [p for p in p_values if not 0.0 <= p <= 1.0]  # NaN fails both comparisons
+    if bad:
+        raise InputError(f"Holm correction: p-value {bad[0]} is not in [0, 1]; expected the p-values of one sweep")
     order = sorted(range(m), key=lambda i: p_values[i])
     adjusted = [1.0] * m
     running = 0.0

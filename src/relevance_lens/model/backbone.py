@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from relevance_lens.data.formats import follow_umask
 from relevance_lens.errors import InputError
 from relevance_lens.model.roles import ARCHITECTURES
 
@@ -160,6 +161,7 @@ def _dequantize_to(parts: list[Path], gguf_name: str, target: Path) -> None:
         model.hf_quantizer = None
         out = tmp / "model"
         model.save_pretrained(out)
+        follow_umask(*out.rglob("*.safetensors"))  # safetensors writes 0600; the cache is shared like its JSON
         tokenizer.save_pretrained(out)
         (out / "relevance_lens_source.json").write_text(
             json.dumps({"gguf": [str(p) for p in parts], "gguf_name": gguf_name}, indent=2)

@@ -17,16 +17,20 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from relevance_lens.data.formats import Passage
+from relevance_lens.data.formats import Passage, atomic_write, follow_umask
 from relevance_lens.errors import InputError
 from relevance_lens.model.backbone import ModelSource, load_backbone, resolve_model
+from relevance_lens.model.manifest import MANIFEST, discard_manifest, manifest_problem, write_manifest
 from relevance_lens.model.roles import Architecture, architecture_of
 
 HEAD_FILE = "score_head.safetensors"
 CONFIG_FILE = "reranker.json"
+#: The key of ``reranker.json`` that promises a manifest in the same folder (absent before manifests existed).
+MANIFEST_KEY = "manifest"
 
 
 @dataclass
@@ -179,16 +183,28 @@ class Reranker(nn.Module):
         return self(**batch).float().tolist()
 
     # ---------------------------------------------------------------- save / load
-    def save(self, directory: str | Path, extra: dict | None = None) -> None:
-        """Write a PEFT adapter folder (when LoRA is attached) + the score head + config."""
+    def save(self, directory: str | Path, extra: dict | None = None, *, manifest: bool = True) -> None:
+        """Write a PEFT adapter folder (when LoRA is attached) + the score head + config, then its manifest.
+
+        ``reranker.json`` comes first and promises a ``manifest.json``, which comes last (see
+        :mod:`relevance_lens.model.manifest`), so a save cut short anywhere is seen as incomplete.
+        ``manifest=False`` leaves the manifest to a caller that adds files of its own (the
+        Trainer's checkpoints: optimizer, RNG and trainer state).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        discard_manifest(directory)  # rewriting a folder: its old manifest must not vouch for the new bytes
+        record = {"reranker": asdict(self.settings), **(extra or {}), MANIFEST_KEY: MANIFEST}
+        with atomic_write(directory / CONFIG_FILE) as fh:
+            json.dump(record, fh, indent=2, sort_keys=True)
         if hasattr(self.backbone, "peft_config"):
             self.backbone.save_pretrained(directory)
+            follow_umask(*directory.rglob("*.safetensors"))  # PEFT writes through safetensors: 0600
         head = {k: v.detach().to("cpu").contiguous() for k, v in self.score.state_dict().items()}
-        save_file(head, directory / HEAD_FILE, metadata={"format": "pt", "role": "relevance score head"})
-        record = {"reranker": asdict(self.settings), **(extra or {})}
-        (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+        with atomic_write(directory / HEAD_FILE, "wb") as fh:
+            fh.write(safetensors_bytes(head, metadata={"format": "pt", "role": "relevance score head"}))
+        if manifest:
+            write_manifest(directory)
 
     def load_adapter(self, directory: str | Path) -> None:
         """Attach a saved LoRA adapter (if any) and the trained head. Refuses a missing head."""
@@ -196,6 +212,12 @@ class Reranker(nn.Module):
         head_path = directory / HEAD_FILE
         if not directory.is_dir():
             raise InputError(f"--adapter {directory}: no such folder")
+        if integrity(directory) == "incomplete":
+            raise InputError(
+                f"--adapter {directory}: {MANIFEST} is missing though {CONFIG_FILE} promises one; the save was "
+                "interrupted. Use an intact checkpoint or save the adapter again"
+            )
+        # A folder saved before manifests existed ("legacy") loads unverified; the checks below still hold it.
         if not head_path.is_file():
             raise InputError(
                 f"--adapter {directory}: {HEAD_FILE} is missing; a reranker without its trained head "
@@ -219,6 +241,30 @@ class Reranker(nn.Module):
                 self.backbone = PeftModel.from_pretrained(self.backbone, directory, is_trainable=False)
             except Exception as exc:
                 raise InputError(f"{directory}: could not load the LoRA adapter ({exc})") from None
+
+
+def integrity(directory: str | Path) -> str:
+    """How far a saved adapter folder can be trusted, by its manifest.
+
+    ``verified``: every file its manifest lists matches it. ``legacy``: saved before manifests
+    existed, so nothing to verify (callers keep their older file checks). ``incomplete``: its
+    ``reranker.json`` promises a manifest that never came, so the save was interrupted. A listed
+    file that is missing, truncated or changed raises an :class:`InputError` naming it.
+    """
+    directory = Path(directory)
+    if (directory / MANIFEST).is_file():
+        problem = manifest_problem(directory)
+        if problem:
+            raise InputError(problem)
+        return "verified"
+    return "incomplete" if _promises_manifest(directory) else "legacy"
+
+
+def _promises_manifest(directory: Path) -> bool:
+    try:
+        return bool(json.loads((directory / CONFIG_FILE).read_text()).get(MANIFEST_KEY))
+    except (OSError, ValueError, AttributeError):  # no config (legacy) or an unreadable one (load names it)
+        return False
 
 
 def read_saved_config(directory: str | Path) -> RerankerConfig | None:

@@ -79,6 +79,19 @@ def encode_pairs(
     return EncodedPairs(pairs, ids, list(batches(lengths, order, batch_tokens, max_batch)))
 
 
+def require_finite(scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` unchanged when every one is a number; a NaN or inf would rank arbitrarily, so refuse it."""
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise InputError(
+            f"scoring: {bad} of {scores.numel()} scores in a batch are not finite (first: "
+            f"{scores[~finite].flatten()[0].item()}); the model or adapter is broken (a diverged checkpoint?) "
+            "or overflows in bf16: check the checkpoint, or score with --dtype fp32"
+        )
+    return scores
+
+
 def run_from_scores(pairs: Sequence[tuple[str, str]], scores: Sequence[float]) -> Run:
     """``{qid: {docid: score}}`` from parallel pair and score lists."""
     out: Run = {}

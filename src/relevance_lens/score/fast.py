@@ -39,7 +39,7 @@ import torch
 
 from relevance_lens.model.compile import can_compile, compile_blocks
 from relevance_lens.model.reranker import Reranker, pool_last
-from relevance_lens.score.batching import batches
+from relevance_lens.score.batching import batches, require_finite
 from relevance_lens.score.config import ScoreConfig
 
 #: ``compile="auto"`` compiles when a run holds at least this many tokens. Measured on the
@@ -339,4 +339,4 @@ class FastScorer:
             )
             pooled = pool_last(out.last_hidden_state, mask)
             scores = model.score(pooled.to(model.score.weight.dtype)).squeeze(-1)
-        return scores.float().cpu().tolist()[: len(batch)]
+        return require_finite(scores.float().cpu()).tolist()[: len(batch)]

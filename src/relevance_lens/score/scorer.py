@@ -16,7 +16,7 @@ import torch
 
 from relevance_lens.data.formats import Passage
 from relevance_lens.model.reranker import Reranker
-from relevance_lens.score.batching import EncodedPairs, batches
+from relevance_lens.score.batching import EncodedPairs, batches, require_finite
 from relevance_lens.score.config import ScoreConfig
 from relevance_lens.score.fast import FastScorer
 
@@ -31,7 +31,7 @@ class Scorer(Protocol):
 
 def forward_batch(reranker: Reranker, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """The reranker's scores of one collated batch, float32 on the CPU: the unit every scorer runs."""
-    return reranker(**tensors).float().cpu()
+    return require_finite(reranker(**tensors).float().cpu())
 
 
 class PlainScorer:

@@ -396,7 +396,8 @@ def status(cell: Cell, workdir: Path, store: Store | None) -> str:
         run_dir = workdir / RUNS / cell.run
         if train_done(run_dir):
             return "done" if store is None or store.has(cell.run, "train") else "trained (rows pending)"
-        found = complete_checkpoints(run_dir) if run_dir.is_dir() else []
+        # A corrupted checkpoint is not an error here: training's --resume falls back past it and says so.
+        found = complete_checkpoints(run_dir, on_corrupt=lambda problem: None) if run_dir.is_dir() else []
         return f"partial (checkpoint-{found[-1][0]})" if found else "pending"
     if store is None:
         return "pending"

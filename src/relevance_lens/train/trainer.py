@@ -14,6 +14,7 @@ checkpoint schedule with explicit early steps, checkpoints that are adapter fold
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -32,6 +33,7 @@ from relevance_lens.evaluate.metrics import evaluate
 from relevance_lens.model.backbone import bf16_supported
 from relevance_lens.model.compile import can_compile, compile_blocks
 from relevance_lens.model.lora import attach_lora
+from relevance_lens.model.manifest import write_manifest
 from relevance_lens.model.reranker import HEAD_FILE, Reranker
 from relevance_lens.model.roles import blocks
 from relevance_lens.provenance import versions
@@ -39,7 +41,7 @@ from relevance_lens.score.config import ScoreConfig, prepare
 from relevance_lens.score.rerank import rerank
 from relevance_lens.train.config import SCHEDULES, TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
-from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, complete_checkpoints
+from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, checkpoint_name, complete_checkpoints
 
 #: ``compile="auto"`` compiles the decoder blocks when a run's forward and backward work
 #: (6 x block parameters x tokens) reaches this. Measured on the 2-core AMX CPU of
@@ -68,6 +70,7 @@ def _make_trainer_class():
             group_size = int(inputs.pop("group_size"))
             scores = model(**inputs)
             loss = group_loss(scores, group_size)
+            _require_finite_loss(loss, self.state.global_step + 1, self.args.output_dir)
             return (loss, scores) if return_outputs else loss
 
         def _get_train_sampler(self, train_dataset=None):
@@ -78,7 +81,14 @@ def _make_trainer_class():
             if not self.args.should_save:
                 return
             reranker = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-            reranker.save(output_dir, extra={"run": self.run_record, "step": self.state.global_step})
+            _require_finite_weights(reranker, self.state.global_step)
+            # The manifest waits for the Trainer's own files: _save_checkpoint writes it after them.
+            reranker.save(output_dir, extra={"run": self.run_record, "step": self.state.global_step}, manifest=False)
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:  # last: its presence marks a complete checkpoint (rundir.complete_checkpoints)
+                write_manifest(Path(self._get_output_dir(trial=trial)) / checkpoint_name(self.state.global_step))
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             load_trainable(self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint))
@@ -120,6 +130,26 @@ def load_trainable(reranker: Reranker, directory: Path) -> None:
         raise InputError(
             f"{directory}: unreadable checkpoint ({exc}); delete it to resume from an earlier one"
         ) from None
+
+
+def _require_finite_loss(loss: torch.Tensor, step: int, run_dir: str) -> None:
+    """Stop at a NaN/inf loss before its backward: the step's update would poison every weight."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise InputError(
+            f"training step {step}: the loss is {loss.detach().float().item()} (not finite); stopped before "
+            f"updating, checkpoints already in {run_dir} are kept. Lower --lr, use --precision fp32 or check the "
+            "training data, in a new --output"
+        )
+
+
+def _require_finite_weights(reranker: Reranker, step: int) -> None:
+    """Refuse to save trained weights holding NaN/inf (a non-finite gradient can cause them with a finite loss)."""
+    for name, param in reranker.named_parameters():
+        if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
+            raise InputError(
+                f"training step {step}: trained weight {name} is not finite; stopped without saving it, "
+                "earlier checkpoints are kept. Lower --lr or use --precision fp32, in a new --output"
+            )
 
 
 def _schedule_callback(config: TrainConfig):
@@ -200,7 +230,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if not groups.queries:
         raise InputError("no training query has a judged positive passage; check the qrels against the queries")
     dropped = groups.check(config.group_size, config.short_groups)
-    existing = complete_checkpoints(run_dir)
+    corrupted: list[str] = []  # resume falls back past these, and says so below
+    existing = complete_checkpoints(run_dir, on_corrupt=corrupted.append) if resume else []
     # Rank 0 alone checks: under torchrun the other ranks may start after it has written run.json.
     first_process = os.environ.get("RANK", "0") == "0"
     if first_process and run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -253,6 +284,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         max_grad_norm=1.0,
     )
     latest = existing[-1][1] if (resume and existing) else None
+    for problem in corrupted:
+        logging.getLogger(__name__).warning(
+            f"--resume: {problem}; skipping it, resuming from {latest.name if latest else 'step 0'}"
+        )
     started = time.perf_counter()
     with _tensorboard_dir(run_dir / "logs"):
         trainer = _make_trainer_class()(
@@ -288,6 +323,7 @@ def _finish(trainer, reranker: Reranker, run_dir: Path, record: dict, seconds: f
     final = run_dir / FINAL
     tmp = run_dir / f"{FINAL}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    _require_finite_weights(reranker, trainer.state.global_step)
     reranker.save(tmp, extra={"run": record, "step": trainer.state.global_step})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
