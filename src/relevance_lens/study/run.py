@@ -112,14 +112,14 @@ def run_study(study: Study, options: RunOptions, console: Console | None = None)
         outcome = _work(cell, head, by_run, options, store, console, started, wait=0)
         if outcome == "busy":
             console.print(f"{head}: in progress in another process, later", highlight=False)
-            later.append(cell)
+            later.append((index, cell))
         else:
             counts[outcome] += 1
     if later:
-        shown = ", ".join(f"{c.what} · {c.run}" for c in later)
+        shown = ", ".join(f"{c.what} · {c.run}" for _, c in later)
         console.print(f"{len(later)} cells in progress in another process: {shown}; waiting for them", highlight=False)
-        for cell in later:
-            head = f"[{cells.index(cell) + 1}/{len(cells)}] {cell.what} · {cell.run}"
+        for index, cell in later:
+            head = f"[{index}/{len(cells)}] {cell.what} · {cell.run}"
             counts[_work(cell, head, by_run, options, store, console, started, wait=None)] += 1
     elsewhere = f", {counts['elsewhere']} done by another process" if counts["elsewhere"] else ""
     console.print(

@@ -172,6 +172,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, w
     it): a second process on the same folder fails at once naming the holder, or waits up to
     ``wait`` seconds (None: as long as the holder lives). Under torchrun rank 0 holds it for all.
     """
+    config.validate()  # a mistake fails before any lock file is written
     if os.environ.get("RANK", "0") != "0":
         return _train(config, resume=resume, progress=progress)
     hint = "wait for it to finish (or stop it), or pass --wait SECONDS"
