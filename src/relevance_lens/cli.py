@@ -148,6 +148,9 @@ def train(
     eval_split: Optional[str] = typer.Option(None, help="FAQ split for the final evaluation ('none' to skip)."),
     compile: Optional[str] = typer.Option(None, "--compile", help="torch.compile the decoder blocks: auto | on | off."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint."),
+    wait: Optional[float] = typer.Option(
+        None, "--wait", help="If another process is training this --output, wait up to SECONDS (default: fail)."
+    ),
 ):
     """Fine-tune a LoRA reranker (contrastive groups, HF Trainer); checkpoints are adapter folders."""
     from relevance_lens.train.config import load_config
@@ -187,7 +190,7 @@ def train(
     )
     if eval_split == "none":
         settings.eval_split = None
-    run_dir = run_training(settings, resume=resume)
+    run_dir = run_training(settings, resume=resume, wait=wait or 0)
     import os
 
     if settings.eval_split and settings.data != "files" and os.environ.get("RANK", "0") == "0":

@@ -11,10 +11,12 @@ this analysis of this checkpoint, with these settings, already done?" so drivers
 Changing a setting (say ``depth``) makes new rows beside the old ones rather than overwriting
 them.
 
-Durability: each :meth:`Store.append` is one transaction in SQLite's default rollback-journal
-mode with ``synchronous=FULL``; a process killed mid-append (even SIGKILL) leaves either all
-of that append's rows or none. Connections are opened per call, so nothing is held between
-analyses, and a busy timeout lets two processes append to one file.
+Durability: each :meth:`Store.append` is one transaction in SQLite's WAL mode with
+``synchronous=FULL``; a process killed mid-append (even SIGKILL) leaves either all of that
+append's rows or none. Connections are opened per call, so nothing is held between analyses;
+WAL lets readers and one writer work at once, and a busy timeout lets two processes append
+to one file. WAL needs the processes sharing a store on one host (not one file over NFS from
+several machines: give each shard its own store and merge them, as ``study run --shard`` does).
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class Store:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._session() as conn, conn:
+        with self._session() as conn:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(results)")}  # reading it finds corruption
             missing = [c for c in COLUMNS if c not in columns]
             if columns and missing:
@@ -107,7 +109,11 @@ class Store:
                     f"results store {self.path}: its results table lacks {', '.join(missing)}; "
                     "not a relevance-lens results store: choose another --store path"
                 )
-            conn.executescript(_SCHEMA)
+            # WAL: readers (report, status) never block an append, nor an append them; the mode is
+            # stored in the file, so setting it once here covers every later connection.
+            conn.execute("PRAGMA journal_mode=WAL")
+            with conn:
+                conn.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         try:

@@ -25,6 +25,10 @@ store; :func:`merge_stores` combines them (the same row from two shards is one r
 A study with ``[search]`` adds a choice cell per grid point; the cells after it (the test set,
 the chosen run's analyses) are resolved to the chosen run when reached (:mod:`relevance_lens.study.search`).
 
+Concurrent: every cell is worked on under a lock (:mod:`relevance_lens.locks`), so processes
+sharing a work folder (a second ``study run``, or shards) never do one cell at once; see
+:func:`run_study`.
+
 This module runs the cells (the study's public API is :mod:`relevance_lens.study`); the study
 file is parsed by :mod:`relevance_lens.study.spec`, and expanded into cells,
 cost estimates, shards and status by :mod:`relevance_lens.study.plan`.
@@ -35,8 +39,6 @@ from __future__ import annotations
 import gc
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from rich.table import Table
 from relevance_lens.dissect.evalset import build_evalset, need_ir_datasets
 from relevance_lens.dissect.registry import ANALYSES, Context, Inputs
 from relevance_lens.errors import InputError
+from relevance_lens.locks import FileLock, holder, lock_file
 from relevance_lens.model.backbone import model_info
 from relevance_lens.score.config import ScoreConfig
 from relevance_lens.store import Store
@@ -57,6 +60,8 @@ from relevance_lens.study.spec import Study
 from relevance_lens.train.config import TrainConfig
 from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, train_done
 from relevance_lens.train.trainer import train
+
+LOCKS = ".locks"  # WORKDIR/.locks/<cell id>.lock: analysis cells' locks (a training cell's is its run folder's)
 
 # ---------------------------------------------------------------- running
 
@@ -82,41 +87,100 @@ def default_paths(
 
 
 def run_study(study: Study, options: RunOptions, console: Console | None = None) -> dict[str, int]:
-    """Run this shard's cells, skipping done ones; returns counts of done/ran cells."""
+    """Run this shard's cells, skipping done ones; returns counts of cells: ``cells``, ``skipped``
+    (done before), ``ran`` (run here) and ``elsewhere`` (finished by another process meanwhile).
+
+    Each cell runs under its lock: a training cell under its run folder's (the lock
+    :func:`~relevance_lens.train.trainer.train` takes), an analysis under ``WORKDIR/.locks/<cell
+    id>.lock``. A cell another process holds, or an analysis whose run another process is
+    training, is skipped on the first pass; then the skipped cells are reported ("N cells in
+    progress in another process: ...") and waited for one by one, and each is checked again
+    under its lock: done, or run here (its holder died, or wrote to another store). So a study
+    that returns has every cell done, and no cell was ever worked on by two processes at once.
+    """
     console = console or Console(stderr=True)
     everything = expand(study)
     cells = select(everything, options.shard)
     _preflight(study, cells)
     store = Store(options.store)
     by_run = {c.run: c for c in everything if c.kind == "train"}
-    counts = {"cells": len(cells), "skipped": 0, "ran": 0}
+    counts = {"cells": len(cells), "skipped": 0, "ran": 0, "elsewhere": 0}
     started = time.perf_counter()
+    later = []
     for index, cell in enumerate(cells, 1):
         cell = resolve(cell, store, required=True)  # after a search's choice: on the chosen run
-        state = status(cell, options.workdir, store)
         head = f"[{index}/{len(cells)}] {cell.what} · {cell.run}"
-        if state == "done":
+        if status(cell, options.workdir, store) == "done":
             console.print(f"[dim]{head}: done, skipped[/]", highlight=False)
             counts["skipped"] += 1
             continue
-        console.rule(f"{head} ({state}; {time.perf_counter() - started:.0f} s elapsed)")
-        if cell.kind == "train":
-            _ensure_trained(cell, options, store, console)
-        elif cell.kind == "search":
-            record_choice(cell, store, console)
+        outcome = _work(cell, head, by_run, options, store, console, started, wait=0)
+        if outcome == "busy":
+            console.print(f"{head}: in progress in another process, later", highlight=False)
+            later.append((index, cell))
         else:
-            for need in cell.needs:  # idempotent: trains only what is not trained yet
-                _ensure_trained(by_run[need], options, store, console)
-            _analyze(cell, options, store, console)
-        counts["ran"] += 1
-        gc.collect()
-        _free_accelerator()
+            counts[outcome] += 1
+    if later:
+        shown = ", ".join(f"{c.what} · {c.run}" for _, c in later)
+        console.print(f"{len(later)} cells in progress in another process: {shown}; waiting for them", highlight=False)
+        for index, cell in later:
+            head = f"[{index}/{len(cells)}] {cell.what} · {cell.run}"
+            counts[_work(cell, head, by_run, options, store, console, started, wait=None)] += 1
+    elsewhere = f", {counts['elsewhere']} done by another process" if counts["elsewhere"] else ""
     console.print(
-        f"study {study.spec.name}: {counts['cells']} cells, {counts['ran']} run now, {counts['skipped']} already done "
-        f"({time.perf_counter() - started:.0f} s); results in {options.store} (relevance-lens report {options.store})",
+        f"study {study.spec.name}: {counts['cells']} cells, {counts['ran']} run now, {counts['skipped']} already done"
+        f"{elsewhere} ({time.perf_counter() - started:.0f} s); results in {options.store} "
+        f"(relevance-lens report {options.store})",
         highlight=False,
     )
     return counts
+
+
+def _work(
+    cell: Cell,
+    head: str,
+    by_run: dict[str, Cell],
+    options: RunOptions,
+    store: Store,
+    console: Console,
+    started: float,
+    wait: float | None,
+) -> str:
+    """Run one cell under its lock: ``ran``, ``elsewhere`` (found done once locked) or ``busy``
+    (its lock, or a needed run's, is held elsewhere and ``wait`` is 0)."""
+    run_dir = options.workdir / RUNS / cell.run
+    lock = FileLock(lock_file(run_dir) if cell.kind == "train" else options.workdir / LOCKS / f"{cell.id}.lock")
+    if not _take(lock, wait, console, head):
+        return "busy"
+    try:
+        state = status(cell, options.workdir, store)  # again: another process may have finished it
+        if state == "done":
+            console.print(f"[dim]{head}: done by another process[/]", highlight=False)
+            return "elsewhere"
+        console.rule(f"{head} ({state}; {time.perf_counter() - started:.0f} s elapsed)")
+        # A training cell holds its run's lock already; an analysis trains what it needs first.
+        for need in (cell.run,) if cell.kind == "train" else cell.needs:
+            if not _ensure_trained(by_run[need], options, store, console, wait):
+                return "busy"
+        if cell.kind == "search":
+            record_choice(cell, store, console)
+        elif cell.kind != "train":
+            _analyze(cell, options, store, console)
+    finally:
+        lock.release()
+    gc.collect()
+    _free_accelerator()
+    return "ran"
+
+
+def _take(lock: FileLock, wait: float | None, console: Console, what: str) -> bool:
+    """Take ``lock`` at once, or (``wait`` not 0) say whom we wait for and wait."""
+    if lock.acquire(0):
+        return True
+    if wait == 0:
+        return False
+    console.print(f"{what}: waiting for {holder(lock.path)} ...", highlight=False)
+    return lock.acquire(wait)
 
 
 def _free_accelerator() -> None:
@@ -150,32 +214,22 @@ def _preflight(study: Study, cells: list[Cell]) -> None:
         )
 
 
-@contextmanager
-def _run_lock(run_dir: Path, console: Console) -> Iterator[None]:
-    """An exclusive lock per run folder, so shards sharing a work folder never train one run twice at once.
-    The kernel drops it when its process dies, SIGKILL included."""
-    import fcntl
-
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            console.print(f"waiting for another process training {run_dir.name} ...")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
-def _ensure_trained(cell: Cell, options: RunOptions, store: Store, console: Console) -> Path:
-    """Train (or resume) a run unless its folder is complete; record its rows in the store."""
+def _ensure_trained(cell: Cell, options: RunOptions, store: Store, console: Console, wait: float | None) -> bool:
+    """Train (or resume) a run unless its folder is complete, and record its rows in the store,
+    under the run folder's lock; False if another process holds it and ``wait`` is 0."""
     run_dir = options.workdir / RUNS / cell.run
-    with _run_lock(run_dir, console):
+    lock = FileLock(lock_file(run_dir))
+    if not _take(lock, wait, console, f"train · {cell.run}"):
+        return False
+    try:
         if not train_done(run_dir):
             config = TrainConfig(**cell.config["train"], output=str(run_dir))
             train(config, resume=True, progress=options.progress)
-    if not store.has(cell.run, "train"):
-        store.append(_train_rows(cell, run_dir))
-    return run_dir
+        if not store.has(cell.run, "train"):
+            store.append(_train_rows(cell, run_dir))
+    finally:
+        lock.release()
+    return True
 
 
 def _train_rows(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:

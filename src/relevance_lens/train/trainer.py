@@ -30,6 +30,7 @@ from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import atomic_write
 from relevance_lens.errors import InputError
 from relevance_lens.evaluate.metrics import evaluate
+from relevance_lens.locks import exclusive, lock_file
 from relevance_lens.model.backbone import bf16_supported
 from relevance_lens.model.compile import can_compile, compile_blocks
 from relevance_lens.model.lora import attach_lora
@@ -220,8 +221,22 @@ def compile_decision(config: TrainConfig, reranker: Reranker) -> tuple[bool, str
     return True, f"compile={config.compile}: {work:.2g} FLOPs of training"
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train a reranker as ``config`` says; returns the run folder. See the module doc."""
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, wait: float | None = 0) -> Path:
+    """Train a reranker as ``config`` says; returns the run folder. See the module doc.
+
+    The run folder is locked while training (:mod:`relevance_lens.locks`, ``.<name>.lock`` beside
+    it): a second process on the same folder fails at once naming the holder, or waits up to
+    ``wait`` seconds (None: as long as the holder lives). Under torchrun rank 0 holds it for all.
+    """
+    config.validate()  # a mistake fails before any lock file is written
+    if os.environ.get("RANK", "0") != "0":
+        return _train(config, resume=resume, progress=progress)
+    hint = "wait for it to finish (or stop it), or pass --wait SECONDS"
+    with exclusive(lock_file(config.output), f"--output {config.output}", wait, hint):
+        return _train(config, resume=resume, progress=progress)
+
+
+def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
     from transformers import TrainingArguments, set_seed
 
     config.validate()
