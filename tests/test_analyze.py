@@ -101,6 +101,22 @@ def test_checkpoints_with_bm25_and_baseline_and_rerun_skips(fake_run, tmp_path, 
     assert scored == [] and len(again) == len(rows) and len(store.rows()) == len(rows)
 
 
+def test_versus_bm25_tests_every_checkpoint_against_the_first_stage(fake_run, tmp_path):
+    """With a baseline, ``versus="bm25"`` gives each checkpoint the p-value a run without one gets."""
+    evalset = tiny_evalset()
+    alone = analyze_checkpoints(fake_run["run"], evalset, METRICS, score=FP32)
+    both = analyze_checkpoints(
+        fake_run["run"], evalset, METRICS, baseline_run_dir=fake_run["baseline"], versus="bm25", score=FP32
+    )
+    vs_base = analyze_checkpoints(fake_run["run"], evalset, METRICS, baseline_run_dir=fake_run["baseline"], score=FP32)
+    p = {name: {(r["run"], r["checkpoint"], r["metric"]): r["p_value"] for r in rows} for name, rows in
+         (("alone", alone), ("both", both), ("base", vs_base))}  # fmt: skip
+    for key, value in p["alone"].items():
+        assert p["both"][key] == value
+    assert ("head-only", "final", "RR@10") in p["both"]
+    assert any(p["base"][k] != p["alone"][k] for k in p["alone"] if k[1] != "bm25")
+
+
 def test_ablate_rows_agree_with_the_checkpoint_scores(fake_run, tmp_path, monkeypatch):
     evalset = tiny_evalset()
     store = Store(tmp_path / "results.sqlite")

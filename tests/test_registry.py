@@ -21,7 +21,7 @@ from relevance_lens.study import run as study_run
 OTHER = {
     "sweeps": ["roles", "window"], "window": 4, "window_stride": 2, "cached": False, "merge": "on", "verify": False,
     "permutations": 123, "seed": 7, "side": "right", "probe": "ridge", "l2": 0.5, "steps": 17,
-    "probe_split": "dev", "adapter_off": True,
+    "probe_split": "dev", "adapter_off": True, "versus": "bm25",
 }  # fmt: skip
 
 SETTINGS = [(name, f) for name, entry in ANALYSES.items() for f in dataclasses.fields(entry.settings)]

@@ -196,6 +196,7 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
         ({"group_size": 1}, "--group-size 1"),
         ({"max_steps": 0}, "--max-steps 0"),
         ({"head_lr": 0.0}, "--head-lr 0.0: expected a positive"),
+        ({"head_init": "ones"}, "--head-init ones: expected random or zero"),
         ({"schedule": "step"}, "--schedule step: expected one of linear, constant, cosine"),
     ],
 )
@@ -222,6 +223,21 @@ def test_head_lr_moves_the_head_alone_at_its_own_rate(collection, tmp_path, head
         assert head_moved <= 3 * 1e-6 * 1.5
     else:
         assert 1e-3 < head_moved <= 3 * head_lr * 1.5
+
+
+def test_zero_head_learns_the_probe_first(collection, tmp_path):
+    """head_init=zero: every score equal at step 0, so step 1 moves the head only (no gradient reaches
+    LoRA through a zero head); from step 2 on LoRA learns along the direction the head found."""
+    from relevance_lens.train.trainer import build_model
+
+    settings = _config(collection, tmp_path / "one", max_steps=1, save_steps=[], head_init="zero")
+    assert float(build_model(load_config(None, **settings)).score.weight.abs().max()) == 0.0
+    one = _trained_weights(train(load_config(None, **settings), progress=False))
+    assert float(one["weight"].abs().max()) > 0
+    assert all(float(v.abs().max()) == 0 for k, v in one.items() if "lora_B" in k)
+    settings.update(output=str(tmp_path / "three"), max_steps=3)
+    three = _trained_weights(train(load_config(None, **settings), progress=False))
+    assert any(float(v.abs().max()) > 0 for k, v in three.items() if "lora_B" in k)
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,7 @@ def analyze_checkpoints(
     metrics: Sequence[str] = DEFAULT_METRICS,
     *,
     baseline_run_dir: str | Path | None = None,
+    versus: str = "baseline",
     final_only: bool = False,
     store: Store | None = None,
     score: ScoreConfig | None = None,
@@ -149,7 +150,8 @@ def analyze_checkpoints(
     Rows: analysis ``checkpoints``; checkpoint ``bm25``, ``checkpoint-<step>``, ``final``
     (the baseline run's rows carry its own run name). ``p_value``: paired randomization test
     of each checkpoint against the baseline's final model when one is given, else against
-    BM25 (unadjusted: the checkpoints of one run are not independent hypotheses).
+    BM25 (unadjusted: the checkpoints of one run are not independent hypotheses);
+    ``versus="bm25"`` tests against BM25 even with a baseline (the baseline's rows too).
     """
     score = score or ScoreConfig(depth=evalset.depth)
     fns = ir_metrics(evalset, metrics)
@@ -157,6 +159,8 @@ def analyze_checkpoints(
         **evalset.describe(),
         "dtype": score.dtype,
         "baseline": Path(baseline_run_dir).name if baseline_run_dir is not None else "bm25",
+        # Only when not the default, so that results stored before the setting existed keep their hash.
+        **({"versus": versus} if versus != "baseline" else {}),
     }
     folders = run_checkpoints(run_dir)[-1:] if final_only else run_checkpoints(run_dir)
     info = [describe_adapter(f) for f in folders]
@@ -189,9 +193,12 @@ def analyze_checkpoints(
             and not force
             and store.has(base_info.run, "checkpoints", checkpoint=base_info.checkpoint, config=config)
         )
-        if todo or not done:  # the baseline's per-query values are the reference of the p-values
-            reference = _score_folders([base_info], evalset, fns, score)[0]
-            rows += _metric_rows(base_info, reference, bm25, config)
+        if (todo and versus == "baseline") or not done:  # its per-query values may be the p-values' reference
+            values = _score_folders([base_info], evalset, fns, score)[0]
+            rows += _metric_rows(base_info, values, bm25, config)
+            reference = values if versus == "baseline" else bm25
+        if versus == "bm25":
+            reference_name = "bm25"
     for item, values in zip(todo, _score_folders(todo, evalset, fns, score)):
         rows += _metric_rows(item, values, reference, config)
     rows = [normalize(r) for r in rows]

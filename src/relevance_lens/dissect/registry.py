@@ -82,6 +82,7 @@ def _checkpoints(inputs: Inputs, settings: CheckpointsSettings, ctx: Context) ->
         inputs.evalset,
         inputs.metrics,
         baseline_run_dir=inputs.baseline,
+        versus=settings.versus,
         final_only=inputs.final_only,
         store=ctx.store,
         score=ctx.score,

@@ -73,7 +73,19 @@ class LensConfig:
 
 @dataclass
 class CheckpointsSettings:
-    """``checkpoints``: every checkpoint of a run beside BM25 and the head-only run (no settings of its own)."""
+    """``checkpoints``: every checkpoint of a run beside BM25 and the head-only run."""
+
+    versus: str = field(
+        default="baseline",
+        metadata={
+            "help": "What the p-values test against: baseline (the head-only run's final, BM25 without one) or bm25 "
+            "(does the reranker beat the first stage?)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.versus not in ("baseline", "bm25"):
+            raise InputError(f"versus {self.versus!r}: expected baseline or bm25")
 
 
 @dataclass

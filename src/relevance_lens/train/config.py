@@ -61,6 +61,13 @@ class TrainConfig:
             "Adam moves each weight about lr a step, so a head at the LoRA's lr learns slowly."
         },
     )
+    head_init: str = field(
+        default="random",
+        metadata={
+            "help": "Score head at step 0: random (normal, the model's initializer_range) or zero (every score "
+            "equal: the first steps learn the probe direction from the data instead of undoing a random one)."
+        },
+    )
     schedule: str = field(
         default="linear",
         metadata={"help": "LR schedule after the warm-up: linear (to 0), constant or cosine."},
@@ -113,6 +120,8 @@ class TrainConfig:
             raise InputError(f"--lr {self.lr}: expected a positive learning rate")
         if self.head_lr is not None and self.head_lr <= 0:
             raise InputError(f"--head-lr {self.head_lr}: expected a positive learning rate (or leave it unset: lr)")
+        if self.head_init not in ("random", "zero"):
+            raise InputError(f"--head-init {self.head_init}: expected random or zero")
         if self.schedule not in SCHEDULES:
             raise InputError(f"--schedule {self.schedule}: expected one of {', '.join(SCHEDULES)}")
         if self.precision not in ("auto", "bf16", "fp32"):

@@ -188,6 +188,9 @@ def build_model(config: TrainConfig) -> Reranker:
         if p.requires_grad:
             p.data = p.data.float()
     reranker.score.float().requires_grad_(True)
+    if config.head_init == "zero":
+        with torch.no_grad():
+            reranker.score.weight.zero_()
     if config.gradient_checkpointing:
         reranker.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         reranker.base_model.enable_input_require_grads()
