@@ -93,6 +93,12 @@ def test_checkpoints_with_bm25_and_baseline_and_rerun_skips(fake_run, tmp_path, 
     assert got["r2-all", "bm25", "RR@10"]["value"] == pytest.approx(bm25["RR@10"])
     assert 0 < got["r2-all", "final", "RR@10"]["p_value"] <= 1
 
+    forwards = []
+    real = analyze.PlainScorer.score_encoded
+    monkeypatch.setattr(analyze.PlainScorer, "score_encoded", lambda self, e: forwards.append(1) or real(self, e))
+    analyze_checkpoints(fake_run["run"], evalset, METRICS, score=FP32)
+    assert len(forwards) == 2  # checkpoint-5 and checkpoint-10; final/ holds checkpoint-10's weights
+
     scored = []
     monkeypatch.setattr(analyze, "_score_folders", lambda items, *a: scored.extend(items) or [])
     again = analyze_checkpoints(

@@ -14,12 +14,14 @@ Reruns skip what the store already holds for the same run, checkpoint, analysis 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -225,15 +227,40 @@ def _score_folders(
     reranker = prepare(Reranker.from_pretrained(config=read_saved_config(items[0].folder)), score)
     encoded = encode_evalset(reranker, evalset, score.batch_tokens, score.max_batch)
     out = []
+    seen: dict[tuple[str, ...], dict[str, dict[str, float]]] = {}
     for item in items:
         if item.model != items[0].model:
             raise InputError(
                 f"{item.folder}: base model {item.model!r} differs from {items[0].model!r} of the other checkpoints"
             )
-        with adapter_loaded(reranker, item.folder, score):
-            run = run_from_scores(encoded.pairs, PlainScorer(reranker).score_encoded(encoded))
-        out.append({m: fn(run) for m, fn in fns.items()})
+        key = _weights_identity(item.folder)
+        if key not in seen:  # final/ is a copy of the last checkpoint: scored once
+            with adapter_loaded(reranker, item.folder, score):
+                run = run_from_scores(encoded.pairs, PlainScorer(reranker).score_encoded(encoded))
+            seen[key] = {m: fn(run) for m, fn in fns.items()}
+        out.append(seen[key])
     return out
+
+
+def _weights_identity(folder: Path) -> tuple[str, ...]:
+    """What decides the scores (head and adapter tensors, LoRA and text settings): equal folders score equally.
+
+    Tensors, not file bytes: safetensors writes its metadata in no fixed order.
+    """
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for name in (HEAD_FILE, "adapter_model.safetensors"):
+        if (folder / name).is_file():
+            for key, tensor in sorted(load_file(folder / name).items()):
+                digest.update(key.encode() + str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+                digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    lora = folder / "adapter_config.json"
+    return (
+        digest.hexdigest(),
+        lora.read_text() if lora.is_file() else "-",
+        json.dumps(vars(read_saved_config(folder) or {}), sort_keys=True, default=str),
+    )
 
 
 def _metric_rows(item: AdapterInfo, values, reference, config) -> list[dict[str, Any]]:
