@@ -215,6 +215,17 @@ def test_training_smoke(tiny_folder, tmp_path):
     assert set(record["ratios"]) == {"relevance-lens"}
     assert abs(record["check"]["relevance_lens"] - record["check"]["crossencoder"]) <= record["check"]["tolerance"]
     assert all(len(r["step_seconds"]) == 1 for r in record["systems"])
+    # The step's work and its fraction of the measured matmul rate, for both systems on the same FLOPs.
+    flops = record["flops"]["real"]
+    assert flops["total"] > flops["dense_forward"] > 0 and flops["dense_backward"] > 0 and flops["lora"] > 0
+    assert len({r["mean_step_flops"] for r in record["systems"]}) == 1
+    for row in record["systems"]:
+        achieved = row["mean_step_flops"] / row["mean_step_seconds"]
+        assert row["fraction_of_matmul_rate"] == pytest.approx(
+            achieved / 1e9 / record["machine"]["matmul_gflops"]["bf16"]
+        )
+    assert record["fraction_of_matmul"]["value"] == record["systems"][0]["fraction_of_matmul_rate"]
+    assert "of matmul rate" in (tmp_path / "training.md").read_text()
 
 
 @pytest.mark.slow
