@@ -5,16 +5,16 @@
     python benchmarks/profile_training.py --compile off --optim fused
 
 The step is ``train``'s: the model from :func:`relevance_lens.train.trainer.build_model` (frozen
-bf16 weights, fp32 LoRA and head), decoder blocks compiled as ``compile=on`` does, bf16
-autocast, the group loss, gradient clipping at 1.0 and AdamW on the trainable parameters, on the
-training benchmark's groups in order. First ``--warmup`` steps (compilation), then ``--steps``
-steps timed by phase (forward, backward, optimizer) without the profiler, then ``--profiled``
-steps under ``torch.profiler`` whose self times are sorted into matmul (mm, bmm, linear), attention
-(SDPA kernels), element-wise (every other op, inductor's fused kernels included) and optimizer
-(clipping, AdamW, zero_grad). The shares are of the profiled steps' wall time; what no op claims
-is Python and dispatch overhead. Matmul FLOPs come from :mod:`flops` (real tokens, as the
-training benchmark reports), the matmul-only rate divides the padded matmul FLOPs — what ran —
-by the time spent in matmul kernels.
+bf16 weights, fp32 LoRA and head), decoder blocks compiled as ``compile=on`` does, bf16 autocast,
+the group loss, gradient clipping at 1.0 and fused AdamW (the Trainer's ``adamw_torch_fused``)
+on the training benchmark's groups in order. First ``--warmup`` steps (compilation), then
+``--steps`` steps timed by phase (forward, backward, optimizer) without the profiler, then
+``--profiled`` steps under ``torch.profiler`` whose self times are sorted into matmul (mm, bmm,
+linear), attention (SDPA kernels), element-wise (every other op, inductor's fused kernels
+included) and optimizer (clipping, AdamW, zero_grad). The shares are of the profiled steps' wall
+time; what no op claims is Python and dispatch overhead. Matmul FLOPs come from :mod:`flops`
+(real tokens, as the training benchmark reports); the matmul kernels' own rate divides the padded
+matmul FLOPs (what ran) by the time spent in them.
 
 Prints a JSON record (and writes it to ``--out`` when given). Not a benchmark table: shares
 under load are indicative only.
@@ -86,7 +86,8 @@ def step(model, optimizer, params, batch: dict, size: int, autocast, times: dict
     if times is not None:
         for phase, a, b in zip(PHASES, marks, marks[1:]):
             times.setdefault(phase, []).append(b - a)
-    return float(loss)
+    print(f"step: {marks[-1] - marks[0]:.2f} s, loss {float(loss.detach()):.4f}", file=sys.stderr, flush=True)
+    return float(loss.detach())
 
 
 def shares(prof, wall: float) -> dict:
@@ -121,7 +122,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lora-dropout", type=float, default=0.0)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--compile", choices=["on", "off"], default="on")
-    parser.add_argument("--optim", choices=["default", "foreach", "fused"], default="default", help="AdamW variant.")
+    parser.add_argument(
+        "--optim",
+        choices=["default", "foreach", "fused"],
+        default="fused",
+        help="AdamW variant (fused: the Trainer's default, adamw_torch_fused, with torch >= 2.8).",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "results" / "_work")
     parser.add_argument("--out", type=Path, default=None)
