@@ -14,6 +14,11 @@ stops otherwise. Step times come from one Trainer callback (``on_step_begin`` to
 ``on_step_end``: forward, backward, optimizer); the first ``--warmup`` steps are left out. Ours
 runs through :func:`relevance_lens.train.trainer.train` itself. Peak memory: each system again in a
 child process of its own.
+
+Fraction of the hardware limit: each step's matmul FLOPs (:mod:`flops`: the forward, the backward
+through the frozen weights — input gradients only — LoRA's forward and backward, attention and
+the score head; real tokens only) over its time, divided by the bf16 (or fp32) 2048² matmul rate
+measured in the same process. Both systems train on the same token ids, so on the same work.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import flops  # noqa: E402
 import peers  # noqa: E402
 import relevance_lens.train.trainer as rl_train  # noqa: E402
 from common import (  # noqa: E402
@@ -50,6 +56,7 @@ from relevance_lens.train.config import load_config  # noqa: E402
 from relevance_lens.train.groups import GroupCollator, GroupDataset, group_loss, load_groups  # noqa: E402
 
 TARGET = 1.5
+TARGET_FRACTION = 0.45  # of the bf16 matmul rate, for relevance-lens's step (issue 11)
 OURS = "relevance-lens"  # compile=on: what compile=auto picks for the default recipe (50 steps)
 EAGER = "relevance-lens, eager blocks (compile=off)"
 SYSTEMS = (OURS, "CrossEncoderTrainer", EAGER)
@@ -111,7 +118,7 @@ def train_config(args, output: Path, compile: str = "off"):
         max_length=args.max_length,
         rank=args.rank,
         alpha=args.alpha,
-        lora_dropout=0.0,
+        lora_dropout=args.lora_dropout,
         targets="all",
         precision=args.precision,
         save_steps=[],
@@ -163,7 +170,10 @@ def cross_encoder_model(args, reranker: Reranker, work: Path):
     # CrossEncoder.add_adapter goes through transformers, which wants peft >= 0.22; PEFT's own
     # injection is what it calls and works with the installed peft.
     inject_adapter_in_model(
-        LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=targets, bias="none"), ce.model
+        LoraConfig(
+            r=args.rank, lora_alpha=args.alpha, lora_dropout=args.lora_dropout, target_modules=targets, bias="none"
+        ),
+        ce.model,
     )
     for name, p in ce.model.named_parameters():
         p.requires_grad_("lora_" in name or name.startswith("score."))
@@ -225,12 +235,23 @@ def run_cross_encoder(args, items: list[dict], work: Path, times: list[float]) -
 # ---------------------------------------------------------------- equality before timing
 
 
-def first_step_losses(args, items: list[dict], work: Path) -> dict:
-    """Loss of both systems on the first step's groups, with LoRA B = 0 (the models are equal)."""
+def step_work(reranker: Reranker, items: list[dict], queries: int) -> list[dict]:
+    """Matmul FLOPs of each step (:func:`flops.step_flops`) over the token ids its groups become."""
+    out = []
+    for start in range(0, len(items), queries):
+        texts = [reranker.format(it["query"], p) for it in items[start : start + queries] for p in it["passages"]]
+        out.append(flops.step_flops(reranker, [len(ids) for ids in reranker.tokenize(texts)]))
+    return out
+
+
+def first_step_losses(args, items: list[dict], work: Path, ours: Reranker) -> dict:
+    """Loss of both systems on the first step's groups, with LoRA B = 0 (the models are equal).
+
+    ``ours``: relevance-lens's model as ``train`` builds it, untrained.
+    """
     from sentence_transformers.cross_encoder.losses import ListNetLoss
 
-    config = train_config(args, work / "unused")
-    ours = rl_train.build_model(config).eval()
+    ours = ours.eval()
     batch = GroupCollator(ours)(items[: args.queries])
     size = int(batch.pop("group_size"))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
@@ -266,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=64.0)
+    parser.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout of both systems.")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rounds", type=int, default=2, help="Run every system this many times; keep the faster.")
@@ -298,7 +320,10 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     info = machine(measure=True)
-    check = first_step_losses(args, items, work)
+    model = rl_train.build_model(train_config(args, work / "unused"))
+    work_per_step = step_work(model, items, args.queries)
+    check = first_step_losses(args, items, work, model)
+    del model
     print(f"first-step losses agree: {check}", flush=True)
     # Rounds: every system once per round, the faster round kept. On a shared machine one
     # system can land in a busy spell that another escapes; a second round evens that out.
@@ -317,12 +342,17 @@ def main(argv: list[str] | None = None) -> dict:
                 "step_seconds": steady,
                 "mean_step_seconds": step,
                 "groups_per_s": args.queries / step,
+                **rate_of(work_per_step[args.warmup :], steady, info, args.precision),
                 "first_step_seconds": times[0],
                 "round": round_,
                 "load_average": [load_start, load_average()],
                 **extra,
             }
-            print(f"round {round_}: {name:44s} {step:6.2f} s/step  {args.queries / step:5.2f} groups/s", flush=True)
+            print(
+                f"round {round_}: {name:44s} {step:6.2f} s/step  {args.queries / step:5.2f} groups/s  "
+                f"{100 * row['fraction_of_matmul_rate']:4.1f}% of the {args.precision} matmul rate",
+                flush=True,
+            )
             if name not in best or step < best[name]["mean_step_seconds"]:
                 row["all_rounds_mean_step_seconds"] = best.get(name, {}).get("all_rounds_mean_step_seconds", []) + [
                     step
@@ -353,6 +383,8 @@ def main(argv: list[str] | None = None) -> dict:
                 str(args.rank),
                 "--alpha",
                 str(args.alpha),
+                "--lora-dropout",
+                str(args.lora_dropout),
                 "--precision",
                 args.precision,
                 "--work",
@@ -377,18 +409,48 @@ def main(argv: list[str] | None = None) -> dict:
                 "alpha",
                 "precision",
                 "seed",
+                "lora_dropout",
             )
         }
         | {"sequences_per_step": args.queries * args.group_size, "load_average_end": load_average()},
         "check": check,
+        "flops": summarise_work(work_per_step[args.warmup :]),
         "systems": rows,
         "ratios": {
             name: {"speedup": theirs / by[name]["mean_step_seconds"], "target": TARGET}
             for name in (OURS, EAGER)
             if name in by
         },
+        "fraction_of_matmul": {
+            "system": OURS,
+            "value": by[OURS]["fraction_of_matmul_rate"],
+            "target": TARGET_FRACTION,
+            "precision": args.precision,
+        },
     }
     return publish("training", record, render(record), args.results)
+
+
+def rate_of(work: list[dict], seconds: list[float], info: dict, precision: str) -> dict:
+    """Achieved matmul rate of timed steps (real-token FLOPs over their time) and its fraction of the measured rate."""
+    done = sum(w["real"]["total"] for w in work) / sum(seconds)
+    return {
+        "mean_step_flops": statistics.mean(w["real"]["total"] for w in work),
+        "achieved_tflops": done / 1e12,
+        "fraction_of_matmul_rate": done / (info["matmul_gflops"][precision] * 1e9),
+    }
+
+
+def summarise_work(work: list[dict]) -> dict:
+    """Mean FLOPs of the timed steps, by part, real tokens and padded; the 6N rule beside them."""
+    return {
+        count: {part: statistics.mean(w[count][part] for w in work) for part in work[0][count]}
+        for count in ("real", "padded")
+    } | {
+        "six_n": statistics.mean(w["six_n"] for w in work),
+        "matmul_params": work[0]["matmul_params"],
+        "per_step_real_total": [w["real"]["total"] for w in work],
+    }
 
 
 def render(record: dict) -> str:
@@ -398,6 +460,8 @@ def render(record: dict) -> str:
             r["system"],
             r["mean_step_seconds"],
             r["groups_per_s"],
+            r["achieved_tflops"],
+            f"{100 * r['fraction_of_matmul_rate']:.1f}%",
             r["first_step_seconds"],
             f"{r['peak_rss_bytes'] / 2**20:,.0f}" if r.get("peak_rss_bytes") else "",
         ]
@@ -407,6 +471,13 @@ def render(record: dict) -> str:
     for who, r in record["ratios"].items():
         met = "met" if r["speedup"] >= r["target"] else f"missed: {r['speedup'] / r['target']:.2f} of the target"
         ratios.append(f"- {who}: {r['speedup']:.2f}× CrossEncoderTrainer (target ≥ {r['target']:g}×: {met})")
+    frac = record["fraction_of_matmul"]
+    gap = frac["value"] - frac["target"]
+    ratios.append(
+        f"- {frac['system']}: step at {100 * frac['value']:.1f}% of the measured {frac['precision']} matmul rate "
+        f"(target ≥ {100 * frac['target']:.0f}%: {'met' if gap >= 0 else f'missed by {-100 * gap:.1f} points'})"
+    )
+    work, real = record["flops"], record["flops"]["real"]
     return "\n".join(
         [
             f"**Training** — {machine_line(record['machine'])}",
@@ -417,7 +488,17 @@ def render(record: dict) -> str:
             f"First-step loss: ours {record['check']['relevance_lens']:.4f}, CrossEncoderTrainer "
             f"{record['check']['crossencoder']:.4f}. Load average at end: {cfg['load_average_end']:.2f}.",
             "",
-            markdown_table(["system", "s/step", "query groups/s", "first step s", "peak RSS MiB"], rows),
+            f"Matmul work a step ({real['tokens']:,.0f} real tokens; `benchmarks/flops.py`): "
+            f"{real['total'] / 1e12:.3f} TFLOP = forward {real['dense_forward'] / 1e12:.3f} + backward through the "
+            f"frozen weights {real['dense_backward'] / 1e12:.3f} + LoRA {real['lora'] / 1e12:.3f} + attention "
+            f"{real['attention'] / 1e12:.3f} + head {real['head'] / 1e12:.5f}; padded "
+            f"({work['padded']['tokens']:,.0f} positions, full attention square) {work['padded']['total'] / 1e12:.3f}; "
+            f"full fine-tuning's 6N rule would be {work['six_n'] / 1e12:.3f}.",
+            "",
+            markdown_table(
+                ["system", "s/step", "query groups/s", "TFLOP/s", "of matmul rate", "first step s", "peak RSS MiB"],
+                rows,
+            ),
             "",
             *ratios,
         ]

@@ -70,6 +70,63 @@ def test_forward_flops_counts_dense_and_attention():
     assert flops["total"] == flops["dense"] + flops["attention"]
 
 
+def _lora_reranker(family: str, targets: str, layers=None):
+    """A tiny reranker set up as training sets it: frozen backbone, LoRA with random B, trainable head."""
+    import torch
+
+    from relevance_lens.model.lora import LoraSettings, attach_lora
+
+    reranker = tiny_reranker(family)
+    reranker.base_model.set_attn_implementation("eager")  # FlopCounterMode does not count SDPA's CPU kernels
+    reranker.backbone.requires_grad_(False)
+    attach_lora(reranker, LoraSettings(rank=4, alpha=8, dropout=0.0, targets=targets, layers=layers))
+    with torch.no_grad():
+        for name, p in reranker.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    reranker.score.requires_grad_(True)
+    return reranker
+
+
+@pytest.mark.parametrize(
+    "family, targets, layers",
+    [("llama", "all", None), ("llama", "mlp", None), ("llama", "all", [2, 3]), ("llama", "none", None)]
+    + [("gpt_neox", "all", None), ("gpt2", "mha", None)],
+)
+def test_step_flops_equal_flop_counter_over_a_real_step(family, targets, layers):
+    """The step's formula against torch's FlopCounterMode over one real forward + backward (padded count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import flops
+
+    reranker = _lora_reranker(family, targets, layers)
+    ids = reranker.tokenize([f"query: sort a list document: {'use sorted in python ' * k}" for k in (1, 3, 6)])
+    batch = reranker.collate(ids)
+    with FlopCounterMode(display=False) as counter:
+        reranker(**batch).sum().backward()
+    measured = counter.get_total_flops()
+    counted = flops.step_flops(reranker, [len(x) for x in ids])
+    assert counted["padded"]["total"] == pytest.approx(measured, rel=0.02)
+    # Real tokens only (no padding, causal half of attention) is strictly less work than what ran.
+    assert counted["real"]["total"] < counted["padded"]["total"]
+    assert counted["padded"]["tokens"] == 3 * max(len(x) for x in ids) > counted["real"]["tokens"]
+
+
+def test_step_flops_parts_follow_the_frozen_backward_rule():
+    """Head-only: no backward through the frozen model; all roles: backward ≈ forward, well under full fine-tuning."""
+    import flops
+
+    lengths = [40, 50]
+    probe = flops.step_flops(_lora_reranker("llama", "none"), lengths)["real"]
+    assert probe["dense_backward"] == probe["lora"] == 0
+    lora = flops.step_flops(_lora_reranker("llama", "all"), lengths)
+    real = lora["real"]
+    # Only layer 0's q, k, v (fed by nothing trainable) skip their input gradient.
+    assert 0.9 * real["dense_forward"] < real["dense_backward"] < real["dense_forward"]
+    assert real["dense_forward"] == lora["six_n"] / 3  # 2N a token
+    assert real["dense_forward"] + real["dense_backward"] < 2 / 3 * lora["six_n"]  # < 4N: no weight gradients
+
+
 def test_write_result_refreshes_readme_section(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:x -->\nold\n<!-- /results:x -->\noutro\n")
@@ -158,6 +215,17 @@ def test_training_smoke(tiny_folder, tmp_path):
     assert set(record["ratios"]) == {"relevance-lens"}
     assert abs(record["check"]["relevance_lens"] - record["check"]["crossencoder"]) <= record["check"]["tolerance"]
     assert all(len(r["step_seconds"]) == 1 for r in record["systems"])
+    # The step's work and its fraction of the measured matmul rate, for both systems on the same FLOPs.
+    flops = record["flops"]["real"]
+    assert flops["total"] > flops["dense_forward"] > 0 and flops["dense_backward"] > 0 and flops["lora"] > 0
+    assert len({r["mean_step_flops"] for r in record["systems"]}) == 1
+    for row in record["systems"]:
+        achieved = row["mean_step_flops"] / row["mean_step_seconds"]
+        assert row["fraction_of_matmul_rate"] == pytest.approx(
+            achieved / 1e9 / record["machine"]["matmul_gflops"]["bf16"]
+        )
+    assert record["fraction_of_matmul"]["value"] == record["systems"][0]["fraction_of_matmul_rate"]
+    assert "of matmul rate" in (tmp_path / "training.md").read_text()
 
 
 @pytest.mark.slow
