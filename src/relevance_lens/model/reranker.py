@@ -200,6 +200,13 @@ class Reranker(nn.Module):
         head_path = directory / HEAD_FILE
         if not directory.is_dir():
             raise InputError(f"--adapter {directory}: no such folder")
+        if not (directory / "adapter_model.safetensors").is_file() and any(
+            (directory / f).exists() for f in ("adapter_config.json", "adapter_model.bin")
+        ):
+            raise InputError(
+                f"--adapter {directory}: adapter_model.safetensors is missing; a pickled adapter_model.bin is never "
+                "loaded (unpickling can run code): re-save the adapter with safe_serialization=True"
+            )
         if not head_path.is_file():
             raise InputError(
                 f"--adapter {directory}: {HEAD_FILE} is missing; a reranker without its trained head "
