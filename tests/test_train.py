@@ -62,10 +62,15 @@ def _trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_loss_falls_and_checkpoints_follow_the_schedule(collection, tmp_path):
-    run_dir = train(load_config(None, **_config(collection, tmp_path / "run", max_steps=80)), progress=False)
+    # lr 1e-3, fp32: a regime where training is not chaotic, so the kernel path cannot decide the outcome.
+    # Measured: the mean loss of 12 steps (4 epochs of 3 batches) drops by 0.12 from the first 12 to the last
+    # 12, the same to 3 decimals with AMX and with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 MKL_ENABLE_INSTRUCTIONS=AVX2.
+    # At lr 1e-2 (the old setting) the loss spikes (grad norm > 2000) and the drop ranged 0.05-0.34 by CPU.
+    # The threshold is half the measured drop; with lr 0 the drop is 0 and the test fails.
+    run_dir = train(load_config(None, **_config(collection, tmp_path / "run", max_steps=80, lr=1e-3)), progress=False)
     log = json.loads((run_dir / "train_summary.json").read_text())["log"]
     losses = [entry["loss"] for entry in log if "loss" in entry]
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.15
+    assert sum(losses[-12:]) / 12 < sum(losses[:12]) / 12 - 0.06, losses
     assert [step for step, _ in complete_checkpoints(run_dir)] == [5, 10, 80]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["config"]["rank"] == 2 and "torch" in record["versions"] and record["data_fingerprints"]
@@ -152,6 +157,16 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
         load_config(None, **_config(collection, tmp_path / "one", max_steps=8, queries_per_device=4, save_steps=[])),
         progress=False,
     )
+    # The same global batch as 2 micro-batches in one process: the same sums in another order. How far that
+    # moves the weights is the floating-point noise of this CPU's kernels (Adam amplifies it in near-zero
+    # gradients: ~1e-4 on an AMD EPYC against ~1e-6 with AMX), which sets the tolerance below.
+    accum = train(
+        load_config(
+            None,
+            **_config(collection, tmp_path / "accum", max_steps=8, queries_per_device=2, grad_accum=2, save_steps=[]),
+        ),
+        progress=False,
+    )
     settings = _config(collection, tmp_path / "x", max_steps=8, queries_per_device=2, save_steps=[])
     settings.pop("output")
     toml = _write_toml(tmp_path / "train.toml", settings)
@@ -179,10 +194,15 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["resolved"]["world_size"] == 2 and record["resolved"]["global_batch_queries"] == 4
-    a, b = _trained_weights(one), _trained_weights(tmp_path / "two")
+    a, b, c = _trained_weights(one), _trained_weights(tmp_path / "two"), _trained_weights(accum)
     for key in a:
-        # Same data, same global batch: only the order of floating-point sums differs.
-        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key
+        # Same data, same global batch: only the order of floating-point sums differs. A real difference (another
+        # batch, a gradient scaled by the world size) moves the weights by the size of the update, ~lr per step.
+        scale = a[key].abs().max().item()
+        noise = (a[key] - c[key]).abs().max().item()
+        assert noise <= 1e-2 * scale, f"{key}: micro-batches alone moved the weights by {noise}"
+        tolerance = 10 * max(noise, torch.finfo(torch.float32).eps * scale)
+        assert (a[key] - b[key]).abs().max().item() <= tolerance, key
 
 
 @pytest.mark.parametrize(

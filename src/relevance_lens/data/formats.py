@@ -224,20 +224,23 @@ def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
 
 def _locate_decode_error(path: Path) -> InputError:
     """Find the first byte that is not UTF-8 and say where it is."""
-    offset = 0
+    offset = lineno = 0
     with _open_binary(path) as handle:
-        for lineno, raw in enumerate(handle, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                return at(
-                    path,
-                    lineno,
-                    f"invalid UTF-8 byte 0x{raw[error.start]:02x} at byte offset {offset + error.start} "
-                    f"(column {error.start + 1}); expected UTF-8 text: re-encode the file, "
-                    "e.g. iconv -f latin1 -t utf-8",
-                )
-            offset += len(raw)
+        try:
+            for lineno, raw in enumerate(handle, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    return at(
+                        path,
+                        lineno,
+                        f"invalid UTF-8 byte 0x{raw[error.start]:02x} at byte offset {offset + error.start} "
+                        f"(column {error.start + 1}); expected UTF-8 text: re-encode the file, "
+                        "e.g. iconv -f latin1 -t utf-8",
+                    )
+                offset += len(raw)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:  # the bad byte's line runs into the damage
+            return at(path, lineno + 1, f"corrupt gzip data ({error}); re-download or re-compress the file")
     return at(path, None, "is not valid UTF-8; expected UTF-8 text")
 
 
@@ -249,6 +252,10 @@ def _json_objects(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
         except json.JSONDecodeError as error:
             raise at(
                 path, lineno, f"invalid JSON ({error.msg} at column {error.colno}); expected one JSON object per line"
+            ) from None
+        except (ValueError, RecursionError):  # a number of over 4300 digits, or nesting past the recursion limit
+            raise at(
+                path, lineno, "JSON nested too deeply or with an over-long number; expected one JSON object per line"
             ) from None
         if not isinstance(record, dict):
             raise at(path, lineno, f"expected a JSON object per line, found {type(record).__name__}")
@@ -273,6 +280,8 @@ def _check_id(path: PathLike, lineno: int, kind: str, value: str) -> str:
         raise at(path, lineno, f"empty {kind}; every record needs one")
     if _WHITESPACE.search(value):
         raise at(path, lineno, f"{kind} {value!r} contains whitespace, which TREC run and qrels files cannot hold")
+    if "\ufeff" in value:  # written first in a file, it would read back as a byte-order mark and vanish
+        raise at(path, lineno, f"{kind} {value!r} contains a byte-order mark (U+FEFF); remove it")
     return value
 
 
@@ -603,8 +612,8 @@ def _run_block(path: PathLike, qid: str, docs: Mapping[str, float], tag: str, de
 
 
 def _check_writable_id(path: PathLike, kind: str, value: str) -> None:
-    if not value or _WHITESPACE.search(value):
-        raise InputError(f"cannot write {path}: {kind} {value!r} is empty or contains whitespace")
+    if not value or _WHITESPACE.search(value) or "\ufeff" in value:
+        raise InputError(f"cannot write {path}: {kind} {value!r} is empty or contains whitespace or U+FEFF")
 
 
 def _id_order(value: str) -> tuple[int, int, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -78,7 +79,7 @@ def read_base_config(folder: str | Path):
     folder = Path(folder)
     adapter = _read_json(folder / ADAPTER_CONFIG)
     local = adapter.get("base_model_name_or_path")
-    if local and (Path(local) / "config.json").is_file():
+    if isinstance(local, str) and local and (Path(local) / "config.json").is_file():
         return AutoConfig.from_pretrained(local)
     saved = read_saved_config(folder)
     if saved is None:
@@ -93,9 +94,29 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path} not found: expected a LoRA adapter folder written by relevance-lens train (or PEFT)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, an over-long number, absurd nesting
         raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    return record
+
+
+def _check_lora_config(config: dict, path: Path) -> None:
+    """The fields the scaling is computed from: finite numbers, a boolean, regex keys (PEFT's meaning)."""
+    pattern = config.get("alpha_pattern") or {}
+    alphas = [config.get("lora_alpha"), *(pattern.values() if isinstance(pattern, dict) else [None])]
+    if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) for a in alphas):
+        raise InputError(
+            f"{path}: lora_alpha {config.get('lora_alpha')!r} / alpha_pattern {pattern!r}: expected finite numbers"
+        )
+    if not isinstance(config.get("use_rslora", False), bool):
+        raise InputError(f"{path}: use_rslora {config['use_rslora']!r}: expected true or false")
+    for key in pattern:
+        try:
+            re.compile(key)
+        except re.error:
+            raise InputError(f"{path}: alpha_pattern key {key!r} is not a regular expression") from None
 
 
 def load_adapter_weights(folder: str | Path, base_config=None) -> AdapterWeights:
@@ -105,6 +126,7 @@ def load_adapter_weights(folder: str | Path, base_config=None) -> AdapterWeights
 
     folder = Path(folder)
     config = _read_json(folder / ADAPTER_CONFIG)
+    _check_lora_config(config, folder / ADAPTER_CONFIG)
     path = folder / ADAPTER_WEIGHTS
     if not path.is_file():
         raise InputError(f"{path} not found: weight analysis reads PEFT's safetensors adapter file")

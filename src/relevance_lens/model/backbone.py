@@ -175,8 +175,23 @@ def load_backbone(
     """Load the decoder (no LM head) and its tokenizer from a resolved source."""
     from transformers import AutoModel, AutoTokenizer
 
+    folder = Path(source.path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        raise InputError(
+            f"--model {source.name}: no .safetensors weights in {folder}"
+            + (
+                f"; {', '.join(pickled)} is a pickle, which is never loaded (unpickling can run code)"
+                if pickled
+                else ""
+            )
+            + "; convert the weights to safetensors (save_pretrained(..., safe_serialization=True))"
+        )
     try:
-        backbone = AutoModel.from_pretrained(source.path, dtype=dtype, trust_remote_code=trust_remote_code)
+        # use_safetensors: a hub model is only taken as safetensors, never as a pickle.
+        backbone = AutoModel.from_pretrained(
+            source.path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise InputError(f"--model {source.name}: could not load from {source.path}: {exc}") from exc

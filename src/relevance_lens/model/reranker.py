@@ -12,7 +12,7 @@ give the same scores.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -58,6 +58,10 @@ class RerankerConfig:
             raise InputError(f"padding_side {self.padding_side!r}: expected 'right' or 'left'")
         try:
             self.template.format(query="q", title="t", text="x")
+        except (ValueError, AttributeError, TypeError) as exc:  # "{", "{query.x}", "{query:z}"
+            raise InputError(
+                f"template {self.template!r} is not a format string ({exc}); escape braces as {{{{ }}}}"
+            ) from None
         except (KeyError, IndexError) as exc:
             raise InputError(
                 f"template {self.template!r} uses unknown field {exc}: allowed fields are {{query}}, "
@@ -218,6 +222,13 @@ class Reranker(nn.Module):
                 "interrupted. Use an intact checkpoint or save the adapter again"
             )
         # A folder saved before manifests existed ("legacy") loads unverified; the checks below still hold it.
+        if not (directory / "adapter_model.safetensors").is_file() and any(
+            (directory / f).exists() for f in ("adapter_config.json", "adapter_model.bin")
+        ):
+            raise InputError(
+                f"--adapter {directory}: adapter_model.safetensors is missing; a pickled adapter_model.bin is never "
+                "loaded (unpickling can run code): re-save the adapter with safe_serialization=True"
+            )
         if not head_path.is_file():
             raise InputError(
                 f"--adapter {directory}: {HEAD_FILE} is missing; a reranker without its trained head "
@@ -272,10 +283,21 @@ def read_saved_config(directory: str | Path) -> RerankerConfig | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
-        return RerankerConfig(**record["reranker"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return RerankerConfig(**_typed(record["reranker"]))
+    # ValueError: bad UTF-8 or JSON, or a value RerankerConfig refuses; RecursionError: absurd nesting
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise InputError(f"{path}: unreadable reranker config ({exc})") from None
+
+
+def _typed(settings: object) -> dict:
+    """The saved settings, each of its field's type (JSON could hold anything)."""
+    if not isinstance(settings, dict):
+        raise TypeError(f"'reranker' is {type(settings).__name__}, expected an object")
+    for f in fields(RerankerConfig):
+        if f.name in settings and type(settings[f.name]) is not type(f.default):
+            raise TypeError(f"{f.name} = {settings[f.name]!r}, expected {type(f.default).__name__}")
+    return settings
 
 
 def pool_last(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -127,6 +128,8 @@ class SearchSpec:
 #: Keys of an ``[analyses.NAME]`` table that wire the study in rather than set the analysis.
 WIRING = {"evals": "uses_eval", "vs_rank": "weights"}
 TABLES = ("study", "train", "baseline_train", "evals", "analyses", "scoring", "search")
+#: Study names and model labels become folder names under the workdir: no separators, no "..".
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}")
 
 
 @dataclass
@@ -230,19 +233,18 @@ def _build(cls, table: Any, where: str, extra: Sequence[str] = ()):
 def load_study(path: str | Path) -> Study:
     """Parse and check a study file: every mistake is one InputError before anything runs."""
     path = find_study(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: invalid TOML ({exc})") from None
+    raw = _read_toml(path)
     unknown = sorted(set(raw) - set(TABLES))
     if unknown:
         raise InputError(f"{path}: unknown table(s) {', '.join(unknown)}; expected some of {', '.join(TABLES)}")
+    for table in TABLES:
+        if not isinstance(raw.get(table, {}), dict):
+            raise InputError(f"{path}: {table} = {raw[table]!r}: expected a table, e.g. [{table}]")
     spec = _build(StudySpec, raw.get("study", {}), f"{path} [study]")
+    _check_name(spec.name, f"{path} [study]: name")
     if not spec.models:
         raise InputError(f'{path} [study]: models is empty; name at least one model, e.g. models = ["smollm2-135m"]')
-    models = [
-        _build(ModelSpec, m if isinstance(m, dict) else {"name": str(m)}, f"{path} [study] models") for m in spec.models
-    ]
+    models = [_model(m, f"{path} [study] models") for m in spec.models]
     for axis in ("ranks", "targets", "seeds"):
         if not getattr(spec, axis):
             raise InputError(f"{path} [study]: {axis} is empty")
@@ -343,6 +345,36 @@ def _check_search(study: Study) -> None:
             raise InputError(f"{study.path} [analyses.{name}]: vs_rank is not supported with [search]; remove it")
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: invalid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte offset {exc.start}); TOML files are UTF-8") from None
+    except RecursionError:
+        raise InputError(f"{path}: invalid TOML (arrays or tables nested too deeply)") from None
+
+
+def _check_name(name: str, where: str) -> None:
+    """Names become folders under the workdir: refuse anything that could leave it (``../x``, ``a/b``)."""
+    if not SAFE_NAME.fullmatch(name):
+        raise InputError(
+            f"{where} {name!r}: expected letters, digits, '.', '_', '+' or '-' (no '/' or leading '.'), "
+            "at most 100 characters; it names a folder under the workdir"
+        )
+
+
+def _model(entry: Any, where: str) -> ModelSpec:
+    """A grid model: a name, or a table {name, family, label}."""
+    if not isinstance(entry, (str, dict)):
+        raise InputError(f'{where}: {entry!r}: expected a model name or a table, e.g. {{ name = "smollm2-135m" }}')
+    model = _build(ModelSpec, entry if isinstance(entry, dict) else {"name": entry}, where)
+    if model.label is not None:
+        _check_name(model.label, f"{where}: label")
+    return model
+
+
 def _analysis(name: str, table: Any, where: str) -> AnalysisSpec:
     """An ``[analyses.NAME]`` table: the registry's settings for ``name`` plus the wiring keys it takes."""
     if name not in ANALYSES:
@@ -372,6 +404,10 @@ def _train_table(table: Any, where: str) -> dict[str, Any]:
             f"{where}: unknown training setting(s) {', '.join(unknown)}; expected some of "
             f"{', '.join(sorted(known - set(GRID_KEYS)))}"
         )
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in table.items():
+        if not _has_type(value, hints[key]):
+            raise InputError(f"{where}: {key} = {value!r}: expected {_type_name(hints[key])}")
     return dict(table)
 
 
@@ -399,7 +435,10 @@ def _check(study: Study) -> None:
             raise InputError(
                 f"{where} [evals.{name}]: depth {ev.depth} / max_queries {ev.max_queries}: expected positive numbers"
             )
-        parse_metrics(ev.metrics)
+        try:
+            parse_metrics(ev.metrics)
+        except InputError as exc:
+            raise InputError(f"{where} [evals.{name}]: {exc}") from None
     for name, spec in study.analyses.items():
         for ev in spec.evals:
             if ev not in study.evals:
@@ -415,4 +454,4 @@ def _check(study: Study) -> None:
         raise InputError(
             f"{where} [scoring]: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(allowed))}"
         )
-    ScoreConfig(**study.scoring)
+    _build(ScoreConfig, study.scoring, f"{where} [scoring]")
