@@ -3,6 +3,7 @@ escapes every string, and no remote code runs unless asked for."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -52,6 +53,11 @@ def test_a_pickled_adapter_is_refused_by_name_and_never_unpickled(tmp_path, keep
     (folder / "adapter_model.safetensors").unlink()
     if not keep_config:  # without its config the adapter would be skipped silently: refused too
         (folder / "adapter_config.json").unlink()
+    # A folder from elsewhere: no manifest of ours (with one, the missing file is named first).
+    (folder / "manifest.json").unlink()
+    saved = json.loads((folder / "reranker.json").read_text())
+    saved.pop("manifest", None)
+    (folder / "reranker.json").write_text(json.dumps(saved))
     _plant_pickle(folder / "adapter_model.bin", tmp_path / "unpickled")
     with pytest.raises(InputError) as exc:
         tiny_reranker("llama").load_adapter(folder)

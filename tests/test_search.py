@@ -132,7 +132,8 @@ def searched(make_study, tmp_path_factory):
 def test_test_is_read_once_after_the_choice_for_the_chosen_run(searched):
     reads = searched["reads"][: searched["first"]]
     splits = [s for s, _ in reads]
-    assert splits.count("test") == 1 and splits.count("dev") == 2  # one dev curve per tried setting
+    # one dev curve per tried setting before the choice (the head-only baseline's dev cell may come later)
+    assert splits.count("test") == 1 and [s for s, chosen in reads if not chosen] == ["dev", "dev"]
     assert all(chosen for s, chosen in reads if s == "test")  # test read only once the choice is stored
     assert not any(chosen for s, chosen in reads if s == "dev")  # the dev curves come before the choice
     assert splits.index("test") > max(i for i, s in enumerate(splits) if s == "dev")
@@ -261,9 +262,8 @@ def test_packaged_recipe_search_dry_run_lists_the_search(no_weights_no_network, 
     trains = [c for c, _ in listed if c.kind == "train"]
     assert sorted((c.config["train"]["lr"], c.config["train"]["max_steps"]) for c in trains) == [
         (5e-4, 50),
-        (5e-4, 100),
         (2e-3, 50),
-        (2e-3, 100),
+        (3e-3, 50),
     ]
     states = {c.what: s for c, s in listed}
     assert states["choose by nDCG@10 on dev"] == "pending"

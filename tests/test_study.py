@@ -350,9 +350,9 @@ def test_embedded_studies_dry_run_without_dequantizing(no_weights_no_network, tm
     demo = st.expand(st.load_study("demo"))
     assert [c.what for c in demo if c.kind == "analyze" and "-head-" not in c.run] == [
         "checkpoints on dev",
-        "ablate on dev",
+        "ablate on dev30",
         "weights",
-        "lens on dev",
+        "lens on dev30",
     ]
 
 

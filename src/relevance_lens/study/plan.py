@@ -14,7 +14,7 @@ from typing import Any
 
 from relevance_lens.data.faq import load_faq
 from relevance_lens.dissect.ablate import build_variants
-from relevance_lens.dissect.registry import AblateSettings
+from relevance_lens.dissect.registry import AblateSettings, CheckpointsSettings
 from relevance_lens.errors import InputError
 from relevance_lens.model.backbone import ModelInfo, model_info
 from relevance_lens.model.lora import LoraSettings
@@ -241,9 +241,18 @@ def _search_cells(
     search_id = f"{stem}-search-{config_hash(config)[:6]}"
     unit = config_hash({"kind": "search", **config})  # a search's cells stay in one shard
     cells: list[Cell] = []
+    # The study's own checkpoints settings, so that its analysis of the chosen run is this very cell.
+    own = study.analyses.get("checkpoints")
+    curve_settings = asdict(own.settings if own is not None else CheckpointsSettings())
     for run in tried:
         run = replace(run, unit=unit)
-        curve = {"analysis": "checkpoints", "run": run.run, "eval": select, "settings": {}, "scoring": study.scoring}
+        curve = {
+            "analysis": "checkpoints",
+            "run": run.run,
+            "eval": select,
+            "settings": curve_settings,
+            "scoring": study.scoring,
+        }
         cost, work = _analysis_cost(
             "checkpoints", None, run, info, study.evals[search.select_on], eval_sizes[search.select_on], False
         )
@@ -260,7 +269,7 @@ def _search_cells(
             "analysis": "checkpoints",
             "run": search_id,
             "eval": test,
-            "settings": {},
+            "settings": curve_settings,
             "scoring": study.scoring,
             "baseline": None,
             "final_only": True,

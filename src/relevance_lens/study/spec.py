@@ -280,7 +280,9 @@ def _search(table: Any, train: dict[str, Any], where: str) -> SearchSpec:
             f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(own))} or training settings "
             f"to search, each a list of values (e.g. lr = [5e-4, 2e-3])"
         )
-    _train_table(axes, where)  # none the grid sets
+    for key in axes:  # as in [train]: the grid sets these; each value's type is checked below
+        if key in GRID_KEYS:
+            raise InputError(f"{where}: {key} is set by the study, not here; use {GRID_KEYS[key]}")
     hints = typing.get_type_hints(TrainConfig)
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
