@@ -26,8 +26,8 @@ from relevance_lens.store import Store
 from relevance_lens.train.config import load_config
 from relevance_lens.train.rundir import complete_checkpoints, run_checkpoints
 from relevance_lens.train.trainer import train
-from tiny import save_tiny, tiny_reranker, tiny_tokenizer
-from trainfix import write_collection
+from tiny import tiny_reranker, tiny_tokenizer
+from trainfix import tiny_collection, tiny_train_settings
 
 ADAPTER = "adapter_model.safetensors"
 
@@ -91,32 +91,13 @@ def test_an_interrupted_save_is_refused_but_a_folder_from_before_manifests_loads
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("collection")
-    paths = write_collection(folder)
-    paths["model"] = str(save_tiny("llama", folder / "model"))
-    return paths
+    return tiny_collection(tmp_path_factory.mktemp("collection"))
 
 
 def tiny_run(collection, output: Path, **overrides):
-    settings = dict(
-        collection,
-        output=str(output),
-        data="files",
-        group_size=4,
-        max_steps=6,
-        save_steps=[2, 4],
-        lr=1e-2,
-        max_length=64,
-        queries_per_device=2,
-        precision="fp32",
-        eval_split=None,
-        lora_dropout=0.0,
-        rank=2,
-        warmup_steps=0,
-        compile="off",
+    return load_config(
+        None, **tiny_train_settings(collection, output, **{**{"max_steps": 6, "save_steps": [2, 4]}, **overrides})
     )
-    settings.update(overrides)
-    return load_config(None, **settings)
 
 
 @pytest.fixture(scope="module")

@@ -17,38 +17,17 @@ from relevance_lens.score.scorer import PlainScorer
 from relevance_lens.train import trainer as trainer_module
 from relevance_lens.train.config import load_config
 from relevance_lens.train.rundir import complete_checkpoints
-from tiny import save_tiny, tiny_reranker
-from trainfix import write_collection
+from tiny import tiny_reranker
+from trainfix import tiny_collection, tiny_train_settings
 
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("collection")
-    paths = write_collection(folder)
-    paths["model"] = str(save_tiny("llama", folder / "model"))
-    return paths
+    return tiny_collection(tmp_path_factory.mktemp("collection"))
 
 
 def tiny_run(collection, output, **overrides):
-    settings = dict(
-        collection,
-        output=str(output),
-        data="files",
-        group_size=4,
-        max_steps=5,
-        save_steps=[1, 2],
-        lr=1e-2,
-        max_length=64,
-        queries_per_device=2,
-        precision="fp32",
-        eval_split=None,
-        lora_dropout=0.0,
-        rank=2,
-        warmup_steps=0,
-        compile="off",
-    )
-    settings.update(overrides)
-    return load_config(None, **settings)
+    return load_config(None, **tiny_train_settings(collection, output, **overrides))
 
 
 def poison_at(monkeypatch, call: int, poison) -> None:

@@ -18,38 +18,17 @@ from relevance_lens.train.config import load_config
 from relevance_lens.train.groups import GroupDataset, load_groups
 from relevance_lens.train.rundir import complete_checkpoints
 from relevance_lens.train.trainer import train
-from tiny import save_tiny
-from trainfix import write_collection
+from trainfix import tiny_collection, tiny_train_settings
 
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("collection")
-    paths = write_collection(folder)
-    paths["model"] = str(save_tiny("llama", folder / "model"))
-    return paths
+    return tiny_collection(tmp_path_factory.mktemp("collection"))
 
 
 def _config(collection, output, **overrides):
-    settings = dict(
-        collection,
-        output=str(output),
-        data="files",
-        group_size=4,
-        max_steps=30,
-        save_steps=[5, 10],
-        lr=1e-2,
-        max_length=96,
-        queries_per_device=2,
-        precision="fp32",
-        eval_split=None,
-        logging_steps=1,
-        lora_dropout=0.0,
-        rank=2,
-        warmup_steps=0,
-    )
-    settings.update(overrides)
-    return settings
+    own = dict(max_steps=30, save_steps=[5, 10], max_length=96, logging_steps=1, compile="auto")
+    return tiny_train_settings(collection, output, **{**own, **overrides})
 
 
 def _trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -30,3 +30,35 @@ def write_collection(folder: Path, n_distractors: int = 6) -> dict[str, Path]:
     write_corpus(corpus, paths["corpus"])
     write_run(run, paths["negatives_run"])
     return {k: str(v) for k, v in paths.items()}
+
+
+def tiny_collection(folder: Path) -> dict[str, str]:
+    """The tiny collection plus a tiny random llama to train on: the settings a training test starts from."""
+    from tiny import save_tiny
+
+    paths = {k: str(v) for k, v in write_collection(folder).items()}
+    paths["model"] = str(save_tiny("llama", folder / "model"))
+    return paths
+
+
+def tiny_train_settings(collection: dict, output, **overrides) -> dict:
+    """Training settings for a seconds-long fp32 run on ``tiny_collection``; ``overrides`` win."""
+    settings = dict(
+        collection,
+        output=str(output),
+        data="files",
+        group_size=4,
+        max_steps=5,
+        save_steps=[1, 2],
+        lr=1e-2,
+        max_length=64,
+        queries_per_device=2,
+        precision="fp32",
+        eval_split=None,
+        lora_dropout=0.0,
+        rank=2,
+        warmup_steps=0,
+        compile="off",
+    )
+    settings.update(overrides)
+    return settings
