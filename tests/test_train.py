@@ -1,6 +1,7 @@
 """Training: the loss falls, resume after SIGKILL is exact, 2 processes match 1, bad configs fail early."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from relevance_lens.errors import InputError
 from relevance_lens.train.config import load_config
 from relevance_lens.train.groups import GroupDataset, load_groups
+from relevance_lens.train.probe import fit_group_probe
 from relevance_lens.train.rundir import complete_checkpoints
 from relevance_lens.train.trainer import train
 from trainfix import tiny_collection, tiny_train_settings
@@ -74,6 +76,25 @@ def test_negatives_rotate_across_epochs_and_exclude_positives(collection):
     assert seen[0] != seen[1]
     again = GroupDataset(groups, group_size=4, epochs=3, seed=7)
     assert [p.docid for p in again[5]["passages"]] == [p.docid for p in dataset[5]["passages"]]
+
+
+@pytest.mark.parametrize("random_negatives", [1, 3])
+def test_random_negatives_come_from_the_corpus_never_a_positive(collection, random_negatives):
+    groups = load_groups(load_config(None, **_config(collection, "unused", negatives_depth=2)))
+    groups.check(4 - random_negatives)
+    dataset = GroupDataset(groups, group_size=4, epochs=4, seed=7, random_negatives=random_negatives)
+    outside_first_stage = 0
+    for index in range(len(dataset)):
+        epoch, position = divmod(index, len(dataset.qids))
+        qid = dataset._order(epoch)[position]
+        ids = [p.docid for p in dataset[index]["passages"]]
+        hard, drawn = ids[1 : 4 - random_negatives], ids[4 - random_negatives :]
+        assert len(ids) == 4 and len(set(ids)) == 4 and ids[0] in groups.positives[qid]
+        assert set(hard) <= set(groups.negatives[qid]) and not set(drawn) & set(groups.positives[qid])
+        outside_first_stage += len(set(drawn) - set(groups.negatives[qid]))
+    assert outside_first_stage > 0  # the first stage gave 2 negatives a query: the draws reach past them
+    again = GroupDataset(groups, group_size=4, epochs=4, seed=7, random_negatives=random_negatives)
+    assert [p.docid for p in again[3]["passages"]] == [p.docid for p in dataset[3]["passages"]]
 
 
 def _write_toml(path: Path, settings: dict) -> Path:
@@ -198,6 +219,7 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
         ({"head_lr": 0.0}, "--head-lr 0.0: expected a positive"),
         ({"head_init": "ones"}, "--head-init ones: expected random or zero"),
         ({"schedule": "step"}, "--schedule step: expected one of linear, constant, cosine"),
+        ({"random_negatives": 4}, "--random-negatives 4: expected 0 to G-1 = 3"),
     ],
 )
 def test_nonsense_fails_before_training(collection, tmp_path, overrides, message):
@@ -307,3 +329,30 @@ def test_auto_compile_skips_runs_too_small_to_pay_back(collection, tmp_path):
 def test_compile_setting_is_checked(collection, tmp_path):
     with pytest.raises(InputError, match="--compile sometimes: expected auto, on or off"):
         load_config(None, **_config(collection, tmp_path / "run", compile="sometimes"))
+
+
+def test_probe_fit_reads_relevance_past_a_massive_nuisance_coordinate():
+    # Coordinate 0 carries the relevance (+1 for the positive); coordinate 1 is a massive activation (std 50)
+    # that varies within groups without tracking it; the rest is noise. The fitted probe ranks held-out groups.
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(96, 8, 16, generator=gen)
+    features[:, :, 1] = 50 * torch.randn(96, 8, generator=gen) + 400
+    features[:, 0, 0] += 3.0
+    weights = fit_group_probe(features[:64], l2=1e-3)
+    held_out = features[64:] @ weights
+    assert (held_out.argmax(-1) == 0).float().mean() > 0.6  # chance: 1/8
+    assert abs(weights[1]) < 0.05 * abs(weights[0])
+
+
+def test_probe_head_init_sets_the_fitted_head_and_records_it(collection, tmp_path):
+    settings = _config(collection, tmp_path / "run", head_init="probe", probe_groups=4, max_steps=1, save_steps=[1])
+    run_dir = train(load_config(None, **settings), progress=False)
+    probe = json.loads((run_dir / "run.json").read_text())["resolved"]["probe"]
+    assert probe["groups"] == 4 and probe["train_loss"] < math.log(4)  # fitted groups, below chance
+
+
+def test_append_eos_setting_reaches_the_saved_reranker(collection, tmp_path):
+    settings = _config(collection, tmp_path / "run", append_eos=False, max_steps=1, save_steps=[1])
+    run_dir = train(load_config(None, **settings), progress=False)
+    saved = json.loads((run_dir / "final" / "reranker.json").read_text())
+    assert saved["reranker"]["append_eos"] is False

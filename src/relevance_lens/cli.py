@@ -139,6 +139,9 @@ def train(
     head_lr: Optional[float] = typer.Option(None, help="Learning rate of the score head (default: --lr)."),
     schedule: Optional[str] = typer.Option(None, help="After the warm-up: linear (to 0) | constant | cosine."),
     head_init: Optional[str] = typer.Option(None, help="Score head at step 0: random | zero."),
+    random_negatives: Optional[int] = typer.Option(
+        None, help="How many of the G-1 negatives are random corpus passages (the rest: the first stage's)."
+    ),
     warmup_steps: Optional[int] = typer.Option(None, help="Linear warm-up steps."),
     max_steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     max_length: Optional[int] = typer.Option(None, help="Tokens per pair."),
@@ -180,6 +183,7 @@ def train(
         head_lr=head_lr,
         schedule=schedule,
         head_init=head_init,
+        random_negatives=random_negatives,
         warmup_steps=warmup_steps,
         max_steps=max_steps,
         max_length=max_length,

@@ -37,6 +37,13 @@ class TrainConfig:
     )
     negatives_depth: int = field(default=100, metadata={"help": "Draw negatives from the run's top-k."})
     group_size: int = field(default=8, metadata={"help": "G: 1 positive + G-1 negatives per query (the study: 16)."})
+    random_negatives: int = field(
+        default=0,
+        metadata={
+            "help": "How many of the G-1 negatives are drawn at random from the training corpus instead of the "
+            "first stage's top-k (easy negatives: a relevance signal from step 1)."
+        },
+    )
     short_groups: str = field(
         default="skip",
         metadata={"help": "Queries with fewer than G-1 negatives: skip (recorded in run.json) or error."},
@@ -69,7 +76,15 @@ class TrainConfig:
     )
     head_init: str = field(
         default="random",
-        metadata={"help": "Score head at step 0: random (normal, the model's initializer_range) or zero."},
+        metadata={
+            "help": "Score head at step 0: random (normal, the model's initializer_range), zero, or probe (fitted "
+            "on the frozen model's features of the first probe_groups training groups: linear probing, then "
+            "fine-tuning)."
+        },
+    )
+    probe_groups: int = field(default=64, metadata={"help": "head_init=probe: training groups the probe is fitted on."})
+    probe_l2: float = field(
+        default=1e-3, metadata={"help": "head_init=probe: L2 penalty on the probe's weights (standardised features)."}
     )
     schedule: str = field(
         default="linear",
@@ -80,6 +95,9 @@ class TrainConfig:
     max_steps: int = field(default=50, metadata={"help": "Optimizer steps."})
     max_length: int = field(default=96, metadata={"help": "Tokens per query-passage pair."})
     template: str = field(default="query: {query} document: {title} {text}", metadata={"help": "Input template."})
+    append_eos: bool = field(
+        default=True, metadata={"help": "Append EOS and score its state (Tevatron); false: score the last text token."}
+    )
     precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp32. bf16 keeps frozen weights in bf16."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (7B models)."})
     compile: str = field(
@@ -110,7 +128,9 @@ class TrainConfig:
         )
 
     def reranker(self) -> RerankerConfig:
-        return RerankerConfig(model=self.model, template=self.template, max_length=self.max_length)
+        return RerankerConfig(
+            model=self.model, template=self.template, max_length=self.max_length, append_eos=self.append_eos
+        )
 
     def validate(self) -> None:
         """Checks that need no model: fail before anything loads."""
@@ -119,12 +139,21 @@ class TrainConfig:
         for name in ("queries_per_device", "grad_accum", "max_steps", "max_length"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a positive integer")
+        if not 0 <= self.random_negatives <= self.group_size - 1:
+            raise InputError(
+                f"--random-negatives {self.random_negatives}: expected 0 to G-1 = {self.group_size - 1} "
+                "(the rest of the G-1 negatives come from the first stage)"
+            )
         if self.lr <= 0:
             raise InputError(f"--lr {self.lr}: expected a positive learning rate")
         if self.head_lr is not None and self.head_lr <= 0:
             raise InputError(f"--head-lr {self.head_lr}: expected a positive learning rate (or leave it unset: lr)")
-        if self.head_init not in ("random", "zero"):
-            raise InputError(f"--head-init {self.head_init}: expected random or zero")
+        if self.head_init not in ("random", "zero", "probe"):
+            raise InputError(f"--head-init {self.head_init}: expected random, zero or probe")
+        if self.probe_groups < 1 or self.probe_l2 < 0:
+            raise InputError(
+                f"probe_groups {self.probe_groups}, probe_l2 {self.probe_l2}: expected at least 1 group and l2 >= 0"
+            )
         if self.schedule not in SCHEDULES:
             raise InputError(f"--schedule {self.schedule}: expected one of {', '.join(SCHEDULES)}")
         if self.precision not in ("auto", "bf16", "fp32"):

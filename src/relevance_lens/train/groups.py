@@ -111,9 +111,17 @@ class GroupDataset(Dataset):
     a resumed run: nothing depends on how many items were drawn before.
     """
 
-    def __init__(self, groups: TrainGroups, group_size: int, epochs: int, seed: int):
+    def __init__(self, groups: TrainGroups, group_size: int, epochs: int, seed: int, random_negatives: int = 0):
         self.groups, self.size, self.epochs, self.seed = groups, group_size, epochs, seed
+        self.random_negatives = random_negatives
         self.qids = sorted(groups.queries)
+        self.pool = sorted(groups.corpus) if random_negatives else []
+        most_positives = max((len(p) for p in groups.positives.values()), default=0)
+        if random_negatives and len(self.pool) < group_size + most_positives:
+            raise InputError(
+                f"--random-negatives {random_negatives}: the training corpus has {len(self.pool)} passages, too few "
+                f"to draw {random_negatives} distinct negatives beside a query's positives and first-stage negatives"
+            )
 
     def __len__(self) -> int:
         return len(self.qids) * self.epochs
@@ -129,10 +137,22 @@ class GroupDataset(Dataset):
         positive = rng.choice(g.positives[qid])
         candidates = list(g.negatives[qid])
         random.Random(f"{self.seed}:neg:{qid}").shuffle(candidates)
-        k = self.size - 1
-        start = (epoch * k) % len(candidates)  # rotate: each epoch sees the next k negatives
+        k = self.size - 1 - self.random_negatives
+        start = (epoch * k) % len(candidates) if k else 0  # rotate: each epoch sees the next k negatives
         negatives = (candidates[start:] + candidates[:start])[:k]
+        negatives += self._random_negatives(epoch, qid, set(negatives) | set(g.positives[qid]))
         return g.queries[qid], [g.corpus[positive]] + [g.corpus[d] for d in negatives]
+
+    def _random_negatives(self, epoch: int, qid: str, taken: set[str]) -> list[str]:
+        """Passages drawn uniformly from the whole training corpus, never a positive or a repeat."""
+        rng = random.Random(f"{self.seed}:rand:{epoch}:{qid}")
+        drawn: list[str] = []
+        while len(drawn) < self.random_negatives:
+            docid = self.pool[rng.randrange(len(self.pool))]
+            if docid not in taken:
+                taken.add(docid)
+                drawn.append(docid)
+        return drawn
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         epoch, position = divmod(index, len(self.qids))

@@ -42,6 +42,7 @@ from relevance_lens.score.config import ScoreConfig, prepare
 from relevance_lens.score.rerank import rerank
 from relevance_lens.train.config import SCHEDULES, TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
+from relevance_lens.train.probe import init_head_by_probe
 from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, checkpoint_name, complete_checkpoints
 
 #: ``compile="auto"`` compiles the decoder blocks when a run's forward and backward work
@@ -247,7 +248,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
     groups = load_groups(config)
     if not groups.queries:
         raise InputError("no training query has a judged positive passage; check the qrels against the queries")
-    dropped = groups.check(config.group_size, config.short_groups)
+    dropped = groups.check(config.group_size - config.random_negatives, config.short_groups)
     corrupted: list[str] = []  # resume falls back past these, and says so below
     existing = complete_checkpoints(run_dir, on_corrupt=corrupted.append) if resume else []
     # Rank 0 alone checks: under torchrun the other ranks may start after it has written run.json.
@@ -266,10 +267,14 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     global_batch = config.queries_per_device * config.grad_accum * world
     epochs = max(1, math.ceil(config.max_steps * global_batch / len(groups.queries)))
-    dataset = GroupDataset(groups, config.group_size, epochs, config.seed)
+    dataset = GroupDataset(groups, config.group_size, epochs, config.seed, config.random_negatives)
     record = _run_record(config, groups, world, global_batch, epochs)
     record["resolved"]["skipped_short_queries"] = dropped
     record["resolved"]["compiled_blocks"] = {"on": compiled, "why": why}
+    if config.head_init == "probe" and not (resume and existing):
+        record["resolved"]["probe"] = init_head_by_probe(
+            reranker, dataset, GroupCollator(reranker), config.probe_groups, config.probe_l2
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(run_dir / RUN_FILE) as fh:
