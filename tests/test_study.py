@@ -265,7 +265,7 @@ def test_shards_then_merge_equal_one_run(reference, tiny_study, tmp_path):
     study_path = tiny_study()
     cells = st.expand(st.load_study(study_path))
     # Pick a shard count that splits this grid's runs (their hashes depend on the tmp paths).
-    n = next(n for n in (2, 3, 4, 5) if len({st.shard_of(c, n) for c in cells}) > 1)
+    n = next(n for n in (2, 3, 4, 5) if len({st.shard_of(c, n, cells) for c in cells}) > 1)
     stores = []
     for i in range(n):  # separate work folders, as on separate machines
         store, counts = _run(study_path, tmp_path / f"shard{i}", shard=(i, n))
@@ -282,12 +282,12 @@ def test_shard_assignment_is_stable_and_keeps_runs_together(tiny_study):
     cells = st.expand(st.load_study(tiny_study()))
     for n in (2, 3):
         parts = [st.select(cells, (i, n)) for i in range(n)]
-        owned = [[c for c in part if st.shard_of(c, n) == i] for i, part in enumerate(parts)]
+        owned = [[c for c in part if st.shard_of(c, n, cells) == i] for i, part in enumerate(parts)]
         assert sorted(c.id for part in owned for c in part) == sorted(c.id for c in cells)
         for i, part in enumerate(parts):
             trained = {c.run for c in part if c.kind == "train"}
             assert all(set(c.needs) <= trained for c in part if c.kind == "analyze")
-            assert all(st.shard_of(c, n) == i for c in part if c.kind == "analyze")
+            assert all(st.shard_of(c, n, cells) == i for c in part if c.kind == "analyze")
     assert [c.id for c in st.select(cells, (0, 2))] == [
         c.id for c in st.select(st.expand(st.load_study(tiny_study())), (0, 2))
     ]

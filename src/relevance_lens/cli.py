@@ -59,6 +59,11 @@ def rerank(
     run: Path = typer.Option(..., help="First-stage TREC run to rerank."),
     output: Path = typer.Option(..., help="Reranked TREC run to write."),
     depth: int = typer.Option(100, help="Rerank this many passages per query."),
+    keep_tail: bool = typer.Option(
+        True,
+        "--keep-tail/--drop-tail",
+        help="Keep the first stage's passages below --depth, in its order, under the reranked ones.",
+    ),
     dtype: str = typer.Option("auto", help="auto (bf16 where the hardware is fast at it), bf16, fp32."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch_tokens: int = typer.Option(8192, help="Padded tokens per batch."),
@@ -69,7 +74,7 @@ def rerank(
     from relevance_lens.score.config import ScoreConfig, prepare
     from relevance_lens.score.rerank import rerank as rerank_run
 
-    config = ScoreConfig(depth=depth, dtype=dtype, device=device, batch_tokens=batch_tokens)
+    config = ScoreConfig(depth=depth, keep_tail=keep_tail, dtype=dtype, device=device, batch_tokens=batch_tokens)
     qs, docs = read_queries(queries), read_corpus(corpus)
     first = read_run(run, queries=qs, corpus=docs)
     reranker = prepare(Reranker.from_pretrained(model, adapter), config)
@@ -86,14 +91,20 @@ def evaluate(
     metrics: List[str] = typer.Option(["nDCG@10", "RR@10", "R@100"], help="ir_measures names."),
     per_query: bool = typer.Option(False, "--per-query", help="Also print one row per query and metric."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object of metric -> value."),
+    binary_relevance_level: Optional[int] = typer.Option(
+        None, help="Binary measures (RR, R, P, AP) count grade >= this as relevant; TREC DL: 2. Default 1."
+    ),
 ):
     """Evaluate a run with ir_measures."""
     from relevance_lens.data.formats import read_qrels, read_queries, read_run
+    from relevance_lens.evaluate.metrics import binary_relevance_level as relevance_level
     from relevance_lens.evaluate.metrics import evaluate as evaluate_run
     from relevance_lens.evaluate.metrics import format_table
 
     query_ids = list(read_queries(queries)) if queries is not None else None
-    result = evaluate_run(read_qrels(qrels), read_run(run), metrics, query_ids=query_ids)
+    level = relevance_level(None, binary_relevance_level)
+    judged = read_qrels(qrels)
+    result = evaluate_run(judged, read_run(run), metrics, query_ids=query_ids, binary_relevance_level=level)
     if as_json:
         out.print_json(json.dumps(result.aggregate))
     else:
@@ -104,6 +115,12 @@ def evaluate(
     console.print(
         f"scored {result.n_queries} queries; {result.n_missing} had no result in the run (scored 0)"
         + (f"; {result.n_unjudged} run queries had no qrels and were left out" if result.n_unjudged else "")
+        + f"; binary measures count grade >= {level} as relevant"
+        + (
+            " (graded qrels: TREC DL counts >= 2, --binary-relevance-level 2)"
+            if level == 1 and max((g for docs in judged.values() for g in docs.values()), default=0) > 1
+            else ""
+        )
     )
 
 
@@ -200,7 +217,8 @@ def train(
         from rich.table import Table
 
         table = Table(
-            title=f"FAQ {settings.eval_split}: BM25 top-{settings.eval_depth} reranked ({result['n_queries']} queries)"
+            title=f"FAQ {settings.eval_split}: BM25 top-{settings.eval_depth} reranked, the rest in BM25 order "
+            f"({result['n_queries']} queries)"
         )
         table.add_column("system")
         for metric in result["bm25"]:
@@ -324,7 +342,7 @@ _EVAL_OPTIONS = [
     ("corpus", Optional[Path], None, "Corpus TSV or JSONL.", ()),
     ("first", Optional[Path], None, "First-stage TREC run whose top-k is reranked.", ("--run",)),
     ("depth", int, 10, "Rerank this many first-stage passages per query.", ()),
-    ("max_queries", Optional[int], None, "Only the first N judged queries (sorted by id).", ()),
+    ("max_queries", Optional[int], None, "Only a random sample of N judged queries (seed 0), for quick looks.", ()),
     ("metric", List[str], ["nDCG@10", "RR@10"], "ir_measures names (repeat the option).", ()),
 ]
 _SCORE_OPTIONS = [
