@@ -52,6 +52,7 @@ def fake_ir_datasets(monkeypatch, scores, qrels=(("1", "d9", 2),)):
 
     dataset = SimpleNamespace(
         has_scoreddocs=lambda: True,
+        has_qrels=lambda: True,
         queries_iter=lambda: iter([Query("1", "a judged query")]),
         qrels_iter=lambda: iter([Qrel(q, d, g, "0") for q, d, g in qrels]),
         scoreddocs_iter=lambda: iter([Scored("1", d, s) for d, s in zip(GIVEN, scores)]),
@@ -270,3 +271,72 @@ def test_a_small_study_grid_splits_evenly(tmp_path):
         for i in range(n):  # each shard runs its own runs' analyses, with what they need
             part = st.select(cells, (i, n))
             assert {c.run for c in part if c.kind == "analyze"} <= {c.run for c in part if c.kind == "train"}
+
+
+# ---------------------------------------------------------------- ir_datasets ids on the command line
+
+
+@pytest.fixture
+def local_dl(tmp_path):
+    """A TREC DL-shaped collection registered with ir_datasets from local files (no network): its
+    scoreddocs are MS MARCO-style (qid, docid; no scores), its qrels graded."""
+    irds = pytest.importorskip("ir_datasets")
+    from ir_datasets.datasets.base import Dataset
+    from ir_datasets.formats import TrecQrels, TrecScoredDocs, TsvDocs, TsvQueries
+    from ir_datasets.util import LocalDownload
+
+    files = {
+        # Term counts differ, so BM25 scores differ (identical texts would tie, and be refused).
+        "docs.tsv": "".join(f"{d}\t{' '.join(['paris'] * (i + 1))} is in france\n" for i, d in enumerate(GIVEN)),
+        "queries.tsv": "1\twhat is the capital of france\n",
+        "qrels.txt": "1 0 d7 1\n1 0 d3 2\n",
+        "scoreddocs.tsv": "".join(f"1\t{d}\n" for d in GIVEN),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    local = {name: LocalDownload(tmp_path / name) for name in files}
+    dataset_id = f"relevance-lens-test/trec-dl-{tmp_path.name}"
+    irds.registry.register(
+        dataset_id,
+        Dataset(
+            TsvDocs(local["docs.tsv"], namespace=dataset_id),
+            TsvQueries(local["queries.tsv"], namespace=dataset_id),
+            TrecQrels(local["qrels.txt"], {}),
+            TrecScoredDocs(local["scoreddocs.tsv"]),
+        ),
+    )
+    return dataset_id
+
+
+def test_evaluate_with_a_trec_dl_id_counts_grade_two(local_dl, tmp_path):
+    write_run({"1": {"d7": 2.0, "d3": 1.0}}, tmp_path / "run")
+    args = ["evaluate", "--dataset", local_dl, "--run", str(tmp_path / "run"), "--metrics", "RR@10", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert '"RR@10": 0.5' in result.stdout and "count grade >= 2" in " ".join(result.stderr.split())
+
+
+def test_rerank_with_an_unscored_dataset_is_refused_before_loading_a_model(local_dl, tmp_path):
+    args = ["rerank", "--dataset", local_dl, "--output", str(tmp_path / "out"), "--depth", "3", "--model", "nosuch"]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, InputError), result.output
+    assert "scoreddocs: query '1' has 8 candidates that all score 0" in str(result.exception)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bm25_then_rerank_a_dataset(local_dl, tmp_path):
+    from tiny import save_tiny
+
+    result = CliRunner().invoke(
+        app, ["bm25", "--dataset", local_dl, "--output", str(tmp_path / "bm25.run"), "--depth", "5"]
+    )
+    assert result.exit_code == 0, result.output
+    first = read_run(tmp_path / "bm25.run")
+    assert len(first["1"]) == 5
+    model = save_tiny("llama", tmp_path / "model")
+    args = ["rerank", "--dataset", local_dl, "--run", str(tmp_path / "bm25.run"), "--model", str(model)]
+    args += ["--output", str(tmp_path / "rr.run"), "--depth", "2", "--dtype", "fp32", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    reranked = read_run(tmp_path / "rr.run")
+    assert list(reranked["1"])[2:] == list(first["1"])[2:]  # BM25's tail, in BM25's order

@@ -443,6 +443,7 @@ def test_ir_datasets_eval_set_fetches_only_the_reranked_passages(monkeypatch):
 
     dataset = SimpleNamespace(
         has_scoreddocs=lambda: True,
+        has_qrels=lambda: True,
         queries_iter=lambda: iter([Query("1", "judged query"), Query("2", "unjudged query")]),
         qrels_iter=lambda: iter([Qrel("1", "d3", 2, "0")]),
         scoreddocs_iter=lambda: iter([Scored("1", f"d{i}", 10.0 - i) for i in range(6)] + [Scored("2", "d9", 1.0)]),

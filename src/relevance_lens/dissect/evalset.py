@@ -16,6 +16,13 @@ from typing import Any, Callable, Mapping, Sequence
 from relevance_lens.data.candidates import top_candidates
 from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import Passage, read_corpus, read_qrels, read_queries, read_run
+from relevance_lens.data.irds import (
+    dataset_passages,
+    dataset_qrels,
+    dataset_queries,
+    dataset_run,
+    load_dataset,
+)
 from relevance_lens.errors import InputError
 from relevance_lens.evaluate.metrics import binary_relevance_level, evaluate, parse_metrics
 from relevance_lens.score.batching import EncodedPairs, Run, candidate_pairs, encode_pairs
@@ -205,40 +212,14 @@ def build_evalset(ev: dict[str, Any]):
     return evalset
 
 
-def need_ir_datasets():
-    try:
-        import ir_datasets
-    except ImportError:
-        raise InputError(
-            "an eval set names an ir_datasets id, but ir_datasets is not installed: pip install "
-            "'relevance-lens[datasets]'"
-        ) from None
-    return ir_datasets
-
-
 def ir_datasets_evalset(dataset_id: str, depth: int, max_queries: int | None):
     """An EvalSet from an ir_datasets id with queries, qrels and scoreddocs (the first stage);
     only the passages in the scored top-``depth`` are fetched from its docs store."""
-    irds = need_ir_datasets()
-    try:
-        dataset = irds.load(dataset_id)
-    except KeyError:
-        raise InputError(
-            f"ir_datasets id {dataset_id!r} not found; see https://ir-datasets.com (e.g. msmarco-passage/trec-dl-2019)"
-        ) from None
-    if not dataset.has_scoreddocs():
-        raise InputError(f"ir_datasets {dataset_id}: has no scoreddocs (first-stage run); give the four files instead")
-    queries = {q.query_id: q.text for q in dataset.queries_iter()}
-    qrels: dict[str, dict[str, int]] = {}
-    for q in dataset.qrels_iter():
-        qrels.setdefault(q.query_id, {})[q.doc_id] = int(q.relevance)
-    run: dict[str, dict[str, float]] = {}
-    for s in dataset.scoreddocs_iter():
-        if s.query_id in qrels:
-            run.setdefault(s.query_id, {})[s.doc_id] = float(s.score)
+    dataset = load_dataset(dataset_id)
+    qrels = dataset_qrels(dataset, dataset_id)
+    run = dataset_run(dataset, dataset_id, query_ids=qrels)
     source = f"ir_datasets {dataset_id} scoreddocs"
-    evalset = EvalSet(dataset_id, queries, qrels, {}, run, depth, max_queries, source=source)
-    wanted = sorted({d for q in evalset.query_ids for d, _ in top_candidates(run[q], depth, qid=q, source=source)})
-    docs = dataset.docs_store().get_many(wanted)
-    evalset.corpus = {d: Passage(d, getattr(doc, "title", "") or "", doc.text) for d, doc in docs.items()}
+    evalset = EvalSet(dataset_id, dataset_queries(dataset), qrels, {}, run, depth, max_queries, source=source)
+    wanted = {d for q in evalset.query_ids for d, _ in top_candidates(run[q], depth, qid=q, source=source)}
+    evalset.corpus = dataset_passages(dataset, dataset_id, wanted)
     return evalset
