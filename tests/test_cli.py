@@ -48,8 +48,10 @@ def test_bm25_rerank_evaluate(files):
         "fp32",
     )
     assert r.returncode == 0, r.stderr
-    reranked = read_run(d / "rr.run")
-    assert all(len(docs) <= 3 for docs in reranked.values()) and len(reranked) == 6
+    reranked, first = read_run(d / "rr.run"), read_run(d / "bm25.run")
+    assert len(reranked) == 6
+    for qid, docs in first.items():  # the top 3 reranked, then BM25's tail in BM25's order
+        assert list(reranked[qid])[3:] == list(docs)[3:] and set(list(reranked[qid])[:3]) == set(list(docs)[:3])
     r = cli(
         "evaluate",
         "--qrels",
@@ -146,6 +148,7 @@ def test_real_model_reranks_a_real_faq_slice(tmp_path):
         tmp_path / "rr.run",
         "--depth",
         5,
+        "--drop-tail",
     )
     assert r.returncode == 0, r.stderr
     reranked = read_run(tmp_path / "rr.run")

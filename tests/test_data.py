@@ -223,12 +223,12 @@ def test_run_round_trip_order_ties_and_depth(tmp_path):
     assert path.read_text().splitlines() == [
         "2 Q0 z 1 0.1 bm25",
         "10 Q0 c 1 3.25 bm25",
-        "10 Q0 a 2 1.0 bm25",
-        "10 Q0 b 3 1.0 bm25",
+        "10 Q0 b 2 1.0 bm25",  # ties keep the run's order, not the docids'
+        "10 Q0 a 3 1.0 bm25",
     ]
     assert read_run(path) == {"10": run["10"], "2": run["2"]}
     write_run(run, path, depth=2)
-    assert read_run(path)["10"] == {"c": 3.25, "a": 1.0}
+    assert read_run(path)["10"] == {"c": 3.25, "b": 1.0}
 
 
 def test_run_scores_round_trip_exactly(tmp_path):

@@ -299,9 +299,9 @@ def test_two_study_runs_on_one_workdir_never_do_a_cell_twice(collection, referen
 
 def test_two_shards_on_one_workdir_then_merge_equal_one_process(collection, reference, tmp_path):
     cells = st.expand(st.load_study(collection["study"]))
-    # A shard count that splits the runs (their hashes depend on the tmp paths): the LoRA run's
+    # A shard count that splits the runs (balanced shards: 2 does): the LoRA run's
     # shard needs the baseline another shard owns, and both go for it.
-    n = next(n for n in range(2, 9) if len({st.shard_of(c, n) for c in cells}) > 1)
+    n = next(n for n in range(2, 9) if len({st.shard_of(c, n, cells) for c in cells}) > 1)
     shards = [i for i in range(n) if st.select(cells, (i, n))]
     work = tmp_path / "shared"
     logs = [tmp_path / f"shard{i}.log" for i in shards]

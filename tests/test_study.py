@@ -264,8 +264,8 @@ def test_sigkill_then_rerun_equals_uninterrupted(reference, tiny_study, tmp_path
 def test_shards_then_merge_equal_one_run(reference, tiny_study, tmp_path):
     study_path = tiny_study()
     cells = st.expand(st.load_study(study_path))
-    # Pick a shard count that splits this grid's runs (their hashes depend on the tmp paths).
-    n = next(n for n in (2, 3, 4, 5) if len({st.shard_of(c, n) for c in cells}) > 1)
+    # A shard count that splits this grid's runs (balanced shards: 2 does whenever there are two runs).
+    n = next(n for n in (2, 3, 4, 5) if len({st.shard_of(c, n, cells) for c in cells}) > 1)
     stores = []
     for i in range(n):  # separate work folders, as on separate machines
         store, counts = _run(study_path, tmp_path / f"shard{i}", shard=(i, n))
@@ -282,12 +282,12 @@ def test_shard_assignment_is_stable_and_keeps_runs_together(tiny_study):
     cells = st.expand(st.load_study(tiny_study()))
     for n in (2, 3):
         parts = [st.select(cells, (i, n)) for i in range(n)]
-        owned = [[c for c in part if st.shard_of(c, n) == i] for i, part in enumerate(parts)]
+        owned = [[c for c in part if st.shard_of(c, n, cells) == i] for i, part in enumerate(parts)]
         assert sorted(c.id for part in owned for c in part) == sorted(c.id for c in cells)
         for i, part in enumerate(parts):
             trained = {c.run for c in part if c.kind == "train"}
             assert all(set(c.needs) <= trained for c in part if c.kind == "analyze")
-            assert all(st.shard_of(c, n) == i for c in part if c.kind == "analyze")
+            assert all(st.shard_of(c, n, cells) == i for c in part if c.kind == "analyze")
     assert [c.id for c in st.select(cells, (0, 2))] == [
         c.id for c in st.select(st.expand(st.load_study(tiny_study())), (0, 2))
     ]
@@ -443,6 +443,7 @@ def test_ir_datasets_eval_set_fetches_only_the_reranked_passages(monkeypatch):
 
     dataset = SimpleNamespace(
         has_scoreddocs=lambda: True,
+        has_qrels=lambda: True,
         queries_iter=lambda: iter([Query("1", "judged query"), Query("2", "unjudged query")]),
         qrels_iter=lambda: iter([Qrel("1", "d3", 2, "0")]),
         scoreddocs_iter=lambda: iter([Scored("1", f"d{i}", 10.0 - i) for i in range(6)] + [Scored("2", "d9", 1.0)]),

@@ -21,25 +21,38 @@ data_app = typer.Typer(no_args_is_help=True, help="Build and inspect the embedde
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 out = Console()
+DATASET_OPTION = typer.Option(
+    None,
+    "--dataset",
+    help="An ir_datasets id (msmarco-passage/trec-dl-2019/judged) in place of the files; "
+    "pip install 'relevance-lens[datasets]'.",
+)
 
 
 @app.command()
 def bm25(
-    queries: Path = typer.Option(..., help="Queries TSV (qid<TAB>text)."),
-    corpus: Path = typer.Option(..., help="Corpus TSV or JSONL (docid, title, text)."),
+    queries: Optional[Path] = typer.Option(None, help="Queries TSV (qid<TAB>text)."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus TSV or JSONL (docid, title, text)."),
     output: Path = typer.Option(..., help="TREC run to write."),
     depth: int = typer.Option(100, help="Passages per query."),
+    dataset: Optional[str] = DATASET_OPTION,
 ):
     """First-stage BM25 (bm25s) over a corpus; writes a TREC run."""
     from relevance_lens.data.bm25 import bm25_search
     from relevance_lens.data.formats import read_corpus, read_queries, write_run
+    from relevance_lens.data.irds import dataset_corpus, dataset_queries, load_dataset
 
     if depth < 1:
         raise InputError(f"--depth {depth}: expected a positive number")
-    qs = read_queries(queries)
+    _files_or_dataset(dataset, queries=queries, corpus=corpus)
+    if dataset:
+        data = load_dataset(dataset)
+        qs, docs = dataset_queries(data), dataset_corpus(data)
+    else:
+        qs, docs = read_queries(queries), read_corpus(corpus)
     if not qs:  # an empty run would look like a retrieval that found nothing
-        raise InputError(f"{queries}: no queries; expected lines of qid<TAB>text")
-    run = bm25_search(qs, read_corpus(corpus), depth=depth)
+        raise InputError(f"{queries or dataset}: no queries; expected lines of qid<TAB>text")
+    run = bm25_search(qs, docs, depth=depth)
     write_run(run, output, tag="bm25")
     console.print(f"wrote {output} ({len(run)} queries)")
 
@@ -54,11 +67,19 @@ def rerank(
         ),
     ),
     adapter: Optional[Path] = typer.Option(None, help="Adapter folder (LoRA + score head) written by train."),
-    queries: Path = typer.Option(..., help="Queries TSV."),
-    corpus: Path = typer.Option(..., help="Corpus TSV or JSONL."),
-    run: Path = typer.Option(..., help="First-stage TREC run to rerank."),
+    queries: Optional[Path] = typer.Option(None, help="Queries TSV."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus TSV or JSONL."),
+    run: Optional[Path] = typer.Option(
+        None, help="First-stage TREC run to rerank (with --dataset: instead of its scoreddocs)."
+    ),
     output: Path = typer.Option(..., help="Reranked TREC run to write."),
+    dataset: Optional[str] = DATASET_OPTION,
     depth: int = typer.Option(100, help="Rerank this many passages per query."),
+    keep_tail: bool = typer.Option(
+        True,
+        "--keep-tail/--drop-tail",
+        help="Keep the first stage's passages below --depth, in its order, under the reranked ones.",
+    ),
     dtype: str = typer.Option("auto", help="auto (bf16 where the hardware is fast at it), bf16, fp32."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch_tokens: int = typer.Option(8192, help="Padded tokens per batch."),
@@ -66,34 +87,77 @@ def rerank(
     """Rerank a first-stage run with an LLM reranker; writes a TREC run."""
     from relevance_lens.data.formats import read_corpus, read_queries, read_run, write_run
     from relevance_lens.model.reranker import Reranker
+    from relevance_lens.score.batching import candidate_pairs
     from relevance_lens.score.config import ScoreConfig, prepare
     from relevance_lens.score.rerank import rerank as rerank_run
 
-    config = ScoreConfig(depth=depth, dtype=dtype, device=device, batch_tokens=batch_tokens)
-    qs, docs = read_queries(queries), read_corpus(corpus)
-    first = read_run(run, queries=qs, corpus=docs)
+    config = ScoreConfig(depth=depth, keep_tail=keep_tail, dtype=dtype, device=device, batch_tokens=batch_tokens)
+    _files_or_dataset(dataset, queries=queries, corpus=corpus)
+    if dataset:
+        qs, docs, first = _dataset_candidates(dataset, run, depth)
+    else:
+        if run is None:
+            raise InputError("--run: missing; give the first-stage TREC run to rerank (or --dataset ID)")
+        qs, docs = read_queries(queries), read_corpus(corpus)
+        first = read_run(run, queries=qs, corpus=docs)
+    candidate_pairs(first, qs, docs, depth, f"run {run}" if run else f"ir_datasets {dataset} scoreddocs")
     reranker = prepare(Reranker.from_pretrained(model, adapter), config)
     scored = rerank_run(reranker, qs, docs, first, config)
     write_run(scored, output, tag="relevance-lens")
     console.print(f"wrote {output} ({len(scored)} queries)")
 
 
+def _files_or_dataset(dataset: Optional[str], **files: Optional[Path]) -> None:
+    """Refuse a mix of --dataset and the files it replaces, or neither."""
+    given = [k for k, v in files.items() if v is not None]
+    if dataset and given:
+        raise InputError(f"--dataset {dataset}: replaces --{', --'.join(given)}; give one or the other")
+    missing = [k for k, v in files.items() if v is None]
+    if not dataset and missing:
+        raise InputError(f"missing --{', --'.join(missing)}; give the files, or an ir_datasets id with --dataset")
+
+
+def _dataset_candidates(dataset: str, run: Optional[Path], depth: int):
+    """Queries, the candidates' passages and the first stage (a run file, else its scoreddocs) of an
+    ir_datasets id; only the top-``depth`` passages are fetched."""
+    from relevance_lens.data.candidates import top_candidates
+    from relevance_lens.data.formats import read_run
+    from relevance_lens.data.irds import dataset_passages, dataset_queries, dataset_run, load_dataset
+
+    data = load_dataset(dataset)
+    qs = dataset_queries(data)
+    first = read_run(run, queries=qs) if run is not None else dataset_run(data, dataset)
+    source = f"run {run}" if run is not None else f"ir_datasets {dataset} scoreddocs"
+    wanted = {d for q, docs in first.items() for d, _ in top_candidates(docs, depth, qid=q, source=source)}
+    return qs, dataset_passages(data, dataset, wanted), first
+
+
 @app.command()
 def evaluate(
-    qrels: Path = typer.Option(..., help="TREC qrels."),
+    qrels: Optional[Path] = typer.Option(None, help="TREC qrels."),
     run: Path = typer.Option(..., help="TREC run."),
     queries: Optional[Path] = typer.Option(None, help="Score exactly these queries (missing from the run = 0)."),
     metrics: List[str] = typer.Option(["nDCG@10", "RR@10", "R@100"], help="ir_measures names."),
     per_query: bool = typer.Option(False, "--per-query", help="Also print one row per query and metric."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object of metric -> value."),
+    binary_relevance_level: Optional[int] = typer.Option(
+        None,
+        help="Binary measures (RR, R, P, AP) count grade >= this as relevant. Default: 2 for a TREC DL "
+        "--dataset (its id contains trec-dl), else 1.",
+    ),
+    dataset: Optional[str] = DATASET_OPTION,
 ):
     """Evaluate a run with ir_measures."""
     from relevance_lens.data.formats import read_qrels, read_queries, read_run
+    from relevance_lens.evaluate.metrics import binary_relevance_level as relevance_level
     from relevance_lens.evaluate.metrics import evaluate as evaluate_run
     from relevance_lens.evaluate.metrics import format_table
 
     query_ids = list(read_queries(queries)) if queries is not None else None
-    result = evaluate_run(read_qrels(qrels), read_run(run), metrics, query_ids=query_ids)
+    _files_or_dataset(dataset, qrels=qrels)
+    level = relevance_level(dataset, binary_relevance_level)
+    judged = read_qrels(qrels) if qrels is not None else _dataset_qrels(dataset)
+    result = evaluate_run(judged, read_run(run), metrics, query_ids=query_ids, binary_relevance_level=level)
     if as_json:
         out.print_json(json.dumps(result.aggregate))
     else:
@@ -104,7 +168,19 @@ def evaluate(
     console.print(
         f"scored {result.n_queries} queries; {result.n_missing} had no result in the run (scored 0)"
         + (f"; {result.n_unjudged} run queries had no qrels and were left out" if result.n_unjudged else "")
+        + f"; binary measures count grade >= {level} as relevant"
+        + (
+            " (graded qrels: TREC DL counts >= 2, --binary-relevance-level 2)"
+            if level == 1 and max((g for docs in judged.values() for g in docs.values()), default=0) > 1
+            else ""
+        )
     )
+
+
+def _dataset_qrels(dataset: str) -> dict[str, dict[str, int]]:
+    from relevance_lens.data.irds import dataset_qrels, load_dataset
+
+    return dataset_qrels(load_dataset(dataset), dataset)
 
 
 def _int_list(text: Optional[str], flag: str) -> Optional[list[int]]:
@@ -204,7 +280,8 @@ def train(
         from rich.table import Table
 
         table = Table(
-            title=f"FAQ {settings.eval_split}: BM25 top-{settings.eval_depth} reranked ({result['n_queries']} queries)"
+            title=f"FAQ {settings.eval_split}: BM25 top-{settings.eval_depth} reranked, the rest in BM25 order "
+            f"({result['n_queries']} queries)"
         )
         table.add_column("system")
         for metric in result["bm25"]:
@@ -328,7 +405,7 @@ _EVAL_OPTIONS = [
     ("corpus", Optional[Path], None, "Corpus TSV or JSONL.", ()),
     ("first", Optional[Path], None, "First-stage TREC run whose top-k is reranked.", ("--run",)),
     ("depth", int, 10, "Rerank this many first-stage passages per query.", ()),
-    ("max_queries", Optional[int], None, "Only the first N judged queries (sorted by id).", ()),
+    ("max_queries", Optional[int], None, "Only a random sample of N judged queries (seed 0), for quick looks.", ()),
     ("metric", List[str], ["nDCG@10", "RR@10"], "ir_measures names (repeat the option).", ()),
 ]
 _SCORE_OPTIONS = [

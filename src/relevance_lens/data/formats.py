@@ -25,10 +25,10 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, Union
 
+from relevance_lens.data.candidates import ranked
 from relevance_lens.errors import InputError, at
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -573,7 +573,7 @@ def write_run(
     tag: str = "relevance-lens",
     depth: int | None = None,
 ) -> None:
-    """Write a TREC run, ranked by score (highest first) with ties broken by docid.
+    """Write a TREC run, ranked by score (highest first); tied passages keep the run's order.
 
     Queries are written in id order (numeric ids numerically), ranks count from 1.
 
@@ -603,12 +603,9 @@ def _run_block(path: PathLike, qid: str, docs: Mapping[str, float], tag: str, de
         raise InputError(
             f"cannot write {path}: score {bad} for query {qid!r}, docid {docid!r}; expected a finite number"
         )
-    # Sort by docid, then stably by score: ties keep docid order (reverse=True is stable).
-    ranked = sorted(zip(docs, scores))
-    ranked.sort(key=itemgetter(1), reverse=True)
-    return "".join(
-        f"{qid} Q0 {docid} {rank} {score!r} {tag}\n" for rank, (docid, score) in enumerate(ranked[:depth], 1)
-    )
+    # Ties keep the run's order, as everywhere (candidates.ranked): read back, the file ranks the same.
+    order = ranked(dict(zip(docs, scores)))
+    return "".join(f"{qid} Q0 {docid} {rank} {score!r} {tag}\n" for rank, (docid, score) in enumerate(order[:depth], 1))
 
 
 def _check_writable_id(path: PathLike, kind: str, value: str) -> None:

@@ -8,14 +8,23 @@ values a paired test needs); :func:`ir_metrics` builds them from ir_measures nam
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from relevance_lens.data.candidates import top_candidates
 from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import Passage, read_corpus, read_qrels, read_queries, read_run
+from relevance_lens.data.irds import (
+    dataset_passages,
+    dataset_qrels,
+    dataset_queries,
+    dataset_run,
+    load_dataset,
+)
 from relevance_lens.errors import InputError
-from relevance_lens.evaluate.metrics import evaluate, parse_metrics
+from relevance_lens.evaluate.metrics import binary_relevance_level, evaluate, parse_metrics
 from relevance_lens.score.batching import EncodedPairs, Run, candidate_pairs, encode_pairs
 
 MetricFn = Callable[[Mapping[str, Mapping[str, float]]], dict[str, float]]
@@ -32,7 +41,12 @@ class EvalSet:
         corpus: ``{docid: Passage}``.
         run: the first-stage run whose top-``depth`` is reranked.
         depth: passages reranked per query.
-        max_queries: keep only the first N judged queries (sorted by id), for quick looks.
+        max_queries: keep a random sample of N judged queries (seeded by ``query_seed``), for
+            quick looks; the first N ids would be a biased sample where ids follow topics or time.
+        query_seed: the seed of that sample.
+        binary_relevance_level: the grade from which binary measures (RR, R, P, AP) count a passage
+            as relevant: 2 for TREC DL (see :func:`binary_relevance_level`), 1 otherwise.
+        source: what the run is, for error messages (a file, ``ir_datasets X scoreddocs``).
     """
 
     name: str
@@ -42,6 +56,9 @@ class EvalSet:
     run: dict[str, dict[str, float]]
     depth: int = 10
     max_queries: int | None = None
+    query_seed: int = 0
+    binary_relevance_level: int = 1
+    source: str = "the first-stage run"
     _query_ids: list[str] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -55,25 +72,26 @@ class EvalSet:
                 f"eval set {self.name}: no query of the run has both text and relevance judgements; "
                 "check that queries, qrels and run are for the same queries"
             )
-        self._query_ids = judged[: self.max_queries] if self.max_queries else judged
+        if self.max_queries and self.max_queries < len(judged):
+            judged = sorted(random.Random(self.query_seed).sample(judged, self.max_queries))
+        self._query_ids = judged
 
     @property
     def query_ids(self) -> list[str]:
-        """The scored queries: judged queries of the run, sorted, cut at ``max_queries``."""
+        """The scored queries: judged queries of the run, sorted; a seeded sample of ``max_queries``."""
         return list(self._query_ids)
 
     def pairs(self) -> list[tuple[str, str]]:
         """(qid, docid) for each scored query's top-``depth`` in the first-stage run."""
         wanted = set(self._query_ids)
         sub_run = {q: docs for q, docs in self.run.items() if q in wanted}
-        return candidate_pairs(sub_run, self.queries, self.corpus, self.depth)
+        return candidate_pairs(sub_run, self.queries, self.corpus, self.depth, self.source)
 
     def first_stage(self) -> Run:
         """The first-stage run restricted to the scored queries and ``depth``."""
         out: Run = {}
         for qid in self._query_ids:
-            ranked = sorted(self.run[qid].items(), key=lambda kv: (-kv[1], kv[0]))[: self.depth]
-            out[qid] = dict(ranked)
+            out[qid] = dict(top_candidates(self.run[qid], self.depth, qid=qid, source=self.source))
         return out
 
     def describe(self) -> dict:
@@ -83,6 +101,9 @@ class EvalSet:
             "depth": self.depth,
             "max_queries": self.max_queries,
             "n_queries": len(self._query_ids),
+            # Only when they apply, so results stored before these settings existed keep their hash.
+            **({"query_sample": f"random, seed {self.query_seed}"} if self.max_queries else {}),
+            **({"binary_relevance_level": self.binary_relevance_level} if self.binary_relevance_level != 1 else {}),
         }
 
 
@@ -103,7 +124,14 @@ def file_evalset(
     """An eval set from files (queries TSV, TREC qrels, corpus TSV/JSONL, TREC run)."""
     qs, docs = read_queries(queries), read_corpus(corpus)
     return EvalSet(
-        Path(run).stem, qs, read_qrels(qrels), docs, read_run(run, queries=qs, corpus=docs), depth, max_queries
+        Path(run).stem,
+        qs,
+        read_qrels(qrels),
+        docs,
+        read_run(run, queries=qs, corpus=docs),
+        depth,
+        max_queries,
+        source=f"run {run}",
     )
 
 
@@ -145,7 +173,13 @@ def ir_metric(evalset: EvalSet, name: str) -> MetricFn:
     """Per-query values of one ir_measures metric over the eval set's queries (missing = 0)."""
 
     def metric(run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-        result = evaluate(evalset.qrels, run, [name], query_ids=evalset.query_ids)
+        result = evaluate(
+            evalset.qrels,
+            run,
+            [name],
+            query_ids=evalset.query_ids,
+            binary_relevance_level=evalset.binary_relevance_level,
+        )
         return {qid: value for qid, _, value in result.per_query}
 
     metric.__name__ = name
@@ -174,44 +208,18 @@ def build_evalset(ev: dict[str, Any]):
     else:
         evalset = file_evalset(ev["queries"], ev["qrels"], ev["corpus"], ev["run"], ev["depth"], ev["max_queries"])
     evalset.name = ev["name"]
+    evalset.binary_relevance_level = binary_relevance_level(ev.get("ir_datasets"), ev.get("binary_relevance_level"))
     return evalset
-
-
-def need_ir_datasets():
-    try:
-        import ir_datasets
-    except ImportError:
-        raise InputError(
-            "an eval set names an ir_datasets id, but ir_datasets is not installed: pip install "
-            "'relevance-lens[datasets]'"
-        ) from None
-    return ir_datasets
 
 
 def ir_datasets_evalset(dataset_id: str, depth: int, max_queries: int | None):
     """An EvalSet from an ir_datasets id with queries, qrels and scoreddocs (the first stage);
     only the passages in the scored top-``depth`` are fetched from its docs store."""
-    irds = need_ir_datasets()
-    try:
-        dataset = irds.load(dataset_id)
-    except KeyError:
-        raise InputError(
-            f"ir_datasets id {dataset_id!r} not found; see https://ir-datasets.com (e.g. msmarco-passage/trec-dl-2019)"
-        ) from None
-    if not dataset.has_scoreddocs():
-        raise InputError(f"ir_datasets {dataset_id}: has no scoreddocs (first-stage run); give the four files instead")
-    queries = {q.query_id: q.text for q in dataset.queries_iter()}
-    qrels: dict[str, dict[str, int]] = {}
-    for q in dataset.qrels_iter():
-        qrels.setdefault(q.query_id, {})[q.doc_id] = int(q.relevance)
-    run: dict[str, dict[str, float]] = {}
-    for s in dataset.scoreddocs_iter():
-        if s.query_id in qrels:
-            run.setdefault(s.query_id, {})[s.doc_id] = float(s.score)
-    evalset = EvalSet(dataset_id, queries, qrels, {}, run, depth, max_queries)
-    wanted = sorted(
-        {d for q in evalset.query_ids for d, _ in sorted(run[q].items(), key=lambda kv: (-kv[1], kv[0]))[:depth]}
-    )
-    docs = dataset.docs_store().get_many(wanted)
-    evalset.corpus = {d: Passage(d, getattr(doc, "title", "") or "", doc.text) for d, doc in docs.items()}
+    dataset = load_dataset(dataset_id)
+    qrels = dataset_qrels(dataset, dataset_id)
+    run = dataset_run(dataset, dataset_id, query_ids=qrels)
+    source = f"ir_datasets {dataset_id} scoreddocs"
+    evalset = EvalSet(dataset_id, dataset_queries(dataset), qrels, {}, run, depth, max_queries, source=source)
+    wanted = {d for q in evalset.query_ids for d, _ in top_candidates(run[q], depth, qid=q, source=source)}
+    evalset.corpus = dataset_passages(dataset, dataset_id, wanted)
     return evalset

@@ -2,7 +2,10 @@
 
 The maths is ir_measures' (trec_eval underneath); this module only decides *which*
 queries are scored, so that two systems are always compared over the same set and
-paired significance tests get one value per query and metric, zeros included.
+paired significance tests get one value per query and metric, zeros included, and which
+grade a binary measure counts as relevant: TREC DL's binary measures (RR, R, P, AP) count
+grade >= 2 of its 0-3 scale (ir_measures' ``rel=2``), which :func:`binary_relevance_level`
+applies by the collection's name.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from rich.table import Table
 from relevance_lens.errors import InputError
 
 DEFAULT_METRICS = ("nDCG@10", "RR@10", "R@100")
+#: ir_datasets ids with this in them are TREC Deep Learning collections (msmarco-passage/trec-dl-2019/judged).
+TREC_DL = "trec-dl"
 _EXAMPLES = 5
 
 
@@ -55,8 +60,33 @@ class Evaluation:
         }
 
 
-def parse_metrics(names: Sequence[str]) -> list[Any]:
-    """Parse metric names with ``ir_measures.parse_measure``.
+def binary_relevance_level(dataset_id: str | None = None, setting: int | None = None) -> int:
+    """The grade from which binary measures count a passage as relevant.
+
+    ``setting`` when given; else 2 for TREC DL (an ir_datasets id containing ``trec-dl``),
+    whose binary measures count grade >= 2 (its 1 means "related", not relevant); else 1.
+
+    Raises:
+        InputError: a setting below 1.
+    """
+    if setting is not None:
+        if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+            raise InputError(f"binary_relevance_level {setting!r}: expected a grade of at least 1 (TREC DL: 2)")
+        return setting
+    return 2 if dataset_id and TREC_DL in dataset_id else 1
+
+
+def with_relevance_level(measure: Any, level: int) -> Any:
+    """``measure`` counting grade >= ``level`` as relevant, if it is a binary measure (has ir_measures'
+    ``rel`` parameter) whose name did not set ``rel`` itself; graded measures (nDCG) are unchanged."""
+    if level == 1 or "rel" not in measure.SUPPORTED_PARAMS or "rel" in measure.params:
+        return measure
+    return measure(rel=level)
+
+
+def parse_metrics(names: Sequence[str], binary_relevance_level: int = 1) -> list[Any]:
+    """Parse metric names with ``ir_measures.parse_measure``; binary measures count grade >=
+    ``binary_relevance_level`` as relevant unless the name says otherwise (``RR(rel=3)@10``).
 
     Raises:
         InputError: an unknown name, no names at all, or two names for one measure
@@ -66,7 +96,7 @@ def parse_metrics(names: Sequence[str]) -> list[Any]:
         raise InputError(f"metrics={names!r}: expected a list of ir_measures names such as nDCG@10, RR@10, R@100")
     measures: list[Any] = []
     for name in names:
-        measure = _parse_one(name)
+        measure = with_relevance_level(_parse_one(name), binary_relevance_level)
         if measure in measures:
             first = names[measures.index(measure)]
             raise InputError(f"metric {name!r} is the same measure as {first!r}; list each metric once")
@@ -88,6 +118,7 @@ def evaluate(
     run: Mapping[str, Mapping[str, float]],
     metrics: Sequence[str] = DEFAULT_METRICS,
     query_ids: Iterable[str] | None = None,
+    binary_relevance_level: int = 1,
 ) -> Evaluation:
     """Score ``run`` against ``qrels``.
 
@@ -101,12 +132,14 @@ def evaluate(
         run: ``{qid: {docid: score}}``.
         metrics: ir_measures names; results are keyed by these strings.
         query_ids: the queries to score, or None for the judged queries of the run.
+        binary_relevance_level: binary measures (RR, R, P, AP) count grade >= this as
+            relevant (2 for TREC DL; :func:`binary_relevance_level`); results keep the names given.
 
     Raises:
         InputError: bad metric names, queries that cannot be scored, or nothing to score.
     """
     names = list(metrics)
-    measures = parse_metrics(names)
+    measures = parse_metrics(names, binary_relevance_level)
     scored, n_unjudged = _scored_queries(qrels, run, query_ids)
     values = _per_query_values(qrels, run, scored, measures, names)
     per_query = [(qid, name, values[qid, name]) for qid in sorted(scored) for name in names]

@@ -9,6 +9,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from relevance_lens.data.candidates import top_candidates
 from relevance_lens.data.formats import Passage
 from relevance_lens.errors import InputError
 
@@ -16,15 +17,19 @@ Run = dict[str, dict[str, float]]
 
 
 def candidate_pairs(
-    run: Mapping[str, Mapping[str, float]], queries: Mapping[str, str], corpus: Mapping[str, Passage], depth: int
+    run: Mapping[str, Mapping[str, float]],
+    queries: Mapping[str, str],
+    corpus: Mapping[str, Passage],
+    depth: int,
+    source: str = "the first-stage run",
 ) -> list[tuple[str, str]]:
-    """(qid, docid) of each query's top-``depth`` in the run, validated against the inputs."""
+    """(qid, docid) of each query's top-``depth`` in the run (:func:`top_candidates`: ties keep
+    the run's order), validated against the inputs."""
     pairs = []
     for qid in sorted(run):
         if qid not in queries:
             raise InputError(f"run query {qid!r} is not in the queries file: pass the queries the run was made from")
-        ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
-        for docid, _ in ranked:
+        for docid, _ in top_candidates(run[qid], depth, qid=qid, source=source):
             if docid not in corpus:
                 raise InputError(f"run passage {docid!r} (query {qid!r}) is not in the corpus file")
             pairs.append((qid, docid))

@@ -17,6 +17,14 @@ class ScoreConfig:
     """Batching and precision for scoring."""
 
     depth: int = field(default=100, metadata={"help": "Rerank this many top passages per query."})
+    keep_tail: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the first stage's passages below depth, in their first-stage order, under the "
+            "reranked ones (as reranking pipelines do), so measures past depth (R@100 of a top-20 rerank) "
+            "compare like with like. Off: the run holds only the reranked top-depth."
+        },
+    )
     batch_tokens: int = field(default=8192, metadata={"help": "Token budget per batch (padded tokens)."})
     max_batch: int = field(default=128, metadata={"help": "At most this many pairs per batch."})
     chunk_pairs: int = field(default=4096, metadata={"help": "Pairs tokenized and length-sorted together."})

@@ -10,6 +10,7 @@ from typing import Mapping
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from relevance_lens.data.candidates import with_tail
 from relevance_lens.data.formats import Passage
 from relevance_lens.model.reranker import Reranker
 from relevance_lens.score.batching import Run, candidate_pairs
@@ -27,7 +28,8 @@ def rerank(
     progress: bool = True,
     description: str = "reranking",
 ) -> Run:
-    """Score each query's top-``depth`` passages; returns a run of reranker scores.
+    """Score each query's top-``depth`` passages; returns a run of reranker scores, followed by the
+    first stage's tail (:func:`relevance_lens.data.candidates.with_tail`) unless ``config.keep_tail`` is off.
 
     With ``config.fast`` (the default) the scores come from a
     :class:`relevance_lens.score.fast.FastScorer` built once for the run; ``reranker`` itself is
@@ -45,7 +47,7 @@ def rerank(
             scores = scorer.score(items, bar, task)
             for (qid, docid), value in zip(chunk, scores):
                 out[qid][docid] = value
-    return out
+    return with_tail(out, run) if config.keep_tail else out
 
 
 def _progress(enabled: bool) -> Progress:

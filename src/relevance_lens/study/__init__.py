@@ -5,7 +5,17 @@ file, ``plan`` expands it into cells (cost, shards, status), ``run`` runs them r
 May import every stage below it, up to ``dissect``; never ``report``.
 """
 
-from relevance_lens.study.plan import IRDS_QUERIES, RUNS, Cell, expand, parse_shard, select, shard_of, status
+from relevance_lens.study.plan import (
+    IRDS_QUERIES,
+    RUNS,
+    Cell,
+    assign_shards,
+    expand,
+    parse_shard,
+    select,
+    shard_of,
+    status,
+)
 from relevance_lens.study.run import RunOptions, default_paths, dry_run, run_study
 from relevance_lens.study.spec import (
     GRID_KEYS,
@@ -35,6 +45,7 @@ __all__ = [
     "SearchSpec",
     "Study",
     "StudySpec",
+    "assign_shards",
     "default_paths",
     "dry_run",
     "expand",

@@ -69,6 +69,15 @@ class Cell:
         return text + (" (chosen run)" if self.config.get("after_choice") else "")
 
 
+def eval_config(name: str, ev: EvalSpec) -> dict[str, Any]:
+    """An eval set as a cell's config holds it: its name and settings; a setting left at None that
+    postdates stored results is left out, so those results keep their hash."""
+    config = {"name": name, **asdict(ev)}
+    if config["binary_relevance_level"] is None:
+        del config["binary_relevance_level"]
+    return config
+
+
 def _slug(targets: str) -> str:
     return targets.replace(",", "+").replace(" ", "")
 
@@ -201,7 +210,7 @@ def _analysis_cells(
             config = {
                 "analysis": name,
                 "run": run.run,
-                "eval": {"name": ev_name, **asdict(ev)},
+                "eval": eval_config(ev_name, ev),
                 "settings": settings,
                 "scoring": study.scoring,
                 "baseline": needs[1] if len(needs) > 1 else None,
@@ -225,8 +234,8 @@ def _search_cells(
     search = study.search
     settings = search.settings()
     tried = [_train_cell(study, model, info, {**values, **setting}, stem) for setting in settings]
-    select = {"name": search.select_on, **asdict(study.evals[search.select_on])}
-    test = {"name": search.test, **asdict(study.evals[search.test])}
+    select = eval_config(search.select_on, study.evals[search.select_on])
+    test = eval_config(search.test, study.evals[search.test])
     first = tried[0].config["train"]
     config = {
         "recipe": {"axes": search.axes, "metric": search.metric},
@@ -373,10 +382,37 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def shard_of(cell: Cell, n: int) -> int:
-    """Stable shard of a cell: the hash of its run's training cell id, modulo ``n``."""
-    unit = cell.unit or cell.id
-    return int(unit[:12], 16) % n
+def _unit(cell: Cell) -> str:
+    return cell.unit or cell.id
+
+
+def assign_shards(cells: list[Cell], n: int) -> dict[str, int]:
+    """Each unit (a run with its analyses, or a whole search) to one of ``n`` shards.
+
+    Balanced: every shard gets ``floor(U/n)`` or ``ceil(U/n)`` of the ``U`` units, and within
+    that, units go largest estimated cost first (the cells' ``work``) to the shard with the least
+    cost so far (LPT scheduling), so no Slurm array task idles while another carries the grid.
+    Stable: a function of the grid alone (units ordered by cost, then id; ties to the lower
+    shard), so every shard's process, in any order, computes the same assignment.
+    """
+    cost: dict[str, int] = {}
+    for cell in cells:
+        cost[_unit(cell)] = cost.get(_unit(cell), 0) + cell.work
+    units = sorted(cost, key=lambda u: (-cost[u], u))
+    quota = [len(units) // n + (1 if i < len(units) % n else 0) for i in range(n)]
+    load, count, shard_of_unit = [0] * n, [0] * n, {}
+    for unit in units:
+        # Among shards with room, the least loaded, then the one with fewest units, then the lowest.
+        i = min((i for i in range(n) if count[i] < quota[i]), key=lambda i: (load[i], count[i], i))
+        shard_of_unit[unit] = i
+        load[i] += cost[unit]
+        count[i] += 1
+    return shard_of_unit
+
+
+def shard_of(cell: Cell, n: int, cells: list[Cell]) -> int:
+    """The shard (of ``n``) that owns ``cell`` in the grid ``cells`` (:func:`assign_shards`)."""
+    return assign_shards(cells, n)[_unit(cell)]
 
 
 def select(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
@@ -384,7 +420,8 @@ def select(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
     if shard is None:
         return list(cells)
     i, n = shard
-    mine = {c.id for c in cells if shard_of(c, n) == i}
+    owner = assign_shards(cells, n)
+    mine = {c.id for c in cells if owner[_unit(c)] == i}
     needed = {r for c in cells if c.id in mine for r in c.needs}
     return [c for c in cells if c.id in mine or (c.kind == "train" and c.run in needed)]
 

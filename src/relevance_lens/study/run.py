@@ -47,7 +47,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from relevance_lens.dissect.evalset import build_evalset, need_ir_datasets
+from relevance_lens.data.irds import need_ir_datasets
+from relevance_lens.dissect.evalset import build_evalset
 from relevance_lens.dissect.registry import ANALYSES, Context, Inputs
 from relevance_lens.errors import InputError
 from relevance_lens.locks import FileLock, holder, lock_file

@@ -24,7 +24,7 @@ import tomllib
 
 from relevance_lens.dissect.registry import ANALYSES
 from relevance_lens.errors import InputError
-from relevance_lens.evaluate.metrics import parse_metrics
+from relevance_lens.evaluate.metrics import binary_relevance_level, parse_metrics
 from relevance_lens.score.config import ScoreConfig
 from relevance_lens.train.config import TrainConfig
 
@@ -89,8 +89,17 @@ class EvalSpec:
         default=None, metadata={"help": "ir_datasets id with scoreddocs, e.g. msmarco-passage/trec-dl-2019."}
     )
     depth: int = field(default=10, metadata={"help": "Rerank the first stage's top-k."})
-    max_queries: int | None = field(default=None, metadata={"help": "Only the first N judged queries (sorted by id)."})
+    max_queries: int | None = field(
+        default=None, metadata={"help": "Only a random sample of N judged queries (seed 0), for quick looks."}
+    )
     metrics: list[str] = field(default_factory=lambda: ["nDCG@10", "RR@10"], metadata={"help": "ir_measures names."})
+    binary_relevance_level: int | None = field(
+        default=None,
+        metadata={
+            "help": "Binary measures (RR, R, P, AP) count grade >= this as relevant. Default: 2 for TREC DL "
+            "(an ir_datasets id containing trec-dl), else 1; set 2 for TREC DL given as files."
+        },
+    )
 
 
 @dataclass
@@ -438,7 +447,7 @@ def _check(study: Study) -> None:
                 f"{where} [evals.{name}]: depth {ev.depth} / max_queries {ev.max_queries}: expected positive numbers"
             )
         try:
-            parse_metrics(ev.metrics)
+            parse_metrics(ev.metrics, binary_relevance_level(ev.ir_datasets, ev.binary_relevance_level))
         except InputError as exc:
             raise InputError(f"{where} [evals.{name}]: {exc}") from None
     for name, spec in study.analyses.items():

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from relevance_lens.data.candidates import top_candidates
 from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import (
     Passage,
@@ -62,7 +63,7 @@ def _from_run(queries, qrels, run, corpus, depth: int, fingerprints: dict[str, s
         pos = sorted(d for d, rel in qrels.get(qid, {}).items() if rel > 0)
         if not pos:
             continue  # an unjudged query cannot teach anything
-        ranked = sorted(run.get(qid, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
+        ranked = top_candidates(run.get(qid, {}), depth, qid=qid, source="the negatives run")
         positives[qid] = pos
         # Query and passage ids may share one space (MS MARCO): compare docids with docids only.
         negatives[qid] = [d for d, _ in ranked if d not in set(pos)]

@@ -389,7 +389,8 @@ def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
 
 
 def evaluate_final(run_dir: Path, split: str = "dev", depth: int = 20, *, progress: bool = True) -> dict:
-    """Rerank BM25's top-``depth`` of a FAQ split with ``RUNDIR/final``; saves and returns metrics."""
+    """Rerank BM25's top-``depth`` of a FAQ split with ``RUNDIR/final``, BM25's tail kept below it (so
+    both rows rank the same passages); saves and returns metrics."""
 
     data = load_faq(split)
     config = ScoreConfig(depth=depth)
@@ -401,6 +402,7 @@ def evaluate_final(run_dir: Path, split: str = "dev", depth: int = 20, *, progre
     result = {
         "split": split,
         "depth": depth,
+        "tail": "kept",  # the reranked run holds BM25's passages below depth too, in BM25's order
         "n_queries": len(qids),
         "bm25": evaluate(data.qrels, data.run, query_ids=qids).aggregate,
         "reranker": evaluate(data.qrels, scored, query_ids=qids).aggregate,
