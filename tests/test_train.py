@@ -217,7 +217,7 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
         ({"group_size": 1}, "--group-size 1"),
         ({"max_steps": 0}, "--max-steps 0"),
         ({"head_lr": 0.0}, "--head-lr 0.0: expected a positive"),
-        ({"head_init": "ones"}, "--head-init ones: expected random or zero"),
+        ({"head_init": "ones"}, "--head-init ones: expected random, zero or probe"),
         ({"schedule": "step"}, "--schedule step: expected one of linear, constant, cosine"),
         ({"random_negatives": 4}, "--random-negatives 4: expected 0 to G-1 = 3"),
     ],
