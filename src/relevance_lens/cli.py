@@ -53,7 +53,9 @@ def rerank(
             "else smollm2-135m."
         ),
     ),
-    adapter: Optional[Path] = typer.Option(None, help="Adapter folder (LoRA + score head) written by train."),
+    adapter: Optional[Path] = typer.Option(
+        None, help="Adapter folder (LoRA + score head) written by train, or a Tevatron (RankLLaMA) LoRA folder."
+    ),
     queries: Path = typer.Option(..., help="Queries TSV."),
     corpus: Path = typer.Option(..., help="Corpus TSV or JSONL."),
     run: Path = typer.Option(..., help="First-stage TREC run to rerank."),
@@ -62,6 +64,9 @@ def rerank(
     dtype: str = typer.Option("auto", help="auto (bf16 where the hardware is fast at it), bf16, fp32."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch_tokens: int = typer.Option(8192, help="Padded tokens per batch."),
+    allow_other_base: bool = typer.Option(
+        False, "--allow-other-base", help="Experts: score an adapter on a base other than the one it was trained on."
+    ),
 ):
     """Rerank a first-stage run with an LLM reranker; writes a TREC run."""
     from relevance_lens.data.formats import read_corpus, read_queries, read_run, write_run
@@ -72,7 +77,7 @@ def rerank(
     config = ScoreConfig(depth=depth, dtype=dtype, device=device, batch_tokens=batch_tokens)
     qs, docs = read_queries(queries), read_corpus(corpus)
     first = read_run(run, queries=qs, corpus=docs)
-    reranker = prepare(Reranker.from_pretrained(model, adapter), config)
+    reranker = prepare(Reranker.from_pretrained(model, adapter, allow_other_base=allow_other_base), config)
     scored = rerank_run(reranker, qs, docs, first, config)
     write_run(scored, output, tag="relevance-lens")
     console.print(f"wrote {output} ({len(scored)} queries)")
@@ -126,7 +131,9 @@ def train(
     qrels: Optional[Path] = typer.Option(None, help="Qrels (data=files)."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus (data=files)."),
     negatives_run: Optional[Path] = typer.Option(None, help="Run to draw hard negatives from (data=files)."),
-    tevatron: Optional[Path] = typer.Option(None, help="Tevatron train JSONL (data=files)."),
+    tevatron: Optional[Path] = typer.Option(
+        None, help="Tevatron train JSONL (data=files); its v2 schema (positive_document_ids) needs --corpus too."
+    ),
     rank: Optional[int] = typer.Option(None, help="LoRA rank."),
     alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
     lora_dropout: Optional[float] = typer.Option(None, help="LoRA dropout (the study: 0.1)."),

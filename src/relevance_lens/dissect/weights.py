@@ -127,6 +127,16 @@ def _alpha_pattern(config: dict) -> object:
     return {} if pattern is None else pattern
 
 
+def _decoder_prefix(base_config) -> str:
+    """Where a task model (``*ForSequenceClassification``) keeps its decoder: transformers' ``base_model_prefix``."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(base_config)].base_model_prefix + "."
+    except KeyError:
+        raise InputError(f"model type {base_config.model_type!r}: transformers has no decoder class for it") from None
+
+
 def load_adapter_weights(folder: str | Path, base_config=None) -> AdapterWeights:
     """Read ``adapter_config.json`` and ``adapter_model.safetensors`` of a LoRA folder."""
     from peft.utils.other import get_pattern_key
@@ -140,11 +150,13 @@ def load_adapter_weights(folder: str | Path, base_config=None) -> AdapterWeights
         raise InputError(f"{path} not found: weight analysis reads PEFT's safetensors adapter file")
     base_config = base_config if base_config is not None else read_base_config(folder)
     tensors = load_file(path)
+    # A sequence-classification adapter (Tevatron's) wraps the decoder one level down: ``model.layers...``.
+    inner = _decoder_prefix(base_config) if config.get("task_type") == "SEQ_CLS" else ""
     factors = {}
     for key, a in tensors.items():
         if not key.endswith(".lora_A.weight"):
             continue
-        module = key[: -len(".lora_A.weight")].removeprefix(_PREFIX)
+        module = key[: -len(".lora_A.weight")].removeprefix(_PREFIX).removeprefix(inner)
         b = tensors.get(key.replace(".lora_A.", ".lora_B."))
         if b is None:
             raise InputError(f"{path}: {key} has no matching lora_B tensor; the file is incomplete")

@@ -213,4 +213,5 @@ def _describe(identity: dict) -> str:
     path = identity.get("path")
     name = identity.get("model")
     shown = repr(name) if not path or path == name else f"{name!r} ({path})"
-    return f"{shown} [config {str(identity.get('config_sha256'))[:12]}, weights {str(identity.get('weights_sha256'))[:12]}]"
+    config, weights = (str(identity.get(k))[:12] for k in ("config_sha256", "weights_sha256"))
+    return f"{shown} [config {config}, weights {weights}]"
