@@ -363,8 +363,9 @@ class Reranker(nn.Module):
             lora[_PEFT_ROOT + key[len(decoder) :]] = value
         known = set(LoraConfig.__dataclass_fields__)
         settings = {k: v for k, v in record.items() if k in known and k not in ("task_type", "modules_to_save")}
+        settings["inference_mode"] = True
         try:
-            config = LoraConfig(**settings, inference_mode=True)
+            config = LoraConfig(**settings)
             model = PeftModel(self.backbone, config)
             result = set_peft_model_state_dict(model, lora)
         except Exception as exc:  # PEFT and torch raise many types (bad settings, shapes that do not fit)
