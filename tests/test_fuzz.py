@@ -271,12 +271,6 @@ def test_adapter_config(lora_folder, data):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known bug found by this fuzzer at CI's example count: some adapter_config.json gives an AttributeError "
-    "('NoneType' has no .get) instead of an InputError; to fix (issue #13)",
-    raises=AttributeError,
-    strict=False,
-)
 @SLOW
 @given(ADAPTER_JSON)
 def test_adapter_config_slow(lora_folder, data):

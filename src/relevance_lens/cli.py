@@ -66,7 +66,9 @@ def rerank(
             "else smollm2-135m."
         ),
     ),
-    adapter: Optional[Path] = typer.Option(None, help="Adapter folder (LoRA + score head) written by train."),
+    adapter: Optional[Path] = typer.Option(
+        None, help="Adapter folder (LoRA + score head) written by train, or a Tevatron (RankLLaMA) LoRA folder."
+    ),
     queries: Optional[Path] = typer.Option(None, help="Queries TSV."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus TSV or JSONL."),
     run: Optional[Path] = typer.Option(
@@ -83,6 +85,9 @@ def rerank(
     dtype: str = typer.Option("auto", help="auto (bf16 where the hardware is fast at it), bf16, fp32."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch_tokens: int = typer.Option(8192, help="Padded tokens per batch."),
+    allow_other_base: bool = typer.Option(
+        False, "--allow-other-base", help="Experts: score an adapter on a base other than the one it was trained on."
+    ),
 ):
     """Rerank a first-stage run with an LLM reranker; writes a TREC run."""
     from relevance_lens.data.formats import read_corpus, read_queries, read_run, write_run
@@ -101,7 +106,7 @@ def rerank(
         qs, docs = read_queries(queries), read_corpus(corpus)
         first = read_run(run, queries=qs, corpus=docs)
     candidate_pairs(first, qs, docs, depth, f"run {run}" if run else f"ir_datasets {dataset} scoreddocs")
-    reranker = prepare(Reranker.from_pretrained(model, adapter), config)
+    reranker = prepare(Reranker.from_pretrained(model, adapter, allow_other_base=allow_other_base), config)
     scored = rerank_run(reranker, qs, docs, first, config)
     write_run(scored, output, tag="relevance-lens")
     console.print(f"wrote {output} ({len(scored)} queries)")
@@ -202,7 +207,9 @@ def train(
     qrels: Optional[Path] = typer.Option(None, help="Qrels (data=files)."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus (data=files)."),
     negatives_run: Optional[Path] = typer.Option(None, help="Run to draw hard negatives from (data=files)."),
-    tevatron: Optional[Path] = typer.Option(None, help="Tevatron train JSONL (data=files)."),
+    tevatron: Optional[Path] = typer.Option(
+        None, help="Tevatron train JSONL (data=files); its v2 schema (positive_document_ids) needs --corpus too."
+    ),
     rank: Optional[int] = typer.Option(None, help="LoRA rank."),
     alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
     lora_dropout: Optional[float] = typer.Option(None, help="LoRA dropout (the study: 0.1)."),

@@ -631,23 +631,104 @@ def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: PathLike) -> None:
 # ---------------------------------------------------------------- Tevatron training data
 
 
-def read_tevatron(path: PathLike) -> list[TrainGroup]:
-    """Read Tevatron training JSONL: one object per line with ``query_id`` (or ``id``/``_id``),
-    ``query``, ``positive_passages`` and ``negative_passages`` (lists of passage objects).
+def read_tevatron(path: PathLike, corpus: Mapping[str, Passage] | None = None) -> list[TrainGroup]:
+    """Read Tevatron training JSONL in either of Tevatron's schemas, line by line.
+
+    * the passage schema (Tevatron v1, and v2's "legacy" one): ``query_id`` (or ``id``/``_id``),
+      ``query``, ``positive_passages`` and ``negative_passages``, lists of passage objects
+      (``docid``, ``title``, ``text``);
+    * the v2 id schema: ``query_id``, ``query_text``, ``positive_document_ids`` and
+      ``negative_document_ids``, ids into a separate ``corpus`` (``docid``, ``text``), as
+      ``tevatron.retriever.dataset.TrainDataset`` reads with ``--corpus_name``/``--corpus_path``.
+
+    Tevatron trains on each line as its own group; here a query is one group, so a query id
+    on two lines is refused (naming both) rather than one silently overwriting the other, as
+    is one docid given two different texts.
 
     Raises:
-        InputError: invalid JSON, missing fields, empty text, or a group without positives.
+        InputError: invalid JSON, missing fields, empty text, a group without positives, a v2
+            line without a corpus or with an id the corpus lacks, media queries, or duplicates.
     """
-    groups = []
+    groups: list[TrainGroup] = []
+    seen_queries: dict[str, int] = {}
+    seen_passages: dict[str, tuple[Passage, int]] = {}
     for lineno, record in _json_objects(path):
         query_id = _json_id(path, lineno, record, ("query_id", "id", "_id"), "query id")
-        query = _require_text(path, lineno, "query", _json_str(path, lineno, record, ("query",), None))
-        positives = _passage_list(path, lineno, record, "positive_passages")
-        if not positives:
+        if query_id in seen_queries:
+            raise at(
+                path,
+                lineno,
+                f"duplicate query id {query_id!r} (also on line {seen_queries[query_id]}); a query is one training "
+                "group here: merge the two lines or give them distinct ids",
+            )
+        seen_queries[query_id] = lineno
+        if "positive_passages" not in record and "positive_document_ids" in record:
+            group = _tevatron_v2_group(path, lineno, record, query_id, corpus)
+        else:
+            query = _require_text(path, lineno, "query", _json_str(path, lineno, record, ("query",), None))
+            positives = _passage_list(path, lineno, record, "positive_passages")
+            negatives = _passage_list(path, lineno, record, "negative_passages")
+            group = TrainGroup(query_id, query, positives, negatives)
+            _check_same_passages(path, lineno, group.positives + group.negatives, seen_passages)
+        if not group.positives:
             raise at(path, lineno, f"query {query_id!r} has no positive passages; a training group needs at least one")
-        negatives = _passage_list(path, lineno, record, "negative_passages")
-        groups.append(TrainGroup(query_id, query, positives, negatives))
+        groups.append(group)
     return groups
+
+
+_TEVATRON_MEDIA = ("query_image", "query_video", "query_audio")
+
+
+def _tevatron_v2_group(
+    path: PathLike, lineno: int, record: Mapping[str, Any], query_id: str, corpus: Mapping[str, Passage] | None
+) -> TrainGroup:
+    """One line of Tevatron v2's id schema, its document ids looked up in ``corpus``."""
+    if corpus is None:
+        raise at(
+            path,
+            lineno,
+            "uses Tevatron v2's positive_document_ids, which point into a corpus: pass the corpus JSONL too "
+            "(--corpus, docid/text per line)",
+        )
+    media = [k for k in _TEVATRON_MEDIA if record.get(k) is not None]
+    if media:
+        raise at(path, lineno, f"query {query_id!r} has {media[0]}; only text queries can be trained on here")
+    query = _require_text(path, lineno, "query_text", _json_str(path, lineno, record, ("query_text",), None))
+    positives = _document_ids(path, lineno, record, "positive_document_ids", corpus)
+    negatives = _document_ids(path, lineno, record, "negative_document_ids", corpus)
+    return TrainGroup(query_id, query, positives, negatives)
+
+
+def _document_ids(
+    path: PathLike, lineno: int, record: Mapping[str, Any], key: str, corpus: Mapping[str, Passage]
+) -> list[Passage]:
+    ids = record.get(key, [])
+    if not isinstance(ids, list):
+        raise at(path, lineno, f"field {key!r} is {type(ids).__name__}; expected a list of document ids")
+    passages = []
+    for value in ids:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise at(path, lineno, f"an entry of {key!r} is {value!r}; expected a document id (string or integer)")
+        docid = _check_id(path, lineno, "document id", str(value).strip())
+        if docid not in corpus:
+            raise at(path, lineno, f"document id {docid!r} of {key!r} is not in the corpus given with it")
+        passages.append(corpus[docid])
+    return passages
+
+
+def _check_same_passages(
+    path: PathLike, lineno: int, passages: list[Passage], seen: dict[str, tuple[Passage, int]]
+) -> None:
+    """One docid, one text: a passage repeated across lines must not change (training keeps one copy)."""
+    for passage in passages:
+        first = seen.setdefault(passage.docid, (passage, lineno))
+        if first[0] != passage:
+            raise at(
+                path,
+                lineno,
+                f"passage {passage.docid!r} differs from its copy on line {first[1]} (title or text); one docid "
+                "must name one passage",
+            )
 
 
 def _passage_list(path: PathLike, lineno: int, record: Mapping[str, Any], key: str) -> list[Passage]:

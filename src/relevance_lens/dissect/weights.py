@@ -104,8 +104,10 @@ def _read_json(path: Path) -> dict:
 
 def _check_lora_config(config: dict, path: Path) -> None:
     """The fields the scaling is computed from: finite numbers, a boolean, regex keys (PEFT's meaning)."""
-    pattern = config.get("alpha_pattern") or {}
-    alphas = [config.get("lora_alpha"), *(pattern.values() if isinstance(pattern, dict) else [None])]
+    pattern = _alpha_pattern(config)
+    if not isinstance(pattern, dict):  # [], 0, "" or false included: PEFT's alpha_pattern is a mapping
+        raise InputError(f"{path}: alpha_pattern {pattern!r}: expected an object mapping module patterns to alphas")
+    alphas = [config.get("lora_alpha"), *pattern.values()]
     if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) for a in alphas):
         raise InputError(
             f"{path}: lora_alpha {config.get('lora_alpha')!r} / alpha_pattern {pattern!r}: expected finite numbers"
@@ -117,6 +119,22 @@ def _check_lora_config(config: dict, path: Path) -> None:
             re.compile(key)
         except re.error:
             raise InputError(f"{path}: alpha_pattern key {key!r} is not a regular expression") from None
+
+
+def _alpha_pattern(config: dict) -> object:
+    """``alpha_pattern``, with JSON null read as absent (no per-module alphas), as an omitted key is."""
+    pattern = config.get("alpha_pattern")
+    return {} if pattern is None else pattern
+
+
+def _decoder_prefix(base_config) -> str:
+    """Where a task model (``*ForSequenceClassification``) keeps its decoder: transformers' ``base_model_prefix``."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(base_config)].base_model_prefix + "."
+    except KeyError:
+        raise InputError(f"model type {base_config.model_type!r}: transformers has no decoder class for it") from None
 
 
 def load_adapter_weights(folder: str | Path, base_config=None) -> AdapterWeights:
@@ -132,18 +150,19 @@ def load_adapter_weights(folder: str | Path, base_config=None) -> AdapterWeights
         raise InputError(f"{path} not found: weight analysis reads PEFT's safetensors adapter file")
     base_config = base_config if base_config is not None else read_base_config(folder)
     tensors = load_file(path)
+    # A sequence-classification adapter (Tevatron's) wraps the decoder one level down: ``model.layers...``.
+    inner = _decoder_prefix(base_config) if config.get("task_type") == "SEQ_CLS" else ""
     factors = {}
     for key, a in tensors.items():
         if not key.endswith(".lora_A.weight"):
             continue
-        module = key[: -len(".lora_A.weight")].removeprefix(_PREFIX)
+        module = key[: -len(".lora_A.weight")].removeprefix(_PREFIX).removeprefix(inner)
         b = tensors.get(key.replace(".lora_A.", ".lora_B."))
         if b is None:
             raise InputError(f"{path}: {key} has no matching lora_B tensor; the file is incomplete")
         rank = a.shape[0]
-        alpha = config.get("alpha_pattern", {}).get(
-            get_pattern_key(config.get("alpha_pattern", {}).keys(), module), config["lora_alpha"]
-        )
+        pattern = _alpha_pattern(config)  # checked above: a dict
+        alpha = pattern.get(get_pattern_key(pattern.keys(), module), config["lora_alpha"])
         scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         factors[module] = (b.double(), a.double(), float(scaling))
     if not factors:

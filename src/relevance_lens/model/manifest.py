@@ -103,3 +103,115 @@ def manifest_problem(folder: str | Path) -> str | None:
         if sha256_of(path) != entry["sha256"]:
             return f"{path}: sha256 differs from {MANIFEST}; the file is corrupted or was changed after saving"
     return None
+
+
+# ---------------------------------------------------------------- base identity
+
+#: How the base fingerprint is computed; a record with another scheme is not compared.
+BASE_SCHEME = "config-sha256 + weights-sha256(names, shapes, 1024 evenly spaced values per tensor as bf16) v1"
+_SAMPLES = 1024
+#: Config keys that say how a model was loaded or run, not what it is (dtype, attention kernel, caching).
+_LOAD_TIME_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "_commit_hash",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "attn_implementation",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+        "transformers_version",
+        "use_cache",
+        "pad_token_id",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+    }
+)
+
+
+def config_fingerprint(config) -> str:
+    """sha256 of a transformers config's JSON, without the keys that only say how it was loaded."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in _LOAD_TIME_KEYS}
+        return value
+
+    text = json.dumps(strip(config.to_dict()), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def weights_fingerprint(model) -> str | None:
+    """sha256 over every base parameter's name, shape and 1024 evenly spaced values rounded to bf16.
+
+    Cheap for 7B models (a few hundred small gathers, no pass over the weights) and the same
+    whichever dtype the model was loaded in (rounding to bf16 is exact for bf16 weights and
+    deterministic for fp32 ones), while any fine-tune or another model of the same shape moves
+    the sampled values. LoRA layers PEFT has wrapped around the base are skipped (names as in the
+    plain model). None when weights are not materialised here (meta device, sharded away).
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, param in sorted(_base_parameters(model)):
+        if param.is_meta or param.numel() == 0:
+            return None
+        flat = param.detach().reshape(-1)
+        picks = torch.linspace(0, flat.numel() - 1, min(_SAMPLES, flat.numel()), device=flat.device).round().long()
+        values = flat[picks].to(torch.bfloat16).float().cpu().numpy()
+        digest.update(f"{name}:{tuple(param.shape)}\n".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def _base_parameters(model) -> list:
+    """(name, parameter) of the base model, PEFT's LoRA layers left out and its renaming undone."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    out = []
+    for name, param in model.named_parameters():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        out.append((name.replace(".base_layer.", "."), param))
+    return out
+
+
+def base_identity(name: str, path: str | None, model) -> dict:
+    """What an adapter is trained on: the base's name and path, and fingerprints of its config and weights."""
+    return {
+        "model": name,
+        "path": path,
+        "scheme": BASE_SCHEME,
+        "config_sha256": config_fingerprint(model.config),
+        "weights_sha256": weights_fingerprint(model),
+    }
+
+
+def base_mismatch(saved: dict, current: dict) -> str | None:
+    """Why an adapter saved on base ``saved`` does not belong on ``current``; None when it does.
+
+    Names are not compared (one model has many: a short name, a path, a hub id); the
+    fingerprints are. Weights are compared only when both sides could be fingerprinted.
+    """
+    if saved.get("scheme") != current.get("scheme"):
+        return None  # another fingerprint scheme: nothing comparable (callers warn)
+    was, now = _describe(saved), _describe(current)
+    if saved.get("config_sha256") != current.get("config_sha256"):
+        return f"it was trained on {was} but the base model loaded is {now}, whose config differs"
+    old, new = saved.get("weights_sha256"), current.get("weights_sha256")
+    if old and new and old != new:
+        return (
+            f"it was trained on {was} but the base model loaded is {now}: same config, different weights "
+            "(another fine-tune or revision of the same architecture)"
+        )
+    return None
+
+
+def _describe(identity: dict) -> str:
+    path = identity.get("path")
+    name = identity.get("model")
+    shown = repr(name) if not path or path == name else f"{name!r} ({path})"
+    config, weights = (str(identity.get(k))[:12] for k in ("config_sha256", "weights_sha256"))
+    return f"{shown} [config {config}, weights {weights}]"

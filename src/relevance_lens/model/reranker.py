@@ -12,6 +12,7 @@ give the same scores.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Sequence
@@ -24,13 +25,39 @@ from torch import nn
 from relevance_lens.data.formats import Passage, atomic_write, follow_umask
 from relevance_lens.errors import InputError
 from relevance_lens.model.backbone import ModelSource, load_backbone, resolve_model
-from relevance_lens.model.manifest import MANIFEST, discard_manifest, manifest_problem, write_manifest
+from relevance_lens.model.manifest import (
+    BASE_SCHEME,
+    MANIFEST,
+    base_identity,
+    base_mismatch,
+    config_fingerprint,
+    discard_manifest,
+    manifest_problem,
+    write_manifest,
+)
 from relevance_lens.model.roles import Architecture, architecture_of
 
 HEAD_FILE = "score_head.safetensors"
 CONFIG_FILE = "reranker.json"
 #: The key of ``reranker.json`` that promises a manifest in the same folder (absent before manifests existed).
 MANIFEST_KEY = "manifest"
+#: The key of ``reranker.json`` recording the base model the adapter was trained on (absent in older folders).
+BASE_KEY = "base"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+#: Where PEFT saves a sequence-classification model's head (its ``modules_to_save``) and LoRA tensors.
+_PEFT_ROOT = "base_model.model."
+_SEQ_CLS_HEAD = _PEFT_ROOT + "score."
+#: Tevatron's RankLLaMA input (``tevatron.reranker.dataset.format_pair`` with ``--query_prefix "query: "
+#: --passage_prefix "document: "`` as in its RankLLaMA example; no EOS; ``--rerank_max_len 196``). Its folder
+#: does not record the prefixes or length a run used, so these are assumed and said so.
+TEVATRON_RANKLLAMA = dict(
+    template="query:  {query} document:  {title} {text}", append_eos=False, max_length=196, tevatron_titles=True
+)
+
+
+class AdapterWarning(UserWarning):
+    """An adapter loads, but may not score as it did when it was trained (unchecked base, other template)."""
 
 
 @dataclass
@@ -50,6 +77,10 @@ class RerankerConfig:
     )
     padding_side: Literal["right", "left"] = field(default="right", metadata={"help": "Padding side when batching."})
     head_bias: bool = field(default=False, metadata={"help": "Bias in the score head (RankLLaMA's has none)."})
+    tevatron_titles: bool = field(
+        default=False,
+        metadata={"help": "Titles as Tevatron's format_pair writes them: '-' read as a space, then stripped."},
+    )
 
     def __post_init__(self) -> None:
         if self.max_length < 8:
@@ -91,6 +122,8 @@ class Reranker(nn.Module):
                 self.score.bias.zero_()
         self.score.to(next(backbone.parameters()).dtype)
         self.pad_id = _pad_id(tokenizer)
+        # Taken now, before LoRA is attached or the model sharded: what every saved adapter records.
+        self.base_identity = base_identity(config.model, source.path if source else None, backbone)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -102,9 +135,17 @@ class Reranker(nn.Module):
         config: RerankerConfig | None = None,
         dtype: torch.dtype = torch.float32,
         trust_remote_code: bool = False,
+        allow_other_base: bool = False,
     ) -> Reranker:
-        """Load a base model by name and, optionally, a saved adapter + head folder."""
+        """Load a base model by name and, optionally, a saved adapter + head folder.
+
+        The adapter folder is ours (``relevance-lens train``) or Tevatron's (a PEFT adapter of a
+        sequence-classification model, its ``score`` head saved with it). An adapter trained on
+        another base than ``model`` is refused unless ``allow_other_base``.
+        """
         saved = read_saved_config(adapter) if adapter is not None else None
+        if saved is None and adapter is not None and is_tevatron_adapter(adapter):
+            saved = tevatron_settings(adapter, model)
         if config is None:
             config = saved if saved is not None else RerankerConfig(model=model or "smollm2-135m")
         if model is not None:
@@ -113,7 +154,7 @@ class Reranker(nn.Module):
         backbone, tokenizer = load_backbone(source, dtype=dtype, trust_remote_code=trust_remote_code)
         reranker = cls(backbone, tokenizer, config, source)
         if adapter is not None:
-            reranker.load_adapter(adapter)
+            reranker.load_adapter(adapter, allow_other_base=allow_other_base)
         return reranker
 
     @property
@@ -138,7 +179,8 @@ class Reranker(nn.Module):
 
     # ---------------------------------------------------------------- text -> tensors
     def format(self, query: str, passage: Passage) -> str:
-        return self.settings.template.format(query=query, title=passage.title, text=passage.text).strip()
+        title = passage.title.replace("-", " ").strip() if self.settings.tevatron_titles else passage.title
+        return self.settings.template.format(query=query, title=title, text=passage.text).strip()
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text: BOS as the tokenizer adds it, truncated, EOS appended."""
@@ -198,7 +240,12 @@ class Reranker(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         discard_manifest(directory)  # rewriting a folder: its old manifest must not vouch for the new bytes
-        record = {"reranker": asdict(self.settings), **(extra or {}), MANIFEST_KEY: MANIFEST}
+        record = {
+            "reranker": asdict(self.settings),
+            **(extra or {}),
+            BASE_KEY: self.base_identity,
+            MANIFEST_KEY: MANIFEST,
+        }
         with atomic_write(directory / CONFIG_FILE) as fh:
             json.dump(record, fh, indent=2, sort_keys=True)
         if hasattr(self.backbone, "peft_config"):
@@ -210,48 +257,265 @@ class Reranker(nn.Module):
         if manifest:
             write_manifest(directory)
 
-    def load_adapter(self, directory: str | Path) -> None:
-        """Attach a saved LoRA adapter (if any) and the trained head. Refuses a missing head."""
+    def load_adapter(self, directory: str | Path, *, allow_other_base: bool = False) -> None:
+        """Attach a saved LoRA adapter (if any) and the trained head. Refuses a missing head.
+
+        Refuses an adapter trained on another base model (by the fingerprints its folder
+        records) unless ``allow_other_base``; warns when the folder records none. A Tevatron
+        folder (:func:`is_tevatron_adapter`) is read with its own head and a warning naming
+        the input format assumed.
+        """
         directory = Path(directory)
         head_path = directory / HEAD_FILE
         if not directory.is_dir():
             raise InputError(f"--adapter {directory}: no such folder")
+        if is_tevatron_adapter(directory):
+            self._load_tevatron(directory, allow_other_base)
+            return
         if integrity(directory) == "incomplete":
             raise InputError(
                 f"--adapter {directory}: {MANIFEST} is missing though {CONFIG_FILE} promises one; the save was "
                 "interrupted. Use an intact checkpoint or save the adapter again"
             )
         # A folder saved before manifests existed ("legacy") loads unverified; the checks below still hold it.
-        if not (directory / "adapter_model.safetensors").is_file() and any(
-            (directory / f).exists() for f in ("adapter_config.json", "adapter_model.bin")
-        ):
-            raise InputError(
-                f"--adapter {directory}: adapter_model.safetensors is missing; a pickled adapter_model.bin is never "
-                "loaded (unpickling can run code): re-save the adapter with safe_serialization=True"
-            )
+        _refuse_pickle(directory)
         if not head_path.is_file():
             raise InputError(
                 f"--adapter {directory}: {HEAD_FILE} is missing; a reranker without its trained head "
                 "would score with a random head. Point --adapter at a folder written by relevance-lens train."
             )
+        self._check_base(directory, allow_other_base)
         try:
             head = load_file(head_path)
         except Exception as exc:  # safetensors raises several types for truncated files
             raise InputError(
                 f"{head_path}: unreadable score head ({exc}); the checkpoint is corrupted or truncated"
             ) from None
-        expected = {k: tuple(v.shape) for k, v in self.score.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in head.items()}
-        if expected != got:
-            raise InputError(f"{head_path}: head tensors {got} do not fit this model, expected {expected}")
-        self.score.load_state_dict({k: v.to(self.score.weight.dtype) for k, v in head.items()})
-        if (directory / "adapter_config.json").is_file():
+        self._set_head(head, head_path)
+        if (directory / ADAPTER_CONFIG).is_file():
             from peft import PeftModel
 
             try:
                 self.backbone = PeftModel.from_pretrained(self.backbone, directory, is_trainable=False)
             except Exception as exc:
                 raise InputError(f"{directory}: could not load the LoRA adapter ({exc})") from None
+
+    def _set_head(self, head: dict[str, torch.Tensor], path: Path) -> None:
+        expected = {k: tuple(v.shape) for k, v in self.score.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in head.items()}
+        if expected != got:
+            raise InputError(f"{path}: head tensors {got} do not fit this model, expected {expected}")
+        self.score.load_state_dict({k: v.to(self.score.weight.dtype) for k, v in head.items()})
+
+    def _check_base(self, directory: Path, allow_other_base: bool) -> None:
+        """Refuse (or, allowed, warn about) an adapter whose recorded base is not the loaded model."""
+        saved = _saved_base(directory)
+        if saved is None or saved.get("scheme") != BASE_SCHEME:
+            why = (
+                "records no base model identity (saved before bases were recorded)"
+                if saved is None
+                else (f"records its base with another fingerprint scheme ({saved.get('scheme')!r})")
+            )
+            warnings.warn(
+                f"--adapter {directory}: {CONFIG_FILE} {why}; not checked that it was trained on "
+                f"{self.settings.model!r}",
+                AdapterWarning,
+                stacklevel=4,
+            )
+            return
+        problem = base_mismatch(saved, self.base_identity)
+        if problem is not None:
+            _refuse_or_warn(directory, problem, allow_other_base)
+
+    # ---------------------------------------------------------------- Tevatron's format
+    def _load_tevatron(self, directory: Path, allow_other_base: bool) -> None:
+        """A Tevatron/RankLLaMA adapter: PEFT LoRA of ``*ForSequenceClassification`` + its ``score`` head.
+
+        The LoRA tensors sit under the task model's decoder (``base_model.model.model.layers...``
+        for LLaMA: the decoder's ``base_model_prefix``); they are renamed onto our decoder, which
+        is the same module, and the head comes from the saved ``score`` module.
+        """
+        from peft import LoraConfig, PeftModel
+        from peft.utils import set_peft_model_state_dict
+
+        record = _adapter_json(directory)
+        self._check_tevatron_base(directory, record, allow_other_base)
+        _refuse_pickle(directory)
+        weights = directory / ADAPTER_WEIGHTS
+        tensors = _load_tensors(weights)
+        head = {k.removeprefix(_SEQ_CLS_HEAD): v for k, v in tensors.items() if k.startswith(_SEQ_CLS_HEAD)}
+        if not head:
+            raise InputError(
+                f"{weights}: no saved 'score' head among {len(tensors)} tensors; a Tevatron SEQ_CLS adapter keeps it "
+                "through modules_to_save. Without it the reranker would score with a random head"
+            )
+        self._set_head(head, weights)
+        decoder = _PEFT_ROOT + type(self.base_model).base_model_prefix + "."
+        lora = {}
+        for key, value in tensors.items():
+            if key.startswith(_SEQ_CLS_HEAD):
+                continue
+            if not key.startswith(decoder):
+                raise InputError(
+                    f"{weights}: tensor {key!r} is not under {decoder!r}; expected a sequence-classification "
+                    f"adapter of a {type(self.base_model).__name__}"
+                )
+            lora[_PEFT_ROOT + key[len(decoder) :]] = value
+        known = set(LoraConfig.__dataclass_fields__)
+        settings = {k: v for k, v in record.items() if k in known and k not in ("task_type", "modules_to_save")}
+        settings["inference_mode"] = True
+        try:
+            config = LoraConfig(**settings)
+            model = PeftModel(self.backbone, config)
+            result = set_peft_model_state_dict(model, lora)
+        except Exception as exc:  # PEFT and torch raise many types (bad settings, shapes that do not fit)
+            raise InputError(f"{directory}: could not load the Tevatron LoRA adapter ({exc})") from None
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if missing or result.unexpected_keys:
+            raise InputError(
+                f"{weights}: the adapter does not fit this model (missing {missing[:2]}, unexpected "
+                f"{list(result.unexpected_keys)[:2]})"
+            )
+        self.backbone = model.eval()
+        warnings.warn(tevatron_warning(directory, self.settings), AdapterWarning, stacklevel=4)
+
+    def _check_tevatron_base(self, directory: Path, record: dict, allow_other_base: bool) -> None:
+        """Tevatron records only the base's name: equal names pass; else compare configs where at hand."""
+        named = record.get("base_model_name_or_path")
+        loaded = self.settings.model
+        if isinstance(named, str) and named and (named == loaded or _same_path(named, loaded)):
+            return
+        config = _local_config(named)
+        if config is not None and config_fingerprint(config) != self.base_identity["config_sha256"]:
+            problem = f"its adapter_config.json names base {named!r}, whose config differs from {loaded!r}'s"
+            _refuse_or_warn(directory, problem, allow_other_base)
+            return
+        checked = "same config; its weights cannot be checked" if config is not None else "not checked"
+        warnings.warn(
+            f"--adapter {directory}: trained on {named!r} (adapter_config.json), loaded on {loaded!r}: {checked} "
+            "(Tevatron folders record no fingerprint)",
+            AdapterWarning,
+            stacklevel=5,
+        )
+
+
+def is_tevatron_adapter(directory: str | Path) -> bool:
+    """A Tevatron-format folder: a PEFT adapter whose task type is SEQ_CLS, and not one of ours.
+
+    That is how Tevatron saves its LoRA rerankers (RankLLaMA): ``LoraConfig(task_type=SEQ_CLS)``
+    on ``AutoModelForSequenceClassification``, so PEFT keeps the ``score`` head among the
+    adapter's tensors (``modules_to_save``).
+    """
+    directory = Path(directory)
+    if (directory / CONFIG_FILE).exists():
+        return False
+    try:
+        record = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # absent or unreadable: not this format (the loader names it)
+        return False
+    return isinstance(record, dict) and record.get("task_type") == "SEQ_CLS"
+
+
+def tevatron_settings(directory: str | Path, model: str | None = None) -> RerankerConfig:
+    """The settings a Tevatron adapter is scored with: its base (or ``model``) and RankLLaMA's input."""
+    directory = Path(directory)
+    named = _adapter_json(directory).get("base_model_name_or_path")
+    base = model or named
+    if not isinstance(base, str) or not base:
+        raise InputError(
+            f"{directory / ADAPTER_CONFIG}: base_model_name_or_path is {named!r}; pass --model, the base the "
+            "adapter was trained on"
+        )
+    with_bias = _SEQ_CLS_HEAD + "bias" in _tensor_names(directory / ADAPTER_WEIGHTS)
+    return RerankerConfig(model=base, head_bias=with_bias, **TEVATRON_RANKLLAMA)
+
+
+def tevatron_warning(directory: Path, settings: RerankerConfig) -> str:
+    """One line saying how a Tevatron adapter is scored and how that differs from our own adapters."""
+    ours = RerankerConfig()
+    return (
+        f"--adapter {directory}: a Tevatron-format adapter (PEFT SEQ_CLS, head from its saved 'score' module), "
+        f"scored as Tevatron's RankLLaMA recipe: input {settings.template!r} (titles with '-' as spaces), "
+        f"{'EOS appended' if settings.append_eos else 'no EOS'}, at most {settings.max_length} tokens, the last "
+        f"real token's state pooled; our own adapters use {ours.template!r} with EOS appended. Its folder does "
+        "not record the prefixes or length it was trained with: if they were not RankLLaMA's, its scores are off"
+    )
+
+
+def _adapter_json(directory: Path) -> dict:
+    path = directory / ADAPTER_CONFIG
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: unreadable adapter config ({exc})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    return record
+
+
+def _refuse_pickle(directory: Path) -> None:
+    if not (directory / ADAPTER_WEIGHTS).is_file() and any(
+        (directory / f).exists() for f in (ADAPTER_CONFIG, "adapter_model.bin")
+    ):
+        raise InputError(
+            f"--adapter {directory}: {ADAPTER_WEIGHTS} is missing; a pickled adapter_model.bin is never "
+            "loaded (unpickling can run code): re-save the adapter with safe_serialization=True"
+        )
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except Exception as exc:  # safetensors raises several types for truncated files
+        raise InputError(f"{path}: unreadable adapter weights ({exc}); the file is corrupted or truncated") from None
+
+
+def _tensor_names(path: Path) -> set[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as fh:
+            return set(fh.keys())
+    except Exception:  # missing or corrupted: the loader names it
+        return set()
+
+
+def _saved_base(directory: Path) -> dict | None:
+    """The base identity ``reranker.json`` records; None when it records none (or is unreadable: load names it)."""
+    try:
+        record = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    base = record.get(BASE_KEY) if isinstance(record, dict) else None
+    return base if isinstance(base, dict) else None
+
+
+def _refuse_or_warn(directory: Path, problem: str, allow_other_base: bool) -> None:
+    if not allow_other_base:
+        raise InputError(
+            f"--adapter {directory}: {problem}. Load it on its own base (omit --model), or pass --allow-other-base "
+            "to score it on this one anyway"
+        )
+    warnings.warn(f"--adapter {directory}: {problem}; loaded anyway (--allow-other-base)", AdapterWarning, stacklevel=5)
+
+
+def _same_path(first: str, second: str) -> bool:
+    try:
+        return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def _local_config(name: object):
+    """The transformers config of a local model folder ``name``; None for anything else (never downloads)."""
+    if not isinstance(name, str) or not name or not (Path(name).expanduser() / "config.json").is_file():
+        return None
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(Path(name).expanduser())
+    except (OSError, ValueError):
+        return None
 
 
 def integrity(directory: str | Path) -> str:

@@ -197,8 +197,8 @@ def _preflight(study: Study, cells: list[Cell]) -> None:
     for cell in cells:
         train = cell.config.get("train") or {}
         if train.get("data") == "files":
-            keys = ("tevatron",) if train.get("tevatron") else ("queries", "qrels", "corpus", "negatives_run")
-            missing += [f"{k} {train[k]}" for k in keys if not Path(train[k]).is_file()]
+            keys = ("tevatron", "corpus") if train.get("tevatron") else ("queries", "qrels", "corpus", "negatives_run")
+            missing += [f"{k} {train[k]}" for k in keys if train.get(k) and not Path(train[k]).is_file()]
         ev = cell.config.get("eval") or {}
         missing += [
             f"eval {ev['name']} {k} {ev[k]}"

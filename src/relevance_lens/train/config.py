@@ -33,7 +33,11 @@ class TrainConfig:
         default=None, metadata={"help": "First-stage run to draw hard negatives from (data=files)."}
     )
     tevatron: str | None = field(
-        default=None, metadata={"help": "Tevatron train JSONL with given negatives (instead of the above)."}
+        default=None,
+        metadata={
+            "help": "Tevatron train JSONL with given negatives (instead of the above); its v2 schema "
+            "(positive_document_ids) also needs --corpus."
+        },
     )
     negatives_depth: int = field(default=100, metadata={"help": "Draw negatives from the run's top-k."})
     group_size: int = field(default=8, metadata={"help": "G: 1 positive + G-1 negatives per query (the study: 16)."})

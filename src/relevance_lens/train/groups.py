@@ -84,7 +84,7 @@ def load_groups(config: TrainConfig) -> TrainGroups:
                 getattr(merged, attr).update(getattr(g, attr))
         return merged
     if config.tevatron:
-        return _from_tevatron(Path(config.tevatron))
+        return _from_tevatron(Path(config.tevatron), config.corpus)
     queries = read_queries(config.queries)
     corpus = read_corpus(config.corpus)
     qrels = read_qrels(config.qrels, queries=queries, corpus=corpus)
@@ -93,9 +93,12 @@ def load_groups(config: TrainConfig) -> TrainGroups:
     return _from_run(queries, qrels, run, corpus, config.negatives_depth, fps)
 
 
-def _from_tevatron(path: Path) -> TrainGroups:
-    groups = TrainGroups({}, {}, {}, {}, {"tevatron": fingerprint(path)})
-    for g in read_tevatron(path):
+def _from_tevatron(path: Path, corpus_path: str | None = None) -> TrainGroups:
+    # Tevatron v2's id schema points into a corpus (--corpus); the passage schema carries its own passages.
+    corpus = read_corpus(corpus_path) if corpus_path else None
+    fps = {"tevatron": fingerprint(path), **({"corpus": fingerprint(corpus_path)} if corpus_path else {})}
+    groups = TrainGroups({}, {}, {}, {}, fps)
+    for g in read_tevatron(path, corpus):
         groups.queries[g.query_id] = g.query
         for p in g.positives + g.negatives:
             groups.corpus.setdefault(p.docid, p)
