@@ -19,6 +19,7 @@ from relevance_lens.dissect.settings import (
     DEFAULT_METRICS,
     AblateSettings,
     CheckpointsSettings,
+    HeadsSettings,
     LensSettings,
     WeightsSettings,
 )
@@ -140,6 +141,12 @@ def _lens(inputs: Inputs, settings: LensSettings, ctx: Context) -> list[dict[str
     return rows
 
 
+def _heads(inputs: Inputs, settings: HeadsSettings, ctx: Context) -> list[dict[str, Any]]:
+    from relevance_lens.dissect.heads import heads_runner
+
+    return heads_runner(inputs, settings, ctx)
+
+
 ANALYSES: dict[str, Analysis] = {
     a.name: a
     for a in (
@@ -174,6 +181,14 @@ ANALYSES: dict[str, Analysis] = {
             "final",
             True,
             "Rank with the score head on every layer's last-token state (and optional probes).",
+        ),
+        Analysis(
+            "heads",
+            HeadsSettings,
+            _heads,
+            "final",
+            True,
+            "Switch off one attention head's share of ΔW at a time (q/k/v rows, o columns; GQA kv heads).",
         ),
     )
 }
