@@ -211,3 +211,11 @@ def test_heads_analysis_writes_tidy_rows(tmp_path, monkeypatch):
     assert store.has("run", "heads", checkpoint="final")
     again = run_analysis("heads", Inputs(folder, evalset, ["nDCG@10"]), settings, Context(store=store))
     assert len(again) == len(rows)  # read back, not recomputed
+    from relevance_lens.report.head_sections import heads_section
+    from relevance_lens.report.results import Results, read_rows
+
+    section = heads_section(Results(read_rows(tmp_path / "r.sqlite")))
+    assert section.body is not None
+    for heading in ("drop-head on tiny", "keep-head on tiny", "per query head", "per shared key/value head"):
+        assert heading in section.body
+    assert section.body.count("<img") == 4  # two sweeps x (query heads, shared kv heads)

@@ -352,6 +352,7 @@ _INPUTS = {
         ("model", Optional[str], None, "Base model when no adapter is given (its head is untrained).", ()),
     ],
     "heads": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
+    "attribute": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
 }
 
 

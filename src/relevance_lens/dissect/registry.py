@@ -18,6 +18,7 @@ from rich.console import Console
 from relevance_lens.dissect.settings import (
     DEFAULT_METRICS,
     AblateSettings,
+    AttributeSettings,
     CheckpointsSettings,
     HeadsSettings,
     LensSettings,
@@ -147,6 +148,12 @@ def _heads(inputs: Inputs, settings: HeadsSettings, ctx: Context) -> list[dict[s
     return heads_runner(inputs, settings, ctx)
 
 
+def _attribute(inputs: Inputs, settings: AttributeSettings, ctx: Context) -> list[dict[str, Any]]:
+    from relevance_lens.dissect.attribute import attribute_runner
+
+    return attribute_runner(inputs, settings, ctx)
+
+
 ANALYSES: dict[str, Analysis] = {
     a.name: a
     for a in (
@@ -189,6 +196,14 @@ ANALYSES: dict[str, Analysis] = {
             "final",
             True,
             "Switch off one attention head's share of ΔW at a time (q/k/v rows, o columns; GQA kv heads).",
+        ),
+        Analysis(
+            "attribute",
+            AttributeSettings,
+            _attribute,
+            "final",
+            True,
+            "Token attributions (integrated gradients on input embeddings), fine-tuned vs base + head.",
         ),
     )
 }

@@ -184,3 +184,36 @@ class HeadsSettings(SweepConfig):
         return SweepConfig(
             cached=self.cached, merge=self.merge, verify=self.verify, permutations=self.permutations, seed=self.seed
         )
+
+
+@dataclass
+class AttributeSettings:
+    """``attribute``: integrated-gradients token attributions of chosen pairs, fine-tuned vs base + head."""
+
+    baseline: Literal["pad", "zero"] = field(
+        default="pad",
+        metadata={"help": "Integrated-gradients baseline: pad (every position the pad token's embedding) or zero."},
+    )
+    steps: int = field(default=32, metadata={"help": "Gauss-Legendre nodes of the path integral (more: smaller gap)."})
+    pairs: int = field(
+        default=2,
+        metadata={
+            "help": "Attribute the first N scored queries, each with its first relevant and first non-relevant "
+            "passage in the first stage's top-depth."
+        },
+    )
+    query_ids: list[str] = field(
+        default_factory=list, metadata={"help": "These queries instead (repeat the option).", "flag": "--query-id"}
+    )
+    tolerance: float = field(
+        default=0.05,
+        metadata={"help": "Completeness: largest relative gap between the attributions' sum and the score difference."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.baseline not in ("pad", "zero"):
+            raise InputError(f"baseline {self.baseline!r}: expected pad or zero")
+        if self.steps < 1 or self.pairs < 1 or not self.tolerance > 0:
+            raise InputError(
+                f"steps {self.steps} / pairs {self.pairs} / tolerance {self.tolerance}: expected positive numbers"
+            )
