@@ -439,6 +439,8 @@ _INPUTS = {
         ("target", Optional[Path], None, "Adapter folder (omit with --model for a bare base model).", "arg"),
         ("model", Optional[str], None, "Base model when no adapter is given (its head is untrained).", ()),
     ],
+    "heads": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
+    "attribute": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
 }
 
 

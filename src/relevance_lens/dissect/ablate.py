@@ -41,6 +41,24 @@ FULL, BASE = "full", "base"
 
 
 @dataclass(frozen=True)
+class PartKind:
+    """How a sweep cuts ΔW into parts: which parts an adapter has, and the two switches.
+
+    ``parts(reranker)`` gives the adapter's parts (tuples whose first item is the layer, which
+    is all the cached restarts need); ``switch_off(reranker, keep)`` and ``merged(reranker)``
+    are the LoRA-row switch and the weight-swap switch for that kind of part. The default,
+    :data:`ROLE_PARTS`, is (layer, role); :mod:`relevance_lens.dissect.heads` adds attention heads.
+    """
+
+    parts: Callable[..., frozenset]
+    switch_off: Callable
+    merged: Callable
+
+
+ROLE_PARTS = PartKind(lora_parts, switch_off, MergedSwitch)
+
+
+@dataclass(frozen=True)
 class Variant:
     """A named set of (layer, role) parts of ΔW that stay on; every other part is off.
 
@@ -202,7 +220,12 @@ def _forward_from(
 
 @torch.inference_mode()
 def score_variants(
-    reranker, variants: Sequence[Variant], encoded: EncodedPairs, config: SweepConfig | None = None, progress=None
+    reranker,
+    variants: Sequence[Variant],
+    encoded: EncodedPairs,
+    config: SweepConfig | None = None,
+    progress=None,
+    kind: PartKind = ROLE_PARTS,
 ) -> tuple[dict[str, list[float]], Work, str | None]:
     """Scores of every pair under the full adapter, the base and each variant.
 
@@ -212,12 +235,12 @@ def score_variants(
     abandoned (None when it was not).
     """
     config = config or SweepConfig()
-    with _switch(reranker, config) as switch:
-        return _score_variants(reranker, variants, encoded, config, progress, switch)
+    with _switch(reranker, config, kind) as switch:
+        return _score_variants(reranker, variants, encoded, config, progress, switch, kind)
 
 
 @contextmanager
-def _switch(reranker, config: SweepConfig):
+def _switch(reranker, config: SweepConfig, kind: PartKind = ROLE_PARTS):
     """The LoRA switch, or the weight swap when ``config.merge`` asks for it and it can run."""
     if config.merge not in ("auto", "on", "off"):
         raise InputError(f"merge {config.merge!r}: expected auto, on or off")
@@ -225,18 +248,18 @@ def _switch(reranker, config: SweepConfig):
     if not use:
         yield None
         return
-    with MergedSwitch(reranker).active() as switch:
+    with kind.merged(reranker).active() as switch:
         yield switch
 
 
-def _score_variants(reranker, variants, encoded, config, progress, switch):
-    parts = lora_parts(reranker)
+def _score_variants(reranker, variants, encoded, config, progress, switch, kind: PartKind = ROLE_PARTS):
+    parts = kind.parts(reranker)
     base_model, arch = reranker.base_model, architecture_of(reranker.base_config)
     n = num_layers(reranker.base_config)
     plans = {v.name: restart_plan(v.keep, parts, n) for v in variants}
     scores = {name: [0.0] * len(encoded.pairs) for name in [FULL, BASE, *plans]}
     work, fallback, cached = Work(merged=switch is not None), None, config.cached
-    turn = switch or partial(switch_off, reranker)
+    turn = switch or partial(kind.switch_off, reranker)
     for batch in encoded.batches:
         tensors, tokens = encoded.tensors(reranker, batch), encoded.tokens(batch)
         out: dict[str, torch.Tensor] = {}
@@ -247,7 +270,7 @@ def _score_variants(reranker, variants, encoded, config, progress, switch):
             caches[name] = dict(cache) if cached else {}
         restarts = any(0 < layer < n for _, layer in plans.values())
         if cached and restarts and config.verify and fallback is None and work.computed == 0:
-            fallback = _verify_restart(reranker, parts, caches[FULL], out[FULL], tensors, n, switch)
+            fallback = _verify_restart(reranker, parts, caches[FULL], out[FULL], tensors, n, turn)
             work.computed += (n - n // 2) * tokens
             cached = fallback is None
         work.computed += 2 * n * tokens
@@ -258,7 +281,7 @@ def _score_variants(reranker, variants, encoded, config, progress, switch):
             if start >= n:  # equal to a reference on every layer: its scores, no forward
                 out[variant.name] = out[source]
                 continue
-            out[variant.name] = _forward_from(reranker, variant.keep, tensors, start, caches[source].get(start), switch)
+            out[variant.name] = _forward_from(reranker, variant.keep, tensors, start, caches[source].get(start), turn)
             work.computed += (n - start) * tokens
         for name, values in out.items():
             for i, value in zip(batch, values.tolist()):
@@ -332,8 +355,11 @@ def sweep(
     *,
     name: str = "sweep",
     progress=None,
+    kind: PartKind = ROLE_PARTS,
 ) -> SweepResult:
     """Run any list of variants; score with each metric function; test each against full and base.
+
+    ``kind`` says what a part is (default (layer, role); :data:`relevance_lens.dissect.heads.HEAD_PARTS`).
 
     The p-values are paired randomization tests over queries (variant vs full adapter, and
     variant vs base), Holm-adjusted across the variants of this sweep, per metric and
@@ -350,11 +376,11 @@ def sweep(
     reranker.eval()  # LoRA dropout off
     try:
         with torch.inference_mode():
-            scores, work, fallback = score_variants(reranker, variants, encoded, config, progress)
+            scores, work, fallback = score_variants(reranker, variants, encoded, config, progress, kind)
     finally:
         reranker.train(was_training)
     per_query = {v: {m: fn(run_from_scores(encoded.pairs, scores[v])) for m, fn in metrics.items()} for v in scores}
-    parts = lora_parts(reranker)
+    parts = kind.parts(reranker)
     n = num_layers(reranker.base_config)
     results = [_variant_result(v, parts, n, per_query, metrics, config) for v in variants]
     _holm_in_place(results, metrics)

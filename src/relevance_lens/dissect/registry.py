@@ -18,7 +18,9 @@ from rich.console import Console
 from relevance_lens.dissect.settings import (
     DEFAULT_METRICS,
     AblateSettings,
+    AttributeSettings,
     CheckpointsSettings,
+    HeadsSettings,
     LensSettings,
     WeightsSettings,
 )
@@ -140,6 +142,18 @@ def _lens(inputs: Inputs, settings: LensSettings, ctx: Context) -> list[dict[str
     return rows
 
 
+def _heads(inputs: Inputs, settings: HeadsSettings, ctx: Context) -> list[dict[str, Any]]:
+    from relevance_lens.dissect.heads import heads_runner
+
+    return heads_runner(inputs, settings, ctx)
+
+
+def _attribute(inputs: Inputs, settings: AttributeSettings, ctx: Context) -> list[dict[str, Any]]:
+    from relevance_lens.dissect.attribute import attribute_runner
+
+    return attribute_runner(inputs, settings, ctx)
+
+
 ANALYSES: dict[str, Analysis] = {
     a.name: a
     for a in (
@@ -174,6 +188,22 @@ ANALYSES: dict[str, Analysis] = {
             "final",
             True,
             "Rank with the score head on every layer's last-token state (and optional probes).",
+        ),
+        Analysis(
+            "heads",
+            HeadsSettings,
+            _heads,
+            "final",
+            True,
+            "Switch off one attention head's share of ΔW at a time (q/k/v rows, o columns; GQA kv heads).",
+        ),
+        Analysis(
+            "attribute",
+            AttributeSettings,
+            _attribute,
+            "final",
+            True,
+            "Token attributions (integrated gradients on input embeddings), fine-tuned vs base + head.",
         ),
     )
 }

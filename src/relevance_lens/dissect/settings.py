@@ -141,3 +141,79 @@ class LensSettings(LensConfig):
 
     def lens_config(self) -> LensConfig:
         return LensConfig(probe=self.probe, l2=self.l2, steps=self.steps)
+
+
+#: The named head sweeps (their builders: :data:`relevance_lens.dissect.heads.HEAD_SWEEPS`).
+HEAD_SWEEP_NAMES = ("drop-head", "keep-head")
+
+
+@dataclass
+class HeadsSettings(SweepConfig):
+    """``heads``: switch off one attention head's share of ΔW at a time (plus :class:`SweepConfig`)."""
+
+    sweeps: list[str] = field(
+        default_factory=lambda: ["drop-head"],
+        metadata={
+            "help": "drop-head: each head's q/k/v rows and o columns of ΔW removed (vs full); keep-head: kept "
+            "alone (vs base). Repeat the option.",
+            "flag": "--sweep",
+        },
+    )
+    layers: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Only the heads of these layers (repeat the option; default: every layer).",
+            "flag": "--layer",
+        },
+    )
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.sweeps if s not in HEAD_SWEEP_NAMES]
+        if bad or not self.sweeps:
+            raise InputError(
+                f"head sweep(s) {', '.join(bad) or '(none)'}: expected some of {', '.join(HEAD_SWEEP_NAMES)}"
+            )
+        if self.merge not in ("auto", "on", "off"):
+            raise InputError(f"merge {self.merge!r}: expected auto, on or off")
+        if any(layer < 0 for layer in self.layers) or self.permutations < 1:
+            raise InputError(
+                f"layers {self.layers} / permutations {self.permutations}: expected layers >= 0 and permutations >= 1"
+            )
+
+    def sweep_config(self) -> SweepConfig:
+        return SweepConfig(
+            cached=self.cached, merge=self.merge, verify=self.verify, permutations=self.permutations, seed=self.seed
+        )
+
+
+@dataclass
+class AttributeSettings:
+    """``attribute``: integrated-gradients token attributions of chosen pairs, fine-tuned vs base + head."""
+
+    baseline: Literal["pad", "zero"] = field(
+        default="pad",
+        metadata={"help": "Integrated-gradients baseline: pad (every position the pad token's embedding) or zero."},
+    )
+    steps: int = field(default=32, metadata={"help": "Gauss-Legendre nodes of the path integral (more: smaller gap)."})
+    pairs: int = field(
+        default=2,
+        metadata={
+            "help": "Attribute the first N scored queries, each with its first relevant and first non-relevant "
+            "passage in the first stage's top-depth."
+        },
+    )
+    query_ids: list[str] = field(
+        default_factory=list, metadata={"help": "These queries instead (repeat the option).", "flag": "--query-id"}
+    )
+    tolerance: float = field(
+        default=0.05,
+        metadata={"help": "Completeness: largest relative gap between the attributions' sum and the score difference."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.baseline not in ("pad", "zero"):
+            raise InputError(f"baseline {self.baseline!r}: expected pad or zero")
+        if self.steps < 1 or self.pairs < 1 or not self.tolerance > 0:
+            raise InputError(
+                f"steps {self.steps} / pairs {self.pairs} / tolerance {self.tolerance}: expected positive numbers"
+            )

@@ -207,6 +207,40 @@ def role_rows(config, arch: Architecture, role: str) -> torch.Tensor | None:
     return idx[:, which, :].reshape(-1)
 
 
+#: The attention roles a head owns part of: q, k, v by output rows, o by input columns.
+HEAD_ROLES: tuple[str, ...] = MHA_ROLES
+
+
+def head_count(config, role: str) -> int:
+    """How many heads ``role`` is cut into: query heads for q and o, key/value heads for k and v (GQA)."""
+    heads, kv_heads, _ = _head_dims(config)
+    return kv_heads if role in ("k", "v") else heads
+
+
+def kv_head_of(config, head: int) -> int:
+    """The key/value head a query head reads (transformers' ``repeat_kv``: consecutive groups)."""
+    heads, kv_heads, _ = _head_dims(config)
+    return head // (heads // kv_heads)
+
+
+def head_rows(config, arch: Architecture, role: str, head: int) -> torch.Tensor:
+    """Indices of ``head``'s slice of a role's module: output rows for q, k, v; input columns for o.
+
+    For k and v, ``head`` counts key/value heads (fewer than query heads under GQA). Output rows
+    index the module's whole output, so a fused q|k|v is sliced by its layout (GPT-NeoX per
+    head, GPT-2 contiguous) through :func:`role_rows`; o's input is the heads' outputs
+    concatenated in head order in every family.
+    """
+    if role not in HEAD_ROLES:
+        raise InputError(f"role {role!r} has no heads: expected one of {', '.join(HEAD_ROLES)}")
+    if not 0 <= head < head_count(config, role):
+        raise InputError(f"head {head} of {role}: expected 0..{head_count(config, role) - 1}")
+    _, _, head_dim = _head_dims(config)
+    own = torch.arange(head * head_dim, (head + 1) * head_dim)
+    rows = role_rows(config, arch, role) if role != "o" else None
+    return own if rows is None else rows[own]
+
+
 def module_roles(arch: Architecture) -> dict[str, tuple[str, ...]]:
     """Block-relative module path -> the roles it holds (several for a fused q|k|v)."""
     out: dict[str, list[str]] = {}

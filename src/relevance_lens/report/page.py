@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from relevance_lens.data.formats import atomic_write
+from relevance_lens.report.attribute_sections import attribute_section
 from relevance_lens.report.figures import MAX_PANELS, TARGET_STYLES
+from relevance_lens.report.head_sections import heads_section
 from relevance_lens.report.layer_sections import (
     heatmap_section,
     layer_sweeps_section,
@@ -111,8 +113,10 @@ SECTIONS: tuple[Callable[[Results], Section], ...] = (
     heatmap_section,
     layer_sweeps_section,
     roles_section,
+    heads_section,
     weights_section,
     lens_section,
+    attribute_section,
     config_section,
 )
 

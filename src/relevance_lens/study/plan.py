@@ -186,7 +186,7 @@ def _analysis_cells(
     unit = run.unit
     cells = []
     for name, spec in study.analyses.items():
-        if head_only and name in ("ablate", "weights"):
+        if head_only and name in ("ablate", "weights", "heads"):
             continue
         settings = asdict(spec.settings)
         needs = [run.run] + ([baseline] if name == "checkpoints" and baseline and not head_only else [])
@@ -344,6 +344,8 @@ def _analysis_cost(
         passes = len([s for s in steps if s <= train["max_steps"]]) + 1 + (0 if head_only else 1)  # + final, + baseline
     elif name == "ablate":
         passes = sum(len(_variants(s, spec, train, info)) + 2 for s in spec.sweeps) if info.layers else None
+    elif name in ("heads", "attribute"):  # per head unit / IG step: ModelInfo has no head count, so left open
+        passes = None
     else:  # lens
         passes = 1 + (1 if spec.adapter_off and not head_only else 0)
     if pairs is None or passes is None:
