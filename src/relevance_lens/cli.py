@@ -64,18 +64,18 @@ def rerank(
     batch_tokens: int = typer.Option(8192, help="Padded tokens per batch."),
 ):
     """Rerank a first-stage run with an LLM reranker; writes a TREC run."""
-    from relevance_lens.data.formats import read_corpus, read_queries, read_run, write_run
+    from relevance_lens.data.formats import RunSpool, read_corpus, read_queries
     from relevance_lens.model.reranker import Reranker
     from relevance_lens.score.config import ScoreConfig, prepare
-    from relevance_lens.score.rerank import rerank as rerank_run
+    from relevance_lens.score.stream import rerank_to_file
 
     config = ScoreConfig(depth=depth, dtype=dtype, device=device, batch_tokens=batch_tokens)
     qs, docs = read_queries(queries), read_corpus(corpus)
-    first = read_run(run, queries=qs, corpus=docs)
-    reranker = prepare(Reranker.from_pretrained(model, adapter), config)
-    scored = rerank_run(reranker, qs, docs, first, config)
-    write_run(scored, output, tag="relevance-lens")
-    console.print(f"wrote {output} ({len(scored)} queries)")
+    # The run stays on disk and is scored in chunks: memory does not grow with its size.
+    with RunSpool(run, queries=qs, corpus=docs) as first:
+        reranker = prepare(Reranker.from_pretrained(model, adapter), config)
+        written = rerank_to_file(reranker, qs, docs, first, output, config, tag="relevance-lens")
+    console.print(f"wrote {output} ({written} queries)")
 
 
 @app.command()
