@@ -52,13 +52,15 @@ def clip_text(tokenizer, text: str, tokens: int) -> str:
 
     Cuts are tried at ``CLIP_CHARS_PER_TOKEN`` characters per token and then 4x longer each
     time, so the work is bounded by the tokens kept, not by the text's length (a text that
-    never reaches the count, e.g. one the normalizer strips, is returned whole).
+    never reaches the count, e.g. one the normalizer strips or megabytes of whitespace before
+    its words, is returned whole).
     """
     need = tokens + CLIP_MARGIN
     cut = need * CLIP_CHARS_PER_TOKEN
     while len(text) > cut:
         piece = text[:cut]
-        if len(tokenizer(piece, add_special_tokens=False, verbose=False)["input_ids"]) >= need:
+        # Counted without trailing whitespace: the template's strip() drops it from a field at the end.
+        if len(tokenizer(piece.rstrip(), add_special_tokens=False, verbose=False)["input_ids"]) >= need:
             return piece
         cut *= 4
     return text
