@@ -159,7 +159,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(json.dumps(rows[-1]), flush=True)
         if outputs["stream"].read_bytes() != outputs["dict"].read_bytes():
             raise BenchmarkError(f"{pairs} pairs: the streamed run differs from the dict path's")
-    record = {
+        # Written after each size, so a run cut short (a shared machine's load) keeps what it measured.
+        record = _record(args, info, rows, complete=pairs == args.pairs[-1])
+        publish(args.name, record, render(record), args.results)
+    return record
+
+
+def _record(args, info: dict, rows: list[dict], complete: bool) -> dict:
+    return {
         "benchmark": args.name,
         "machine": info,
         "config": {
@@ -169,10 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
             "max_length": args.max_length,
             "with_long": args.with_long,
             "load_average_end": load_average(),
+            "complete": complete,
         },
         "rows": rows,
     }
-    return publish(args.name, record, render(record), args.results)
 
 
 def render(record: dict) -> str:
@@ -182,6 +189,7 @@ def render(record: dict) -> str:
         [[r["path"], f"{r['pairs']:,}", f"{r['peak_rss_bytes'] / 2**20:,.0f}", r["seconds"]] for r in record["rows"]],
     )
     long = "; with a 10 MB passage and a >100k-token query" if cfg["with_long"] else ""
+    partial = "" if cfg.get("complete", True) else " **Partial: the run stopped before its last size.**"
     return "\n".join(
         [
             f"**Memory of a rerank** — {machine_line(record['machine'])}",
@@ -189,7 +197,7 @@ def render(record: dict) -> str:
             f"{cfg['model']}; {cfg['queries']:,} queries, {cfg['passages']:,} passages of ~60 words, "
             f"max length {cfg['max_length']}{long}. Peak RSS of a child process that reads the inputs, loads the "
             f"model and writes the reranked run (both paths write identical bytes). Load average at end: "
-            f"{cfg['load_average_end']:.2f}.",
+            f"{cfg['load_average_end']:.2f}.{partial}",
             "",
             table,
         ]
