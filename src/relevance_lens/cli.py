@@ -90,26 +90,33 @@ def rerank(
     ),
 ):
     """Rerank a first-stage run with an LLM reranker; writes a TREC run."""
-    from relevance_lens.data.formats import read_corpus, read_queries, read_run, write_run
+    from relevance_lens.data.formats import RunSpool, read_corpus, read_queries, write_run
     from relevance_lens.model.reranker import Reranker
     from relevance_lens.score.batching import candidate_pairs
     from relevance_lens.score.config import ScoreConfig, prepare
     from relevance_lens.score.rerank import rerank as rerank_run
+    from relevance_lens.score.stream import rerank_to_file
 
     config = ScoreConfig(depth=depth, keep_tail=keep_tail, dtype=dtype, device=device, batch_tokens=batch_tokens)
     _files_or_dataset(dataset, queries=queries, corpus=corpus)
     if dataset:
         qs, docs, first = _dataset_candidates(dataset, run, depth)
-    else:
-        if run is None:
-            raise InputError("--run: missing; give the first-stage TREC run to rerank (or --dataset ID)")
-        qs, docs = read_queries(queries), read_corpus(corpus)
-        first = read_run(run, queries=qs, corpus=docs)
-    candidate_pairs(first, qs, docs, depth, f"run {run}" if run else f"ir_datasets {dataset} scoreddocs")
-    reranker = prepare(Reranker.from_pretrained(model, adapter, allow_other_base=allow_other_base), config)
-    scored = rerank_run(reranker, qs, docs, first, config)
-    write_run(scored, output, tag="relevance-lens")
-    console.print(f"wrote {output} ({len(scored)} queries)")
+        candidate_pairs(first, qs, docs, depth, f"run {run}" if run else f"ir_datasets {dataset} scoreddocs")
+        reranker = prepare(Reranker.from_pretrained(model, adapter, allow_other_base=allow_other_base), config)
+        scored = rerank_run(reranker, qs, docs, first, config)
+        write_run(scored, output, tag="relevance-lens")
+        console.print(f"wrote {output} ({len(scored)} queries)")
+        return
+    if run is None:
+        raise InputError("--run: missing; give the first-stage TREC run to rerank (or --dataset ID)")
+    qs, docs = read_queries(queries), read_corpus(corpus)
+    # The run stays on disk and is scored in chunks: memory does not grow with its size.
+    with RunSpool(run, queries=qs, corpus=docs) as first:
+        for qid in first:
+            candidate_pairs({qid: first.docs(qid)}, qs, docs, depth, f"run {run}")  # refuse before loading
+        reranker = prepare(Reranker.from_pretrained(model, adapter, allow_other_base=allow_other_base), config)
+        written = rerank_to_file(reranker, qs, docs, first, output, config, tag="relevance-lens")
+    console.print(f"wrote {output} ({written} queries)")
 
 
 def _files_or_dataset(dataset: Optional[str], **files: Optional[Path]) -> None:

@@ -21,10 +21,12 @@ import math
 import os
 import re
 import secrets
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Union
 
@@ -38,6 +40,15 @@ _DOCID_KEYS = ("docid", "_id", "id", "doc_id")
 _QID_KEYS = ("query_id", "qid", "_id", "id")
 _WHITESPACE = re.compile(r"\s")
 _PREVIEW_CHARS = 80
+
+#: Longest line, in characters, of a file of ids and numbers (runs, qrels): a TREC line is a few
+#: dozen characters, so anything near this is a wrong file (a corpus, a binary, a file without
+#: newlines). Reading stops there, so such a file costs this much memory, not its size.
+MAX_ID_LINE = 1 << 16
+#: Longest line of a text file (queries, corpus, Tevatron groups). Long documents are data: a
+#: 10 MB passage is read and the reranker keeps its first ``max_length`` tokens. Past this, the
+#: "line" is a whole collection without newlines (a JSON array, a file from another OS tool).
+MAX_TEXT_LINE = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -201,16 +212,30 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    """Yield ``(1-based line number, line without newline)`` for every non-blank line."""
+def _lines(path: PathLike, limit: int | None = None, expected: str = "one record") -> Iterator[tuple[int, str]]:
+    """Yield ``(1-based line number, line without newline)`` for every non-blank line.
+
+    A line longer than ``limit`` characters (default :data:`MAX_TEXT_LINE`) raises, naming the
+    line, before more of it is read (``expected`` says what a line should hold), so memory stays
+    bounded by ``limit``.
+    """
     path = Path(path)
+    limit = MAX_TEXT_LINE if limit is None else limit
     lineno = 0
     # Decoding in the text layer is several times faster than line by line; on the
     # rare bad byte the file is rescanned in binary to name its line and offset.
     # newline="\n" splits on \n only, so a stray \r inside a field never cuts a line.
     with io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="\n") as handle:
         try:
-            for lineno, line in enumerate(handle, 1):
+            # readline(limit + 1) never holds more than the limit, however long the line is.
+            for lineno, line in enumerate(iter(partial(handle.readline, limit + 1), ""), 1):
+                if len(line) > limit and not line.endswith("\n"):
+                    raise at(
+                        path,
+                        lineno,
+                        f"line longer than {limit:,} characters; expected {expected} per line "
+                        "(is this the right file, with one record per line?)",
+                    )
                 if lineno == 1:
                     line = line.removeprefix("\ufeff")  # a BOM is not part of the first id
                 line = line.rstrip("\r\n")
@@ -471,7 +496,8 @@ def read_run(
     """Read a TREC run (``qid Q0 docid rank score tag``) as ``{qid: {docid: score}}``.
 
     The score column orders results; the rank column is checked to be an integer but
-    otherwise ignored, as trec_eval does.
+    otherwise ignored, as trec_eval does. For runs too large to hold, :class:`RunSpool`
+    gives the same queries one at a time.
 
     Args:
         path: the run file.
@@ -482,7 +508,19 @@ def read_run(
         InputError: malformed line, duplicate (qid, docid), or an unknown id.
     """
     run: dict[str, dict[str, float]] = {}
-    for lineno, line in _lines(path):
+    for lineno, qid, docid, value in _run_entries(path, queries, corpus):
+        docs = run.setdefault(qid, {})
+        if docid in docs:
+            raise _duplicate_run_entry(path, lineno, qid, docid)
+        docs[docid] = value
+    return run
+
+
+def _run_entries(
+    path: PathLike, queries: Mapping[str, Any] | None, corpus: Mapping[str, Any] | None
+) -> Iterator[tuple[int, str, str, float]]:
+    """``(line number, qid, docid, score)`` of every line of a run, each checked."""
+    for lineno, line in _lines(path, MAX_ID_LINE, "one 'qid Q0 docid rank score tag' result"):
         columns = line.split()
         if len(columns) != 6:
             raise at(
@@ -501,11 +539,89 @@ def read_run(
         if not math.isfinite(value):
             raise at(path, lineno, f"score {score!r} is not a finite number")
         _check_known(path, lineno, qid, docid, queries, corpus)
-        docs = run.setdefault(qid, {})
-        if docid in docs:
-            raise at(path, lineno, f"duplicate entry for query {qid!r} and docid {docid!r}; each pair may appear once")
-        docs[docid] = value
-    return run
+        yield lineno, qid, docid, value
+
+
+def _duplicate_run_entry(path: PathLike, lineno: int, qid: str, docid: str) -> InputError:
+    return at(path, lineno, f"duplicate entry for query {qid!r} and docid {docid!r}; each pair may appear once")
+
+
+class RunSpool:
+    """A TREC run read once and kept on disk, handed back one query at a time.
+
+    What :func:`read_run` returns, without holding it: every line is checked as ``read_run``
+    checks it (same errors, same order) and copied to a temporary file; memory holds where
+    each query's lines are (a few numbers per query, or per stretch of a query when the file is
+    not grouped by query) and, in :meth:`docs`, one query's results. Use as a context manager;
+    the temporary file goes when it exits.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        queries: Mapping[str, Any] | None = None,
+        corpus: Mapping[str, Any] | None = None,
+    ):
+        self.path = path
+        self._spool: IO[str] = tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n")
+        #: qid -> [(offset, lines)] stretches of the spool, in file order
+        self._where: dict[str, list[tuple[int, int]]] = {}
+        try:
+            self._fill(queries, corpus)
+        except BaseException:
+            self.close()
+            raise
+
+    def _fill(self, queries: Mapping[str, Any] | None, corpus: Mapping[str, Any] | None) -> None:
+        current, seen = None, set()  # duplicates within a stretch are found here, in file order
+        for lineno, qid, docid, value in _run_entries(self.path, queries, corpus):
+            if qid != current:
+                current, seen = qid, set()
+                self._where.setdefault(qid, []).append((self._spool.tell(), 0))
+            if docid in seen:
+                raise _duplicate_run_entry(self.path, lineno, qid, docid)
+            seen.add(docid)
+            offset, count = self._where[qid][-1]
+            self._where[qid][-1] = (offset, count + 1)
+            # repr round-trips a float exactly.
+            self._spool.write(f"{docid}\t{value!r}\t{lineno}\n")
+        self._spool.flush()
+
+    def __iter__(self) -> Iterator[str]:
+        """The query ids, in the order ``read_run``'s dict holds them (first appearance)."""
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, qid: object) -> bool:
+        return qid in self._where
+
+    def count(self, qid: str) -> int:
+        """How many results ``qid`` has."""
+        return sum(n for _, n in self._where[qid])
+
+    def docs(self, qid: str) -> dict[str, float]:
+        """``{docid: score}`` of one query, as ``read_run(...)[qid]`` holds it."""
+        docs: dict[str, float] = {}
+        for offset, n in self._where[qid]:
+            self._spool.seek(offset)
+            for _ in range(n):
+                docid, value, lineno = self._spool.readline().rstrip("\n").split("\t")
+                if docid in docs:  # the query's lines came in more than one stretch
+                    raise _duplicate_run_entry(self.path, int(lineno), qid, docid)
+                docs[docid] = float(value)
+        return docs
+
+    def close(self) -> None:
+        self._spool.close()
+
+    def __enter__(self) -> RunSpool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def read_qrels(
@@ -525,7 +641,7 @@ def read_qrels(
         InputError: malformed line, duplicate (qid, docid), or an unknown id.
     """
     qrels: dict[str, dict[str, int]] = {}
-    for lineno, line in _lines(path):
+    for lineno, line in _lines(path, MAX_ID_LINE, "one 'qid iteration docid relevance' judgement"):
         columns = line.split()
         if len(columns) != 4:
             hint = (
@@ -589,6 +705,49 @@ def write_run(
     with atomic_write(path) as handle:
         for qid in sorted(run, key=_id_order):
             handle.write(_run_block(path, qid, run[qid], tag, depth))
+
+
+class RunWriter:
+    """A TREC run written one query at a time, to the bytes :func:`write_run` writes for the whole.
+
+    Queries may come in any order; each one's lines go to a temporary file at once, and on a
+    clean exit of the ``with`` block they are copied to ``path`` in id order through
+    :func:`atomic_write` (on an exception nothing is written). Memory holds one query's results
+    and a few numbers per query, however large the run.
+    """
+
+    def __init__(self, path: PathLike, tag: str = "relevance-lens", depth: int | None = None):
+        _check_writable_id(path, "run tag", tag)
+        if depth is not None and depth < 1:
+            raise InputError(f"depth={depth}: expected a positive integer, or None to keep every passage")
+        self.path, self.tag, self.depth = path, tag, depth
+        self._spool: IO[str] = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
+        self._where: dict[str, tuple[int, int]] = {}  # qid -> (offset, characters)
+
+    def add(self, qid: str, docs: Mapping[str, float]) -> None:
+        """Rank and keep one query's ``{docid: score}``; each query once."""
+        if qid in self._where:
+            raise InputError(f"cannot write {self.path}: query {qid!r} given twice")
+        block = _run_block(self.path, qid, docs, self.tag, self.depth)
+        self._where[qid] = (self._spool.tell(), len(block))
+        self._spool.write(block)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        try:
+            if kind is None:
+                with atomic_write(self.path) as handle:
+                    for qid in sorted(self._where, key=_id_order):
+                        offset, size = self._where[qid]
+                        self._spool.seek(offset)
+                        handle.write(self._spool.read(size))
+        finally:
+            self._spool.close()
 
 
 def _run_block(path: PathLike, qid: str, docs: Mapping[str, float], tag: str, depth: int | None) -> str:

@@ -1,6 +1,12 @@
 """The one pair encoder: (query, passage) pairs tokenized with the reranker's template, sorted
 by length and cut into batches under a padded-token budget, so padding stays small and memory
-stays flat however many pairs there are."""
+stays flat however many pairs there are.
+
+Texts are clipped before they are formatted (:func:`pair_texts`): a field far longer than
+``max_length`` tokens is cut to a prefix that still holds more tokens than can be kept, so a
+10 MB passage or a 100k-token query costs what a ``max_length`` one costs, with the same token
+ids (the tokenizer truncates the pair anyway; it would first encode every token of it, and the
+template would copy a long query into every one of its candidates)."""
 
 from __future__ import annotations
 
@@ -14,6 +20,16 @@ from relevance_lens.data.formats import Passage
 from relevance_lens.errors import InputError
 
 Run = dict[str, dict[str, float]]
+
+#: A field is cut only where it still tokenizes to ``max_length`` + this many tokens: a cut
+#: changes the tokens just before it (a word split in two, a BPE merge across the cut), and
+#: those lie past the ``max_length`` the pair is truncated to. Tokenizers' boundary effects
+#: reach a few tokens; 64 leaves a wide margin.
+CLIP_MARGIN = 64
+#: The first cut tried, in characters per token kept; texts shorter than this are never
+#: tokenized twice. English averages ~4 characters per token; each try that falls short
+#: (dense text, long tokens) quadruples the cut.
+CLIP_CHARS_PER_TOKEN = 8
 
 
 def candidate_pairs(
@@ -34,6 +50,55 @@ def candidate_pairs(
                 raise InputError(f"run passage {docid!r} (query {qid!r}) is not in the corpus file")
             pairs.append((qid, docid))
     return pairs
+
+
+def clip_text(tokenizer, text: str, tokens: int) -> str:
+    """``text``, or its shortest tried prefix that still holds ``tokens`` + :data:`CLIP_MARGIN` tokens.
+
+    Cuts are tried at ``CLIP_CHARS_PER_TOKEN`` characters per token and then 4x longer each
+    time, so the work is bounded by the tokens kept, not by the text's length (a text that
+    never reaches the count, e.g. one the normalizer strips or megabytes of whitespace before
+    its words, is returned whole).
+    """
+    need = tokens + CLIP_MARGIN
+    cut = need * CLIP_CHARS_PER_TOKEN
+    while len(text) > cut:
+        piece = text[:cut]
+        # Counted without trailing whitespace: the template's strip() drops it from a field at the end.
+        if len(tokenizer(piece.rstrip(), add_special_tokens=False, verbose=False)["input_ids"]) >= need:
+            return piece
+        cut *= 4
+    return text
+
+
+def pair_texts(reranker, items: Sequence[tuple[str, Passage]]) -> list[str]:
+    """The reranker's template filled for each (query text, passage), long fields clipped (:func:`clip_text`).
+
+    Clipping leaves the token ids ``reranker.tokenize`` returns unchanged; a text that recurs
+    (a query across its candidates, a passage across queries) is clipped once.
+    """
+    tokens = reranker.settings.max_length
+    short = (tokens + CLIP_MARGIN) * CLIP_CHARS_PER_TOKEN
+    clipped: dict[str, str] = {}
+
+    def clip(text: str) -> str:
+        if len(text) <= short:
+            return text
+        if text not in clipped:
+            clipped[text] = clip_text(reranker.tokenizer, text, tokens)
+        return clipped[text]
+
+    texts = []
+    for query, passage in items:
+        if len(passage.title) > short or len(passage.text) > short:
+            passage = Passage(passage.docid, clip(passage.title), clip(passage.text))
+        texts.append(reranker.format(clip(query), passage))
+    return texts
+
+
+def encode_texts(reranker, items: Sequence[tuple[str, Passage]]) -> list[list[int]]:
+    """Token ids of (query text, passage) items: :func:`pair_texts`, then ``reranker.tokenize`` (truncation, EOS)."""
+    return reranker.tokenize(pair_texts(reranker, items))
 
 
 def batches(lengths: Sequence[int], order: Sequence[int], batch_tokens: int, max_batch: int) -> Iterator[list[int]]:
@@ -78,7 +143,7 @@ def encode_pairs(
 ) -> EncodedPairs:
     """Tokenize ``(qid, docid)`` pairs with the reranker's template and batch them by a padded-token budget."""
     pairs = list(pairs)
-    ids = reranker.tokenize([reranker.format(queries[q], corpus[d]) for q, d in pairs])
+    ids = encode_texts(reranker, [(queries[q], corpus[d]) for q, d in pairs])
     lengths = [len(x) for x in ids]
     order = sorted(range(len(ids)), key=lambda i: (lengths[i], i))
     return EncodedPairs(pairs, ids, list(batches(lengths, order, batch_tokens, max_batch)))

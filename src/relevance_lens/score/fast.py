@@ -39,7 +39,7 @@ import torch
 
 from relevance_lens.model.compile import can_compile, compile_blocks
 from relevance_lens.model.reranker import Reranker, pool_last
-from relevance_lens.score.batching import batches, require_finite
+from relevance_lens.score.batching import batches, encode_texts, require_finite
 from relevance_lens.score.config import ScoreConfig
 
 #: ``compile="auto"`` compiles when a run holds at least this many tokens. Measured on the
@@ -287,7 +287,7 @@ class FastScorer:
     def score(self, items: Sequence[tuple[str, object]], bar=None, task=None) -> list[float]:
         """Scores for (query text, passage) items, in the order given."""
         model = self.model
-        ids = model.tokenize([model.format(q, p) for q, p in items])
+        ids = encode_texts(model, items)
         prefix_len = [0] * len(ids)
         group_of = [0] * len(ids)
         prefixes: list[list[int]] = []

@@ -16,7 +16,7 @@ import torch
 
 from relevance_lens.data.formats import Passage
 from relevance_lens.model.reranker import Reranker
-from relevance_lens.score.batching import EncodedPairs, batches, require_finite
+from relevance_lens.score.batching import EncodedPairs, batches, encode_texts, require_finite
 from relevance_lens.score.config import ScoreConfig
 from relevance_lens.score.fast import FastScorer
 
@@ -45,7 +45,7 @@ class PlainScorer:
     def score(self, items: Items, bar=None, task=None) -> list[float]:
         """Scores for (query text, passage) items, batched by length to minimise padding."""
         reranker = self.reranker
-        ids = reranker.tokenize([reranker.format(q, p) for q, p in items])
+        ids = encode_texts(reranker, items)
         lengths = [len(x) for x in ids]
         order = sorted(range(len(ids)), key=lambda i: (lengths[i], i))
         encoded = EncodedPairs(
