@@ -151,3 +151,18 @@ def test_alpha_pattern_null_reads_as_none_and_other_non_objects_are_refused(base
         with pytest.raises(InputError) as exc:
             load_adapter_weights(folder)
         _one_line(exc, str(folder / ADAPTER_CONFIG), "alpha_pattern")
+
+
+def test_fingerprint_samples_stay_inside_a_tensor_past_float32_integers():
+    # 2**24 + 3 elements: a float32 linspace to the last index rounds it past the end (the embedded
+    # SmolLM2's embedding, 28,311,552 values, raised IndexError).
+    from relevance_lens.model.manifest import weights_fingerprint
+
+    big = torch.nn.Linear(2**12, 2**12 + 1, bias=False)
+    with torch.no_grad():
+        big.weight.zero_()
+        big.weight[-1, -1] = 1.0  # the last value is sampled: changing it changes the fingerprint
+    before = weights_fingerprint(big)
+    with torch.no_grad():
+        big.weight[-1, -1] = 2.0
+    assert before is not None and weights_fingerprint(big) != before

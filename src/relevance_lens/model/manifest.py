@@ -159,7 +159,9 @@ def weights_fingerprint(model) -> str | None:
         if param.is_meta or param.numel() == 0:
             return None
         flat = param.detach().reshape(-1)
-        picks = torch.linspace(0, flat.numel() - 1, min(_SAMPLES, flat.numel()), device=flat.device).round().long()
+        count = min(_SAMPLES, flat.numel())
+        # Integer spacing: a float32 linspace rounds past the last index above 2**24 elements.
+        picks = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
         values = flat[picks].to(torch.bfloat16).float().cpu().numpy()
         digest.update(f"{name}:{tuple(param.shape)}\n".encode())
         digest.update(values.tobytes())
