@@ -65,14 +65,13 @@ def rerank(
 ):
     """Rerank a first-stage run with an LLM reranker; writes a TREC run."""
     from relevance_lens.data.formats import read_corpus, read_queries, read_run, write_run
-    from relevance_lens.model.reranker import Reranker
-    from relevance_lens.score.config import ScoreConfig, prepare
+    from relevance_lens.score.config import ScoreConfig, load_for_scoring
     from relevance_lens.score.rerank import rerank as rerank_run
 
     config = ScoreConfig(depth=depth, dtype=dtype, device=device, batch_tokens=batch_tokens)
     qs, docs = read_queries(queries), read_corpus(corpus)
     first = read_run(run, queries=qs, corpus=docs)
-    reranker = prepare(Reranker.from_pretrained(model, adapter), config)
+    reranker = load_for_scoring(model, adapter, config)
     scored = rerank_run(reranker, qs, docs, first, config)
     write_run(scored, output, tag="relevance-lens")
     console.print(f"wrote {output} ({len(scored)} queries)")

@@ -65,7 +65,8 @@ def _from_run(queries, qrels, run, corpus, depth: int, fingerprints: dict[str, s
         ranked = sorted(run.get(qid, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
         positives[qid] = pos
         # Query and passage ids may share one space (MS MARCO): compare docids with docids only.
-        negatives[qid] = [d for d, _ in ranked if d not in set(pos)]
+        judged = set(pos)
+        negatives[qid] = [d for d, _ in ranked if d not in judged]
         kept[qid] = text
     return TrainGroups(kept, positives, negatives, corpus, fingerprints)
 
@@ -109,18 +110,26 @@ class GroupDataset(Dataset):
 
     Epoch and seed are explicit inputs, so item i is the same group in every process and in
     a resumed run: nothing depends on how many items were drawn before.
+
+    An epoch's query order is shuffled once and kept (the latest epoch's only), so an item costs
+    O(its group), not a reshuffle of every query (≈0.3 s an item at MS MARCO's 400k queries); the
+    order is the same seeded shuffle as before, so the same seed samples the same groups.
     """
 
     def __init__(self, groups: TrainGroups, group_size: int, epochs: int, seed: int):
         self.groups, self.size, self.epochs, self.seed = groups, group_size, epochs, seed
         self.qids = sorted(groups.queries)
+        self._orders: dict[int, list[str]] = {}
 
     def __len__(self) -> int:
         return len(self.qids) * self.epochs
 
     def _order(self, epoch: int) -> list[str]:
-        order = list(self.qids)
-        random.Random(f"{self.seed}:order:{epoch}").shuffle(order)
+        order = self._orders.get(epoch)
+        if order is None:
+            order = list(self.qids)
+            random.Random(f"{self.seed}:order:{epoch}").shuffle(order)
+            self._orders = {epoch: order}  # items come epoch by epoch: one order held at a time
         return order
 
     def group(self, epoch: int, qid: str) -> tuple[str, list[Passage]]:

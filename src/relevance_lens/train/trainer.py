@@ -38,7 +38,7 @@ from relevance_lens.model.manifest import write_manifest
 from relevance_lens.model.reranker import HEAD_FILE, Reranker
 from relevance_lens.model.roles import blocks
 from relevance_lens.provenance import versions
-from relevance_lens.score.config import ScoreConfig, prepare
+from relevance_lens.score.config import ScoreConfig, load_for_scoring
 from relevance_lens.score.rerank import rerank
 from relevance_lens.train.config import SCHEDULES, TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
@@ -177,12 +177,17 @@ def _precision(config: TrainConfig) -> str:
 
 
 def build_model(config: TrainConfig) -> Reranker:
-    """Base model (frozen, bf16 when training in bf16), LoRA (fp32) and head (fp32)."""
+    """Base model (frozen, bf16 when training in bf16, read in that dtype), LoRA (fp32) and head (fp32).
+
+    Head only (``targets = "none"``): nothing in the base trains, so nothing may make the backward
+    enter it: no gradient checkpointing (it would re-run the frozen forward to backpropagate into
+    it) and no gradient-requiring embeddings; the base's features then carry no autograd graph.
+    """
     dtype = torch.bfloat16 if _precision(config) == "bf16" else torch.float32
     reranker = Reranker.from_pretrained(config.model, config=config.reranker(), dtype=dtype)
     for p in reranker.backbone.parameters():
         p.requires_grad_(False)
-    attach_lora(reranker, config.lora(), seed=config.seed)
+    roles = attach_lora(reranker, config.lora(), seed=config.seed)
     # Trainable parameters in fp32: the frozen bf16 weights need no fp32 master copy.
     for p in reranker.parameters():
         if p.requires_grad:
@@ -191,7 +196,7 @@ def build_model(config: TrainConfig) -> Reranker:
     if config.head_init == "zero":
         with torch.no_grad():
             reranker.score.weight.zero_()
-    if config.gradient_checkpointing:
+    if config.gradient_checkpointing and roles:
         reranker.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         reranker.base_model.enable_input_require_grads()
     return reranker
@@ -388,7 +393,7 @@ def evaluate_final(run_dir: Path, split: str = "dev", depth: int = 20, *, progre
 
     data = load_faq(split)
     config = ScoreConfig(depth=depth)
-    reranker = prepare(Reranker.from_pretrained(adapter=Path(run_dir) / FINAL), config)
+    reranker = load_for_scoring(adapter=Path(run_dir) / FINAL, config=config)
     scored = rerank(
         reranker, data.queries, data.corpus, data.run, config, progress=progress, description=f"evaluating on {split}"
     )
