@@ -14,7 +14,6 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import (
     Passage,
     fingerprint,
@@ -74,6 +73,9 @@ def _from_run(queries, qrels, run, corpus, depth: int, fingerprints: dict[str, s
 def load_groups(config: TrainConfig) -> TrainGroups:
     """Training groups as the config says: embedded FAQ, files, or Tevatron JSONL."""
     if config.data in ("faq", "faq+weak"):
+        # Imported here: the FAQ loader pulls in ir_measures, which a GPU image need not have.
+        from relevance_lens.data.faq import load_faq
+
         splits = ["train"] + (["train-weak"] if config.data == "faq+weak" else [])
         merged = TrainGroups({}, {}, {}, {})
         for name in splits:

@@ -177,14 +177,19 @@ def _precision(config: TrainConfig) -> str:
 
 
 def build_model(config: TrainConfig) -> Reranker:
-    """Base model (frozen, bf16 when training in bf16, read in that dtype), LoRA (fp32) and head (fp32).
+    """Base model (frozen, bf16 when training in bf16, read in that dtype), LoRA (fp32) and head (fp32)."""
+    dtype = torch.bfloat16 if _precision(config) == "bf16" else torch.float32
+    return make_trainable(Reranker.from_pretrained(config.model, config=config.reranker(), dtype=dtype), config)
 
+
+def make_trainable(reranker: Reranker, config: TrainConfig) -> Reranker:
+    """Freeze the base, attach LoRA and set up the head as :func:`build_model` does, on a loaded reranker.
+
+    ``benchmarks/gpu_check.py`` calls it on models built from configs (no weights to load).
     Head only (``targets = "none"``): nothing in the base trains, so nothing may make the backward
     enter it: no gradient checkpointing (it would re-run the frozen forward to backpropagate into
     it) and no gradient-requiring embeddings; the base's features then carry no autograd graph.
     """
-    dtype = torch.bfloat16 if _precision(config) == "bf16" else torch.float32
-    reranker = Reranker.from_pretrained(config.model, config=config.reranker(), dtype=dtype)
     for p in reranker.backbone.parameters():
         p.requires_grad_(False)
     roles = attach_lora(reranker, config.lora(), seed=config.seed)
