@@ -21,9 +21,11 @@ TINY = {
     "intermediate_size": 128,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
-    "vocab_size": 512,
+    "vocab_size": 1003,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
 }
-WORDS = 2000  # the placeholder tokenizer's vocabulary: w0 .. w1999 plus <unk>, <s>, </s>
+WORDS = 1000  # the placeholder tokenizer's vocabulary: w0 .. w999 plus <unk>, <s>, </s>
 
 
 def config(name: str, *, tiny: bool = False, layers: int | None = None):

@@ -33,7 +33,6 @@ from relevance_lens.evaluate.metrics import evaluate
 from relevance_lens.locks import exclusive, lock_file
 from relevance_lens.model.backbone import bf16_supported
 from relevance_lens.model.compile import can_compile, compile_blocks
-from relevance_lens.model.lora import attach_lora
 from relevance_lens.model.manifest import write_manifest
 from relevance_lens.model.reranker import HEAD_FILE, Reranker
 from relevance_lens.model.roles import blocks
@@ -43,6 +42,7 @@ from relevance_lens.score.rerank import rerank
 from relevance_lens.train.config import SCHEDULES, TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
 from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, checkpoint_name, complete_checkpoints
+from relevance_lens.train.trainable import make_trainable
 
 #: ``compile="auto"`` compiles the decoder blocks when a run's forward and backward work
 #: (6 x block parameters x tokens) reaches this. Measured on the 2-core AMX CPU of
@@ -180,31 +180,6 @@ def build_model(config: TrainConfig) -> Reranker:
     """Base model (frozen, bf16 when training in bf16, read in that dtype), LoRA (fp32) and head (fp32)."""
     dtype = torch.bfloat16 if _precision(config) == "bf16" else torch.float32
     return make_trainable(Reranker.from_pretrained(config.model, config=config.reranker(), dtype=dtype), config)
-
-
-def make_trainable(reranker: Reranker, config: TrainConfig) -> Reranker:
-    """Freeze the base, attach LoRA and set up the head as :func:`build_model` does, on a loaded reranker.
-
-    ``benchmarks/gpu_check.py`` calls it on models built from configs (no weights to load).
-    Head only (``targets = "none"``): nothing in the base trains, so nothing may make the backward
-    enter it: no gradient checkpointing (it would re-run the frozen forward to backpropagate into
-    it) and no gradient-requiring embeddings; the base's features then carry no autograd graph.
-    """
-    for p in reranker.backbone.parameters():
-        p.requires_grad_(False)
-    roles = attach_lora(reranker, config.lora(), seed=config.seed)
-    # Trainable parameters in fp32: the frozen bf16 weights need no fp32 master copy.
-    for p in reranker.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    reranker.score.float().requires_grad_(True)
-    if config.head_init == "zero":
-        with torch.no_grad():
-            reranker.score.weight.zero_()
-    if config.gradient_checkpointing and roles:
-        reranker.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        reranker.base_model.enable_input_require_grads()
-    return reranker
 
 
 def compile_decision(config: TrainConfig, reranker: Reranker) -> tuple[bool, str]:
