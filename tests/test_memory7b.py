@@ -96,11 +96,12 @@ def test_model_loaded_for_scoring_is_merged_in_place_with_the_same_scores(saved,
     def refuse(*args, **kwargs):
         raise AssertionError("the backbone was deep-copied")
 
-    monkeypatch.setattr(fast.copy, "deepcopy", refuse)
     once = load_for_scoring(str(model), adapter, config)
     assert getattr(once, SCORING_ONLY)
     weight = once.base_model.layers[0].mlp.down_proj.base_layer.weight
+    monkeypatch.setattr(fast.copy, "deepcopy", refuse)  # after loading: transformers deep-copies its kwargs
     scorer = FastScorer(once, config)
+    monkeypatch.undo()
     assert scorer.plan.merged and scorer.plan.in_place and scorer.model is once
     assert once.base_model.layers[0].mlp.down_proj.weight is weight, "merged into other storage than the loaded weight"
     scores = scorer.score(ITEMS)
