@@ -93,13 +93,17 @@ def test_model_loaded_for_scoring_is_merged_in_place_with_the_same_scores(saved,
     plain = PlainScorer(kept, config).score(ITEMS)
     copied = FastScorer(kept, config).score(ITEMS)  # a reused model: merged into a copy, as before
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("the backbone was deep-copied")
+    real_deepcopy = fast.copy.deepcopy
+
+    def refuse(obj, *args, **kwargs):
+        if isinstance(obj, torch.nn.Module):
+            raise AssertionError(f"a {type(obj).__name__} was deep-copied")
+        return real_deepcopy(obj, *args, **kwargs)  # configs are copied too (PEFT reads them)
 
     once = load_for_scoring(str(model), adapter, config)
     assert getattr(once, SCORING_ONLY)
     weight = once.base_model.layers[0].mlp.down_proj.base_layer.weight
-    monkeypatch.setattr(fast.copy, "deepcopy", refuse)  # after loading: transformers deep-copies its kwargs
+    monkeypatch.setattr(fast.copy, "deepcopy", refuse)
     scorer = FastScorer(once, config)
     monkeypatch.undo()
     assert scorer.plan.merged and scorer.plan.in_place and scorer.model is once
