@@ -91,9 +91,8 @@ def rerank(
 ):
     """Rerank a first-stage run with an LLM reranker; writes a TREC run."""
     from relevance_lens.data.formats import RunSpool, read_corpus, read_queries, write_run
-    from relevance_lens.model.reranker import Reranker
     from relevance_lens.score.batching import candidate_pairs
-    from relevance_lens.score.config import ScoreConfig, prepare
+    from relevance_lens.score.config import ScoreConfig, load_for_scoring
     from relevance_lens.score.rerank import rerank as rerank_run
     from relevance_lens.score.stream import rerank_to_file
 
@@ -102,7 +101,7 @@ def rerank(
     if dataset:
         qs, docs, first = _dataset_candidates(dataset, run, depth)
         candidate_pairs(first, qs, docs, depth, f"run {run}" if run else f"ir_datasets {dataset} scoreddocs")
-        reranker = prepare(Reranker.from_pretrained(model, adapter, allow_other_base=allow_other_base), config)
+        reranker = load_for_scoring(model, adapter, config, allow_other_base=allow_other_base)
         scored = rerank_run(reranker, qs, docs, first, config)
         write_run(scored, output, tag="relevance-lens")
         console.print(f"wrote {output} ({len(scored)} queries)")
@@ -114,7 +113,7 @@ def rerank(
     with RunSpool(run, queries=qs, corpus=docs) as first:
         for qid in first:
             candidate_pairs({qid: first.docs(qid)}, qs, docs, depth, f"run {run}")  # refuse before loading
-        reranker = prepare(Reranker.from_pretrained(model, adapter, allow_other_base=allow_other_base), config)
+        reranker = load_for_scoring(model, adapter, config, allow_other_base=allow_other_base)
         written = rerank_to_file(reranker, qs, docs, first, output, config, tag="relevance-lens")
     console.print(f"wrote {output} ({written} queries)")
 

@@ -10,9 +10,8 @@ from rich.console import Console
 from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import write_run
 from relevance_lens.evaluate.metrics import evaluate, format_table
-from relevance_lens.model.reranker import Reranker
 from relevance_lens.report.page import write_report
-from relevance_lens.score.config import ScoreConfig, prepare
+from relevance_lens.score.config import ScoreConfig, load_for_scoring
 from relevance_lens.score.rerank import rerank
 from relevance_lens.study import RunOptions, default_paths, load_study, run_study
 
@@ -37,7 +36,7 @@ def run_demo(
     console.print(f"FAQ {split}: {len(qids)} queries, {len(data.corpus)} passages; model {model}")
     started = time.perf_counter()
     config = ScoreConfig(depth=depth)
-    reranker = prepare(Reranker.from_pretrained(model, adapter), config)
+    reranker = load_for_scoring(model, adapter, config)
     scored = rerank(reranker, data.queries, data.corpus, data.run, config)
     seconds = time.perf_counter() - started
     output.mkdir(parents=True, exist_ok=True)

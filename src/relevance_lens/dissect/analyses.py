@@ -36,7 +36,7 @@ from relevance_lens.evaluate.stats import paired_randomization
 from relevance_lens.model.reranker import CONFIG_FILE, HEAD_FILE, Reranker, read_saved_config
 from relevance_lens.model.roles import ROLES
 from relevance_lens.score.batching import run_from_scores
-from relevance_lens.score.config import ScoreConfig, prepare
+from relevance_lens.score.config import ScoreConfig, load_for_scoring, prepare
 from relevance_lens.score.scorer import PlainScorer
 from relevance_lens.store import Store, config_hash, normalize
 from relevance_lens.train.rundir import FINAL, RUN_FILE, is_run_member, run_checkpoints, step_of
@@ -111,7 +111,7 @@ def load_reranker(adapter: str | Path | None, model: str | None, score: ScoreCon
     """The reranker for an adapter folder (or a bare base model), on the scoring device and dtype."""
     if adapter is None and model is None:
         raise InputError("pass an adapter folder or --model")
-    return prepare(Reranker.from_pretrained(model, adapter), score)
+    return load_for_scoring(model, adapter, score, reused=True)
 
 
 @contextmanager
@@ -224,7 +224,7 @@ def _score_folders(
     if not items:
         return []
     # The base model once, with the saved text settings (template, max length) of the run.
-    reranker = prepare(Reranker.from_pretrained(config=read_saved_config(items[0].folder)), score)
+    reranker = load_for_scoring(config=score, reranker_config=read_saved_config(items[0].folder), reused=True)
     encoded = encode_evalset(reranker, evalset, score.batch_tokens, score.max_batch)
     out = []
     seen: dict[tuple[str, ...], dict[str, dict[str, float]]] = {}

@@ -172,7 +172,14 @@ def _dequantize_to(parts: list[Path], gguf_name: str, target: Path) -> None:
 def load_backbone(
     source: ModelSource, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
 ) -> tuple[nn.Module, object]:
-    """Load the decoder (no LM head) and its tokenizer from a resolved source."""
+    """Load the decoder (no LM head) and its tokenizer from a resolved source.
+
+    The weights are read in ``dtype`` directly: transformers builds the model on the meta device
+    and fills it from the memory-mapped safetensors, so a bf16 checkpoint read as bf16 costs
+    about its file size of host RAM (``benchmarks/bench_load.py``: 1.03x for Mistral-7B). Pass
+    the dtype the model will run in; loading fp32 and casting after holds both copies at once
+    (:func:`relevance_lens.score.config.load_for_scoring` does this right for scoring).
+    """
     from transformers import AutoModel, AutoTokenizer
 
     folder = Path(source.path)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
 
 from relevance_lens.errors import InputError
 from relevance_lens.model.backbone import bf16_supported
-from relevance_lens.model.reranker import Reranker
+from relevance_lens.model.reranker import Reranker, RerankerConfig
+
+#: Attribute set on a reranker that was loaded for one scoring run and is not reused: the fast
+#: scorer may then merge LoRA into its weights in place instead of into a copy of the backbone.
+SCORING_ONLY = "scoring_only"
 
 
 @dataclass
@@ -38,7 +43,11 @@ class ScoreConfig:
         },
     )
     merge_lora: bool = field(
-        default=True, metadata={"help": "fast: merge LoRA into a scoring copy (costs one copy of the model's memory)."}
+        default=True,
+        metadata={
+            "help": "fast: merge LoRA into the weights: in place for a model loaded for scoring only "
+            "(load_for_scoring), else into a copy (one more model's memory)."
+        },
     )
     share_prefix: bool = field(
         default=True, metadata={"help": "fast: run each query's shared prefix once and reuse its KV cache."}
@@ -78,3 +87,34 @@ def prepare(reranker: Reranker, config: ScoreConfig) -> Reranker:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     return reranker.to(device=device, dtype=dtype).eval()
+
+
+def load_for_scoring(
+    model: str | None = None,
+    adapter: str | Path | None = None,
+    config: ScoreConfig | None = None,
+    *,
+    reranker_config: RerankerConfig | None = None,
+    reused: bool = False,
+    allow_other_base: bool = False,
+) -> Reranker:
+    """A reranker loaded straight in the dtype scoring runs in, on its device, in eval mode.
+
+    The weights are read in the target dtype (bf16 where :func:`resolve_dtype` picks it), never
+    as fp32 first and cast after: a 7B model then needs about its bf16 size of host RAM to load
+    (``benchmarks/bench_load.py`` measures it), not fp32's twice that plus the cast.
+    ``reused=False`` says the caller scores one run with it and drops it, so the fast scorer may
+    merge LoRA in place (no copy of the backbone); pass ``reused=True`` to keep LoRA switchable.
+    ``allow_other_base`` loads an adapter on a base other than its own (experts; see Reranker).
+    """
+    config = config or ScoreConfig()
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    reranker = Reranker.from_pretrained(
+        model, adapter, config=reranker_config, dtype=dtype, allow_other_base=allow_other_base
+    )
+    # PEFT keeps a loaded adapter in fp32 (autocast_adapter_dtype): the cast below makes it the
+    # dtype of the rest, as prepare() always did; the base weights are already there and stay put.
+    reranker = prepare(reranker, config)
+    setattr(reranker, SCORING_ONLY, not reused)
+    return reranker

@@ -2,14 +2,17 @@
 
 Each path is optional and tested against the plain forward (``tests/test_fastscore.py``):
 
-* **LoRA merged into a scoring copy** (``merge_lora``): ΔW = B·A·(alpha/r) is added into the
-  weights of a *copy* of the backbone, so a forward costs what the base model costs and the
-  caller's reranker keeps its separate, switchable LoRA (the ablation sweeps need it).
-* **bf16 weights**: the copy keeps the dtype :func:`relevance_lens.score.config.prepare` chose (bf16
+* **LoRA merged** (``merge_lora``): ΔW = B·A·(alpha/r) is added into the base weights, so a
+  forward costs what the base model costs. A reranker loaded for one scoring run
+  (:func:`relevance_lens.score.config.load_for_scoring`, marked ``scoring_only``) is merged in
+  place: no second copy of a 7B backbone. Any other reranker is merged into a *copy*, so the
+  caller keeps its separate, switchable LoRA (the ablation sweeps need it); unmerging in place
+  instead would not give the caller its weights back, since W + ΔW - ΔW rounds in bf16.
+* **bf16 weights**: the scoring model keeps the dtype :func:`relevance_lens.score.config.prepare` chose (bf16
   where the hardware has fast bf16 matmuls), not autocast, which re-casts every weight per call.
 * **Length-bucketed batches**: pairs are sorted by the length that is actually computed and cut
   under a padded-token budget, so padding stays near zero.
-* **SDPA attention**: the copy is switched to ``torch.nn.functional.scaled_dot_product_attention``.
+* **SDPA attention**: the scoring model is switched to ``torch.nn.functional.scaled_dot_product_attention``.
 * **Shared query prefix** (``share_prefix``): the candidates of one query share the tokens of
   ``query: {query} document:``. Their longest common prefix *of the token ids the plain path
   feeds the model* is run once per query; its key/value cache is reused by every candidate,
@@ -40,7 +43,7 @@ import torch
 from relevance_lens.model.compile import can_compile, compile_blocks
 from relevance_lens.model.reranker import Reranker, pool_last
 from relevance_lens.score.batching import batches, encode_texts, require_finite
-from relevance_lens.score.config import ScoreConfig
+from relevance_lens.score.config import SCORING_ONLY, ScoreConfig
 
 #: ``compile="auto"`` compiles when a run holds at least this many tokens. Measured on the
 #: 2-core AMX CPU of benchmarks/README.md: a warm compile (inductor's on-disk cache filled)
@@ -54,6 +57,7 @@ class FastPlan:
     """What a :class:`FastScorer` decided, with the reasons for each path it did not take."""
 
     merged: bool = False
+    in_place: bool = False
     share_prefix: bool = False
     compiled: bool = False
     attention: str = ""
@@ -78,6 +82,17 @@ def scoring_copy(reranker: Reranker, *, merge: bool = True) -> Reranker:
     fast.score.to(device=reranker.score.weight.device, dtype=reranker.score.weight.dtype)
     fast.score.load_state_dict(reranker.score.state_dict())
     return fast.eval().requires_grad_(False)
+
+
+def merged_in_place(reranker: Reranker, *, merge: bool = True) -> Reranker:
+    """``reranker`` itself made ready for inference: LoRA merged into its base weights, eval mode.
+
+    The same arithmetic as :func:`scoring_copy` (PEFT's ``merge_and_unload``) without the copy;
+    the reranker's LoRA is gone afterwards, so only a reranker that is not reused may come here.
+    """
+    if merge and hasattr(reranker.backbone, "merge_and_unload"):
+        reranker.backbone = reranker.backbone.merge_and_unload()
+    return reranker.eval().requires_grad_(False)
 
 
 def use_sdpa(reranker: Reranker) -> str:
@@ -229,7 +244,9 @@ class FastScorer:
     """Scores (query, passage) items like :class:`relevance_lens.score.scorer.PlainScorer`, faster.
 
     Build it once per run (:func:`relevance_lens.score.rerank` does); ``plan`` records which
-    paths are on and why any is off. ``expected_tokens`` lets ``compile="auto"`` decide.
+    paths are on and why any is off. ``expected_tokens`` lets ``compile="auto"`` decide. A
+    reranker marked ``scoring_only`` is merged (and compiled) in place: it keeps scoring the same,
+    but its LoRA is no longer separate; any other reranker is left as it was.
     """
 
     def __init__(self, reranker: Reranker, config: ScoreConfig, expected_tokens: int | None = None):
@@ -238,14 +255,20 @@ class FastScorer:
         has_lora = hasattr(reranker.backbone, "peft_config")
         want_compile = self._want_compile(reranker.device, expected_tokens)
         if (config.merge_lora and has_lora) or want_compile:
-            # A copy: merging or compiling the caller's model would change it under its feet.
-            self.model = scoring_copy(reranker, merge=config.merge_lora)
+            if getattr(reranker, SCORING_ONLY, False):
+                # Loaded for this run only (load_for_scoring): change it in place, no second backbone.
+                self.model = merged_in_place(reranker, merge=config.merge_lora)
+                self.plan.in_place = True
+            else:
+                # A copy: merging or compiling the caller's model would change it under its feet.
+                self.model = scoring_copy(reranker, merge=config.merge_lora)
             self.plan.merged = config.merge_lora and has_lora
         else:
             self.model = reranker  # as given: the plain path does not change its mode either
             if has_lora:
                 self.plan.notes.append("LoRA not merged (merge_lora off): each LoRA layer adds two small matmuls")
-        self.plan.attention = use_sdpa(self.model) if self.model is not reranker else self._attention()
+        changeable = self.model is not reranker or self.plan.in_place
+        self.plan.attention = use_sdpa(self.model) if changeable else self._attention()
         self.cap = prefix_cap(self.model)
         if not config.share_prefix:
             blocker = "share_prefix off"

@@ -33,17 +33,17 @@ from relevance_lens.evaluate.metrics import evaluate
 from relevance_lens.locks import exclusive, lock_file
 from relevance_lens.model.backbone import bf16_supported
 from relevance_lens.model.compile import can_compile, compile_blocks
-from relevance_lens.model.lora import attach_lora
 from relevance_lens.model.manifest import write_manifest
 from relevance_lens.model.reranker import HEAD_FILE, Reranker
 from relevance_lens.model.roles import blocks
 from relevance_lens.provenance import versions
-from relevance_lens.score.config import ScoreConfig, prepare
+from relevance_lens.score.config import ScoreConfig, load_for_scoring
 from relevance_lens.score.rerank import rerank
 from relevance_lens.train.config import SCHEDULES, TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
 from relevance_lens.train.probe import init_head_by_probe
 from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, checkpoint_name, complete_checkpoints
+from relevance_lens.train.trainable import make_trainable
 
 #: ``compile="auto"`` compiles the decoder blocks when a run's forward and backward work
 #: (6 x block parameters x tokens) reaches this. Measured on the 2-core AMX CPU of
@@ -178,24 +178,9 @@ def _precision(config: TrainConfig) -> str:
 
 
 def build_model(config: TrainConfig) -> Reranker:
-    """Base model (frozen, bf16 when training in bf16), LoRA (fp32) and head (fp32)."""
+    """Base model (frozen, bf16 when training in bf16, read in that dtype), LoRA (fp32) and head (fp32)."""
     dtype = torch.bfloat16 if _precision(config) == "bf16" else torch.float32
-    reranker = Reranker.from_pretrained(config.model, config=config.reranker(), dtype=dtype)
-    for p in reranker.backbone.parameters():
-        p.requires_grad_(False)
-    attach_lora(reranker, config.lora(), seed=config.seed)
-    # Trainable parameters in fp32: the frozen bf16 weights need no fp32 master copy.
-    for p in reranker.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    reranker.score.float().requires_grad_(True)
-    if config.head_init == "zero":
-        with torch.no_grad():
-            reranker.score.weight.zero_()
-    if config.gradient_checkpointing:
-        reranker.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        reranker.base_model.enable_input_require_grads()
-    return reranker
+    return make_trainable(Reranker.from_pretrained(config.model, config=config.reranker(), dtype=dtype), config)
 
 
 def compile_decision(config: TrainConfig, reranker: Reranker) -> tuple[bool, str]:
@@ -394,7 +379,7 @@ def evaluate_final(run_dir: Path, split: str = "dev", depth: int = 20, *, progre
 
     data = load_faq(split)
     config = ScoreConfig(depth=depth)
-    reranker = prepare(Reranker.from_pretrained(adapter=Path(run_dir) / FINAL), config)
+    reranker = load_for_scoring(adapter=Path(run_dir) / FINAL, config=config)
     scored = rerank(
         reranker, data.queries, data.corpus, data.run, config, progress=progress, description=f"evaluating on {split}"
     )
