@@ -348,6 +348,7 @@ def model_card(reranker: Reranker, adapter: Path, config: ExportConfig) -> str:
     front += ["tags:", "- reranker", "- cross-encoder", "- relevance-lens", "---", ""]
     licence = (source.licence if source is not None else None) or "the base model's own licence (see its model card)"
     step = f" (step {record['step']})" if "step" in record else ""
+    untitled = " (an untitled passage: `' ' + text`, as rerank scores it)" if "{title} " in parts.passage else ""
     lines = front + [
         f"# {adapter.resolve().parent.name}/{adapter.name}: a relevance-lens reranker",
         "",
@@ -368,10 +369,12 @@ def model_card(reranker: Reranker, adapter: Path, config: ExportConfig) -> str:
         'scores = model.predict([(query, f"{title} {text}") for title, text in passages])',
         "",
         "from rerankers import Reranker",
-        'ranked = Reranker(FOLDER, model_type="cross-encoder").rank(query, [f"{title} {text}" for title, text in passages])',
+        'texts = [f"{title} {text}" for title, text in passages]',
+        'ranked = Reranker(FOLDER, model_type="cross-encoder").rank(query, texts)',
         "",
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        "tokenizer, model = AutoTokenizer.from_pretrained(FOLDER), AutoModelForSequenceClassification.from_pretrained(FOLDER)",
+        "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+        "model = AutoModelForSequenceClassification.from_pretrained(FOLDER)",
         "batch = tokenizer([query] * len(texts), texts, padding=True, truncation=True, return_tensors='pt')",
         "scores = model(**batch).logits[:, 0]",
         "```",
@@ -383,8 +386,7 @@ def model_card(reranker: Reranker, adapter: Path, config: ExportConfig) -> str:
         f"at most {settings.max_length} tokens (EOS included); the final hidden state of that last token goes "
         "through the linear head. This folder's tokenizer does the same for a pair: its pair template inserts "
         f"`{parts.prefix.strip()}` before the query and `{parts.middle.strip()}` before the passage and appends "
-        f"EOS, so the passage you pass fills `{parts.passage}`"
-        + (" (an untitled passage: `' ' + text`, as relevance-lens scores it)." if parts.passage == "{title} {text}" else "."),
+        f"EOS, so the passage you pass fills `{parts.passage}`{untitled}.",
         "Padding is on the right with a token other than EOS (transformers scores the last non-pad token). "
         "Tokenizing a single text is not the intended use. Long pairs: relevance-lens cuts the end of the whole "
         "text; the libraries truncate `longest_first`, the same cut unless the query is longer than what is left "
