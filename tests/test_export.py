@@ -20,6 +20,7 @@ from relevance_lens.export import (
     tokenization_problem,
 )
 from relevance_lens.model.lora import LoraSettings, attach_lora
+from relevance_lens.model.manifest import write_manifest
 from relevance_lens.model.reranker import Reranker, RerankerConfig
 from tiny import FAMILIES, save_tiny, tiny_reranker
 from trainfix import write_collection
@@ -95,23 +96,24 @@ def test_transformers_scores_the_export_as_relevance_lens_does(tmp_path, family)
     query, passages = PROBES[0][0], [p for _, p in PROBES]
     want = ours.score_pairs(query, passages)
     got = hf_scores(out, [(query, passage_text(p, TEMPLATE)) for p in passages])
-    assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+    # LoRA merged into W rounds differently from W·x + B·A·x: fp32 rounding, amplified by the large random B.
+    assert got == pytest.approx(want, rel=1e-3, abs=1e-3)
     base_only = Reranker.from_pretrained(str(tmp_path / "base")).eval()
     base_only.score.load_state_dict(ours.score.state_dict())
     assert base_only.score_pairs(query, passages) != pytest.approx(want, abs=1e-3)  # LoRA was merged, not dropped
     config = json.loads((out / "config.json").read_text())
-    assert config["architectures"][0].endswith("ForSequenceClassification") and config["num_labels"] == 1
+    assert config["architectures"][0].endswith("ForSequenceClassification") and len(config["id2label"]) == 1
 
 
-def test_bf16_export_scores_within_bf16_rounding(tmp_path):
+def test_bf16_export_is_the_fp32_export_rounded(tmp_path):
+    from safetensors.torch import load_file
+
     adapter = trained_adapter(tmp_path)
-    out = export_adapter(adapter, tmp_path / "export", config=ExportConfig(dtype="bf16"))
-    ours = Reranker.from_pretrained(adapter=adapter).eval()
-    passages = [p for _, p in PROBES[:4]]
-    want = ours.score_pairs("sort a list", passages)
-    got = hf_scores(out, [("sort a list", passage_text(p, TEMPLATE)) for p in passages])
-    assert got == pytest.approx(want, rel=3e-2, abs=3e-2)
-    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    full = load_file(export_adapter(adapter, tmp_path / "fp32") / "model.safetensors")
+    half = load_file(export_adapter(adapter, tmp_path / "bf16", config=ExportConfig(dtype="bf16")) / "model.safetensors")
+    assert full.keys() == half.keys() and all(half[k].dtype == torch.bfloat16 for k in half)
+    assert all(torch.equal(half[k], full[k].to(torch.bfloat16)) for k in full)
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +173,7 @@ def test_model_card_holds_base_template_training_eval_and_licences(tmp_path):
     record["run"] = {"config": {"data": "faq+weak", "lr": 0.002, "rank": 2}, "resolved": {"precision": "fp32"}}
     record["step"] = 50
     (adapter / "reranker.json").write_text(json.dumps(record))
-    (adapter / "manifest.json").unlink()  # we edited a file it vouches for; a legacy folder loads unverified
+    write_manifest(adapter)  # we edited a file the manifest vouches for
     run.mkdir()
     adapter.rename(run / "final")
     evaluation = {"split": "dev", "depth": 20, "n_queries": 86, "bm25": {"nDCG@10": 0.5995}}
@@ -254,3 +256,24 @@ def test_libraries_reproduce_rerank_on_the_embedded_model(tmp_path):
         ):  # fmt: skip
             assert scores == pytest.approx(want, rel=1e-3, abs=1e-3)
             assert ranking(dict(zip(docids, scores))) == ranking(ours[qid])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_embedded_tokenizers_give_our_token_ids_on_faq_pairs(name):
+    """The real tokenizers (byte-level BPE, SentencePiece-style BPE) on every FAQ dev query's BM25 top 10."""
+    from transformers import AutoTokenizer
+
+    from relevance_lens.data.faq import load_faq
+    from relevance_lens.export import cut_like_ours
+    from relevance_lens.model.backbone import resolve_model
+    from tiny import tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name).path)
+    reranker = Reranker(tiny_model("llama"), tokenizer, RerankerConfig(model=name, max_length=96))  # only tokenizes
+    exported = export_tokenizer(reranker)
+    data = load_faq("dev")
+    pairs = [(data.queries[q], data.corpus[d]) for q in sorted(data.queries) for d in list(data.run[q])[:10]]
+    checked = [(q, p) for q, p in pairs if cut_like_ours(exported, q, passage_text(p, TEMPLATE))]
+    assert len(checked) == len(pairs)  # FAQ questions are short: no pair is cut differently
+    assert tokenization_problem(reranker, exported, checked) is None

@@ -138,19 +138,23 @@ def _single_specials(tokenizer) -> tuple[list[int], list[int]]:
     raise InputError(f"tokenizer {type(tokenizer).__name__}: cannot tell its special tokens from the text")
 
 
-def pad_token(tokenizer) -> str:
-    """A pad token that is not EOS, so transformers' last-non-pad pooling finds the appended EOS."""
+def pad_token(tokenizer, vocab_size: int) -> str:
+    """A pad token that is not EOS, so transformers' last-non-pad pooling finds the appended EOS.
+
+    It must also have an embedding row (``< vocab_size``): a tokenizer may declare a pad token it
+    added after the model was trained.
+    """
     eos = tokenizer.eos_token_id
     for token, token_id in (
         (tokenizer.pad_token, tokenizer.pad_token_id),
         (tokenizer.unk_token, tokenizer.unk_token_id),
         (tokenizer.bos_token, tokenizer.bos_token_id),
     ):
-        if token is not None and token_id is not None and token_id != eos:
+        if token is not None and token_id is not None and token_id != eos and token_id < vocab_size:
             return str(token)
     raise InputError(
-        f"tokenizer {type(tokenizer).__name__}: no pad, UNK or BOS token other than EOS to pad with; "
-        "transformers would take the appended EOS for padding"
+        f"tokenizer {type(tokenizer).__name__}: no pad, UNK or BOS token other than EOS, within the model's "
+        f"{vocab_size} embeddings, to pad with; transformers would take the appended EOS for padding"
     )
 
 
@@ -194,7 +198,7 @@ def _pair_tokenizer(reranker: Reranker, *, prepend_space: bool):
         bos_token=tokenizer.bos_token,
         eos_token=tokenizer.eos_token,
         unk_token=tokenizer.unk_token,
-        pad_token=pad_token(tokenizer),
+        pad_token=pad_token(tokenizer, reranker.base_config.vocab_size),
         padding_side="right",
         truncation_side="right",
         model_max_length=settings.max_length,
@@ -468,6 +472,8 @@ def export_adapter(
     adapter, output = Path(adapter), Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not config.overwrite:
         raise InputError(f"--output {output}: exists and is not empty; choose a new folder or pass --overwrite")
+    if not adapter.is_dir():  # before loading any model
+        raise InputError(f"{adapter}: no such folder; expected an adapter folder written by relevance-lens train")
     reranker = Reranker.from_pretrained(model, adapter, dtype=torch.float32).eval()
     tokenizer = export_tokenizer(reranker)
     expected = _probe_scores(reranker) if config.verify else None
@@ -525,8 +531,9 @@ def _verify(folder: Path, tokenizer, expected: list[float], dtype: str) -> None:
     )
     got = model(**batch).logits[:, 0].float()
     want = torch.tensor([expected[i] for i in kept])
-    # fp32: the same arithmetic up to summation order; bf16: the weights' rounding (~3 significant digits).
-    tolerance = 1e-3 if dtype == "fp32" else 5e-2
+    # fp32: the same arithmetic up to rounding (merged weights sum in another order); bf16: a check for gross
+    # errors only (a wrong head, pooling or template), as rounding every weight moves a score by percents.
+    tolerance = 1e-3 if dtype == "fp32" else 2e-1
     if not torch.allclose(got, want, rtol=tolerance, atol=tolerance * float(want.abs().max().clamp(min=1))):
         raise InputError(
             f"export check: the exported model scores the probe pairs {got.tolist()} where the adapter scores "
