@@ -110,7 +110,8 @@ def test_bf16_export_is_the_fp32_export_rounded(tmp_path):
 
     adapter = trained_adapter(tmp_path)
     full = load_file(export_adapter(adapter, tmp_path / "fp32") / "model.safetensors")
-    half = load_file(export_adapter(adapter, tmp_path / "bf16", config=ExportConfig(dtype="bf16")) / "model.safetensors")
+    bf16 = export_adapter(adapter, tmp_path / "bf16", config=ExportConfig(dtype="bf16"))
+    half = load_file(bf16 / "model.safetensors")
     assert full.keys() == half.keys() and all(half[k].dtype == torch.bfloat16 for k in half)
     assert all(torch.equal(half[k], full[k].to(torch.bfloat16)) for k in full)
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
