@@ -65,7 +65,7 @@ def test_analyze_returns_tidy_rows_and_stores_them(trained, tmp_path):
 
     evalset = {k: files[k] for k in ("queries", "qrels", "corpus")}
     curve = api.analyze("checkpoints", run_dir, run=files["negatives_run"], depth=4, score=FP32, **evalset)
-    assert set(curve["checkpoint"]) >= {"checkpoint-1", "final", "bm25"}
+    assert set(curve["checkpoint"]) >= {"checkpoint-1", "final"}
     assert set(curve["metric"]) == {"nDCG@10", "RR@10"} and curve["n_queries"].eq(6).all()
     with pytest.raises(InputError, match="unknown"):
         api.analyze("nope", run_dir)
