@@ -101,7 +101,8 @@ def test_transformers_scores_the_export_as_relevance_lens_does(tmp_path, family)
     assert got == pytest.approx(want, rel=1e-3, abs=1e-3)
     base_only = Reranker.from_pretrained(str(tmp_path / "base")).eval()
     base_only.score.load_state_dict(ours.score.state_dict())
-    assert [base_only.score_pairs(query, [p])[0] for p in passages] != pytest.approx(want, abs=1e-3)  # LoRA was merged, not dropped
+    unmerged = [base_only.score_pairs(query, [p])[0] for p in passages]
+    assert unmerged != pytest.approx(want, abs=1e-3)  # LoRA was merged, not dropped
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"][0].endswith("ForSequenceClassification") and len(config["id2label"]) == 1
 
