@@ -490,9 +490,9 @@ def export_adapter(
         with atomic_write(staging / CARD) as fh:
             fh.write(card)
         _write_record(staging, adapter, reranker, config)
-        del classifier, reranker
+        del classifier
         if expected is not None:
-            _verify(staging, tokenizer, expected, config.dtype)
+            _verify(staging, reranker, tokenizer, expected, config.dtype)
         write_manifest(staging)
         _move_into_place(staging, output)
     finally:
@@ -518,10 +518,19 @@ def _probe_scores(reranker: Reranker) -> list[float]:
 
 
 @torch.inference_mode()
-def _verify(folder: Path, tokenizer, expected: list[float], dtype: str) -> None:
+def _verify(folder: Path, reranker: Reranker, tokenizer, expected: list[float], dtype: str) -> None:
     """Load ``folder`` as a user would and compare its probe scores, batched and padded, with ours."""
     from transformers import AutoModelForSequenceClassification
 
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(folder)  # as users load it: a family's class may rebuild its pipeline
+    problem = tokenization_problem(reranker, reloaded)
+    if problem is not None:
+        raise InputError(
+            f"export check: {type(reloaded).__name__}, which transformers loads for this folder, does not keep the "
+            f"pair template: {problem}"
+        )
     model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
     template = json.loads((folder / RECORD).read_text())["reranker"]["template"]
     pairs = [(q, passage_text(p, template)) for q, p in PROBES]
