@@ -520,9 +520,7 @@ def _probe_scores(reranker: Reranker) -> list[float]:
 @torch.inference_mode()
 def _verify(folder: Path, reranker: Reranker, tokenizer, expected: list[float], dtype: str) -> None:
     """Load ``folder`` as a user would and compare its probe scores, batched and padded, with ours."""
-    from transformers import AutoModelForSequenceClassification
-
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     reloaded = AutoTokenizer.from_pretrained(folder)  # as users load it: a family's class may rebuild its pipeline
     problem = tokenization_problem(reranker, reloaded)
