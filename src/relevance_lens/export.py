@@ -533,7 +533,7 @@ def _verify(folder: Path, reranker: Reranker, tokenizer, expected: list[float], 
     template = json.loads((folder / RECORD).read_text())["reranker"]["template"]
     pairs = [(q, passage_text(p, template)) for q, p in PROBES]
     kept = [i for i, (q, p) in enumerate(pairs) if cut_like_ours(tokenizer, q, p)]
-    batch = tokenizer(
+    batch = reloaded(
         [pairs[i][0] for i in kept], [pairs[i][1] for i in kept], padding=True, truncation=True, return_tensors="pt"
     )
     got = model(**batch).logits[:, 0].float()
