@@ -305,6 +305,23 @@ def train(
     console.print(f"run folder: {run_dir}")
 
 
+@app.command()
+def export(
+    adapter: Path = typer.Argument(..., help="Adapter folder written by train (a checkpoint or final/)."),
+    output: Path = typer.Option(..., help="Folder to write (a transformers sequence-classification model)."),
+    model: Optional[str] = typer.Option(None, help="Base model, when not the one the adapter names."),
+    dtype: str = typer.Option("fp32", help="Stored weights: fp32 or bf16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Reload the folder and compare scores first."),
+):
+    """Write an adapter as a folder that transformers, sentence-transformers and rerankers load."""
+    from relevance_lens.export import ExportConfig, export_adapter
+
+    config = ExportConfig(dtype=dtype, overwrite=overwrite, verify=verify)
+    path = export_adapter(adapter, output, model=model, config=config)
+    console.print(f"wrote {path} (model card: {path / 'README.md'})")
+
+
 def _str(path: Optional[Path]) -> Optional[str]:
     return str(path) if path is not None else None
 
