@@ -1,0 +1,410 @@
+"""Crash-safe studies: a tiny study's life (``study run``, then ``report``) is killed by SIGKILL at
+seeded kill points (:mod:`relevance_lens.faults`) and rerun until it completes; the end must equal
+an uninterrupted life's, and no kill may leave a half-written checkpoint that counts as complete.
+
+A *scenario* kills the life once at ``point:N`` (N drawn from how often the uninterrupted life
+reaches the point, so the kill surely fires), optionally kills the first rerun again at the same
+point's first reach (a kill during the recovery), then reruns the command until it exits 0.
+After every kill: each checkpoint that counts as complete equals the uninterrupted run's, and
+each stored row is one of the uninterrupted store's. At the end: the store equals it row for row
+(identical in fp32, within a tolerance derived from the precision in bf16), every checkpoint and
+``final/`` too, and the report equals its report but for the time it was written.
+
+The commands run in processes ``fork``\\ ed from the test (torch already imported: no start-up
+cost) through the real command line (``relevance_lens.cli.main``), on one thread, as the
+uninterrupted life does (float sums in one fixed order).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import re
+import signal
+import sqlite3
+import sys
+from collections import Counter
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dissectfix import one_thread  # noqa: F401  (autouse: one thread, float sums in one fixed order)
+from relevance_lens.cli import main
+from relevance_lens.errors import InputError
+from relevance_lens.faults import KILL_AT, KILL_LOG, POINTS, kill_point, parse_plan
+from relevance_lens.model.reranker import HEAD_FILE
+from relevance_lens.store import KEY
+from relevance_lens.train.rundir import FINAL, complete_checkpoints
+from trainfix import tiny_collection
+
+FORK = multiprocessing.get_context("fork")
+SRC = Path(__file__).parents[1] / "src" / "relevance_lens"
+ADAPTER = "adapter_model.safetensors"
+
+#: One LoRA run and its head-only baseline; checkpoints, two ablation sweeps and ΔW statistics;
+#: scoring in batches of 8 pairs, so that an evaluation has several batches to be killed between.
+STUDY = """
+[study]
+name = "faults"
+models = ["{model}"]
+ranks = [1]
+targets = ["mha"]
+seeds = [0]
+
+[train]
+data = "files"
+queries = "{queries}"
+qrels = "{qrels}"
+corpus = "{corpus}"
+negatives_run = "{negatives_run}"
+group_size = 4
+queries_per_device = 2
+max_steps = 4
+save_steps = [2]
+lr = 1e-2
+max_length = 64
+precision = "{precision}"
+warmup_steps = 0
+logging_steps = 1
+
+[baseline_train]
+max_steps = 2
+save_steps = [1]
+
+[evals.tiny]
+queries = "{queries}"
+qrels = "{qrels}"
+corpus = "{corpus}"
+run = "{negatives_run}"
+depth = 4
+
+[analyses.checkpoints]
+
+[analyses.ablate]
+sweeps = ["drop-layer", "roles"]
+permutations = 50
+
+[analyses.weights]
+
+[scoring]
+dtype = "{precision}"
+device = "cpu"
+max_batch = 8
+"""
+
+STUDY_RUN, REPORT = "study run", "report"
+COMMANDS = (STUDY_RUN, REPORT)
+STORE, PAGE = "results.sqlite", "report.html"
+
+
+# ---------------------------------------------------------------- the kill points themselves
+
+
+def test_every_kill_point_is_placed_once_and_listed():
+    calls = Counter(
+        name
+        for path in SRC.rglob("*.py")
+        if path.name != "faults.py"
+        for name in re.findall(r'kill_point\("([^"]+)"\)', path.read_text())
+    )
+    assert set(calls) == set(POINTS) and all(n == 1 for n in calls.values()), calls
+
+
+def test_a_kill_point_does_nothing_unless_named_and_a_bad_plan_is_one_line(monkeypatch):
+    monkeypatch.delenv(KILL_AT, raising=False)
+    monkeypatch.delenv(KILL_LOG, raising=False)
+    kill_point("no.such.point")  # unset: not even looked at
+    assert parse_plan("store.commit:3") == ("store.commit", 3)
+    for bad in ("store.commit", "store.commit:0", "nowhere:1", "store.commit:x"):
+        with pytest.raises(InputError, match=f"{KILL_AT}=") as info:
+            parse_plan(bad)
+        assert "\n" not in str(info.value)
+
+
+def test_a_kill_point_kills_at_its_nth_reach_only(tmp_path):
+    log = tmp_path / "reached.log"
+
+    def reach(times: int) -> None:
+        os.environ.update({KILL_AT: "report.page:3", KILL_LOG: str(log)})
+        for _ in range(times):
+            kill_point("report.figure")  # another point: logged, never counted
+            kill_point("report.page")
+        os._exit(0)
+
+    for times, code in ((2, 0), (5, -signal.SIGKILL)):
+        log.unlink(missing_ok=True)
+        child = FORK.Process(target=reach, args=(times,))
+        child.start()
+        child.join(30)
+        assert child.exitcode == code
+        assert log.read_text().split() == ["report.figure", "report.page"] * min(times, 3)
+
+
+# ---------------------------------------------------------------- a study's life
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Kill ``command`` at the ``n``-th reach of ``point``; ``again``: kill its first rerun there too."""
+
+    command: str
+    point: str
+    n: int
+    again: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.command} {self.point}:{self.n}{' +again' if self.again else ''}"
+
+
+def _argv(command: str, study: Path, work: Path) -> list[str]:
+    if command == STUDY_RUN:
+        return ["study", "run", str(study), "--workdir", str(work)]
+    return ["report", str(work / STORE), "--output", str(work / PAGE)]
+
+
+def _cli(argv: list[str], log: Path, env: dict[str, str]) -> int:
+    """``relevance-lens ARGV`` in a forked process, output to ``log``; its exit code (-9: SIGKILLed)."""
+
+    def child() -> None:
+        os.environ.update({"COLUMNS": "200", **env})
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout = sys.stderr = open(fd, "w", buffering=1, closefd=False)
+        sys.argv = ["relevance-lens", *argv]
+        main()
+
+    process = FORK.Process(target=child)
+    process.start()
+    process.join(600)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+    return process.exitcode
+
+
+def _life(study: Path, work: Path, kill: Kill | None = None, reached: Path | None = None) -> list[tuple[str, str, int]]:
+    """Run the study's life on ``work``, killed as ``kill`` says and rerun until each command
+    completes; after every kill, check what it left. Returns ``(command, kill plan, exit code)``
+    per process started."""
+    work.mkdir(parents=True, exist_ok=True)
+    log, events = work / "commands.log", []
+    for command in COMMANDS:
+        plans = (
+            [f"{kill.point}:{kill.n}", f"{kill.point}:1"][: 1 + kill.again] if kill and command == kill.command else []
+        )
+        for attempt in range(len(plans) + 2):
+            env = {KILL_AT: plans[attempt]} if attempt < len(plans) else {}
+            if reached is not None:
+                env[KILL_LOG] = str(reached.with_suffix(f".{command.replace(' ', '-')}.log"))
+            code = _cli(_argv(command, study, work), log, env)
+            events.append((command, env.get(KILL_AT, ""), code))
+            if code == 0:
+                break
+            assert code == -signal.SIGKILL, f"{events}; output: {log.read_text()[-3000:]}"
+            _after_kill(work, command)
+        else:
+            pytest.fail(f"{command} did not complete: {events}")
+    return events
+
+
+# ---------------------------------------------------------------- what a kill may leave
+
+
+def _rows(store: Path) -> dict[tuple, dict]:
+    """The store's rows by identity (run, checkpoint, analysis, variant, layer, role, metric, settings)."""
+    with closing(sqlite3.connect(store)) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = [dict(r) for r in conn.execute("SELECT * FROM results")]
+    keyed = {tuple(r[k] for k in KEY): {k: v for k, v in r.items() if k != "created"} for r in rows}
+    assert len(keyed) == len(rows), "a row is stored twice"
+    return keyed
+
+
+def tolerance(precision: str) -> float:
+    """How far a value may move when the life was killed and resumed.
+
+    fp32: not at all. Resume restores the exact weights, optimizer state and RNG, and every
+    process scores on one thread in one order, so values are bit-identical. bf16: the frozen
+    base weights and activations carry 8 significant bits, so a value may move by a few units
+    in bf16's last place (2**-8 relative) if a kernel's summation order changes between runs.
+    """
+    return 0.0 if precision == "fp32" else 4 * 2.0**-8
+
+
+def _same_row(got: dict, want: dict, tol: float) -> bool:
+    for column, value in want.items():
+        if isinstance(value, float) and tol:
+            if abs(got[column] - value) > tol * max(1.0, abs(value)):
+                return False
+        elif got[column] != value:
+            return False
+    return True
+
+
+def _tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: load_file(folder / name) for name in (ADAPTER, HEAD_FILE) if (folder / name).is_file()}
+
+
+def _same_tensors(a: Path, b: Path, tol: float) -> bool:
+    ta, tb = _tensors(a), _tensors(b)
+    return ta.keys() == tb.keys() and all(
+        ta[f].keys() == tb[f].keys() and all(torch.allclose(ta[f][k], tb[f][k], rtol=tol, atol=0) for k in tb[f])
+        for f in tb
+    )
+
+
+def _visible(folder: Path) -> set[str]:
+    """File names, without atomic_write's hidden temporaries."""
+    return {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+@dataclass
+class Reference:
+    work: Path
+    rows: dict[tuple, dict]
+    reached: dict[str, Counter]
+    precision: str
+
+
+_reference: dict[Path, Reference] = {}  # by work folder's parent: what _after_kill compares with
+
+
+def _checkpoints_match(work: Path, ref: Reference) -> None:
+    """Every checkpoint that counts as complete, and final/, hold the uninterrupted run's files and weights."""
+    tol = tolerance(ref.precision)
+    runs = work / "runs"
+    for run in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if not run.is_dir():
+            continue
+        folders = [path for _, path in complete_checkpoints(run)]  # a corrupted one raises, naming its file
+        folders += [run / FINAL] if (run / FINAL).is_dir() else []
+        for folder in folders:
+            want = ref.work / "runs" / run.name / folder.name
+            assert want.is_dir(), f"{folder}: no such folder in the uninterrupted run"
+            assert _visible(folder) == _visible(want), f"{folder}: counts as complete but holds other files"
+            assert _same_tensors(folder, want, tol), f"{folder}: counts as complete but its weights differ"
+
+
+def _after_kill(work: Path, command: str) -> None:
+    """What a kill may leave: complete checkpoints equal to the uninterrupted ones, a store
+    holding only rows of the uninterrupted store, and no report page unless a complete one."""
+    ref = _reference[work.parent]
+    _checkpoints_match(work, ref)
+    stored = _rows(work / STORE) if (work / STORE).is_file() else {}
+    tol = tolerance(ref.precision)
+    foreign = [k for k, row in stored.items() if k not in ref.rows or not _same_row(row, ref.rows[k], tol)]
+    assert not foreign, f"rows stored by a killed {command} that the uninterrupted store lacks: {foreign[:3]}"
+    if command == REPORT:
+        assert not (work / PAGE).exists(), "a killed report left a page behind"
+
+
+def _page(path: Path) -> str:
+    """The report page without the minute it was written."""
+    return re.sub(r"<p>Written [^<]* by relevance-lens report\.</p>", "", path.read_text())
+
+
+def _check_end(work: Path, ref: Reference) -> None:
+    rows, tol = _rows(work / STORE), tolerance(ref.precision)
+    assert rows.keys() == ref.rows.keys(), (
+        f"missing {sorted(ref.rows.keys() - rows.keys())[:3]}, extra {sorted(rows.keys() - ref.rows.keys())[:3]}"
+    )
+    differ = [k for k in rows if not _same_row(rows[k], ref.rows[k], tol)]
+    assert not differ, f"{len(differ)} rows differ, e.g. {rows[differ[0]]} vs {ref.rows[differ[0]]}"
+    _checkpoints_match(work, ref)
+    for run in (ref.work / "runs").iterdir():
+        if run.is_dir():  # every checkpoint of the uninterrupted run was written again
+            want = [s for s, _ in complete_checkpoints(run)]
+            assert [s for s, _ in complete_checkpoints(work / "runs" / run.name)] == want
+            summary = json.loads((work / "runs" / run.name / "train_summary.json").read_text())
+            assert summary["steps"] == json.loads((run / "train_summary.json").read_text())["steps"]
+    assert _page(work / PAGE) == _page(ref.work / PAGE)
+
+
+def _reference_life(root: Path, precision: str) -> Reference:
+    torch.set_num_threads(1)
+    paths = tiny_collection(root)
+    text = STUDY
+    for key, value in {**paths, "precision": precision}.items():
+        text = text.replace("{" + key + "}", str(value))
+    (root / "faults.toml").write_text(text)
+    work, reached = root / "reference", root / "reached"
+    _life(root / "faults.toml", work, reached=reached)
+    counts = {
+        command: Counter(reached.with_suffix(f".{command.replace(' ', '-')}.log").read_text().split())
+        for command in COMMANDS
+    }
+    ref = Reference(work, _rows(work / STORE), counts, precision)
+    _reference[root] = ref
+    return ref
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory) -> Reference:
+    """The study's uninterrupted life in fp32, with how often it reaches each kill point."""
+    return _reference_life(tmp_path_factory.mktemp("faults-fp32"), "fp32")
+
+
+def plan(ref: Reference, seed: int, per_point: int, points=None, again_every: int = 2) -> list[Kill]:
+    """Seeded kills: for each kill point the life reaches (or those named), ``per_point`` distinct
+    N drawn from 1..(how often its command reaches it); every ``again_every``-th also kills the rerun."""
+    rng, kills = random.Random(seed), []
+    for command in COMMANDS:
+        for point in POINTS:
+            reach = ref.reached[command][point]
+            if reach and (points is None or point in points):
+                for n in sorted(rng.sample(range(1, reach + 1), min(per_point, reach))):
+                    kills.append(Kill(command, point, n))
+    return [Kill(k.command, k.point, k.n, again=i % again_every == again_every - 1) for i, k in enumerate(kills)]
+
+
+def _scenario(ref: Reference, kill: Kill, name: str) -> None:
+    """Live the study's life killed as ``kill`` says; every planned kill must have fired."""
+    root = ref.work.parent
+    work = root / name
+    events = _life(root / "faults.toml", work, kill)
+    killed = [(plan, code) for command, plan, code in events if command == kill.command and plan]
+    planned = [f"{kill.point}:{kill.n}"] + [f"{kill.point}:1"] * kill.again
+    assert killed == [(p, -signal.SIGKILL) for p in planned], (str(kill), events)
+    _check_end(work, ref)
+
+
+def test_the_uninterrupted_life_reaches_every_kill_point(fp32):
+    study_points = {"train.step", "train.checkpoint", "train.manifest", "train.final", "train.summary"}
+    study_points |= {"store.commit", "score.batch", "ablate.variant", "study.marker"}
+    assert set(fp32.reached[STUDY_RUN]) == study_points
+    assert set(fp32.reached[REPORT]) == {"report.figure", "report.page"}
+    assert fp32.reached[STUDY_RUN]["train.step"] == 4 + 2  # the LoRA run's steps and the baseline's
+
+
+#: The fast tier's kills: the stages a study lives through, one each, at seeded N.
+FAST_POINTS = ("train.manifest", "score.batch", "ablate.variant", "store.commit", "report.page")
+
+
+def fast_kills(ref: Reference) -> list[Kill]:
+    return plan(ref, seed=13, per_point=1, points=FAST_POINTS)
+
+
+def test_killed_lives_end_as_the_uninterrupted_one(fp32):
+    kills = fast_kills(fp32)
+    assert {k.point for k in kills} == set(FAST_POINTS)
+    for i, kill in enumerate(kills):
+        _scenario(fp32, kill, f"fast{i}")
+
+
+def slow_kills(ref: Reference) -> list[Kill]:
+    return plan(ref, seed=2026, per_point=3)
+
+
+@pytest.mark.slow
+def test_many_killed_lives_end_as_the_uninterrupted_one(fp32):
+    kills = slow_kills(fp32)
+    assert {k.point for k in kills} == set(POINTS)
+    for i, kill in enumerate(kills):
+        _scenario(fp32, kill, f"slow{i}")
