@@ -412,6 +412,37 @@ def test_the_uninterrupted_life_reaches_every_kill_point(fp32):
     assert fp32.sequence[REPORT][-1] == "report.page"
 
 
+def test_the_checks_catch_a_partial_checkpoint_counted_complete_and_a_foreign_row(fp32, tmp_path):
+    """What the killed lives are held to can fail: tampered copies of the uninterrupted work folder."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from relevance_lens.model.manifest import write_manifest
+    from relevance_lens.store import Store
+
+    _reference[tmp_path] = fp32
+    lora = next(r.name for r in (fp32.work / "runs").iterdir() if r.is_dir() and "-head-" not in r.name)
+    cases = {
+        "holds other files": lambda run: (run / "checkpoint-2" / "optimizer.pt").unlink(),
+        "weights differ": lambda run: save_file(
+            {k: v + 1 for k, v in load_file(run / "checkpoint-2" / HEAD_FILE).items()},
+            run / "checkpoint-2" / HEAD_FILE,
+        ),
+    }
+    for i, (message, tamper) in enumerate(cases.items()):
+        work = shutil.copytree(fp32.work, tmp_path / f"w{i}")
+        tamper(work / "runs" / lora)
+        write_manifest(work / "runs" / lora / "checkpoint-2")  # as if the save had vouched for it
+        assert [s for s, _ in complete_checkpoints(work / "runs" / lora)] == [2, 4]  # it counts as complete
+        with pytest.raises(AssertionError, match=message):
+            _after_kill(work, STUDY_RUN)
+    work = shutil.copytree(fp32.work, tmp_path / "rows")
+    Store(work / STORE).append([{"run": lora, "analysis": "checkpoints", "metric": "nDCG@10", "value": 0.5}])
+    with pytest.raises(AssertionError, match="rows stored by a killed study run"):
+        _after_kill(work, STUDY_RUN)
+
+
 #: The fast tier's kills: one seeded reach of each, in the stages a study lives through.
 FAST_POINTS = ("train.manifest", "score.batch", "ablate.variant", "store.commit", "study.marker", "report.page")
 
