@@ -158,9 +158,6 @@ class Kill:
     point: str
     n: int
 
-    def __str__(self) -> str:
-        return f"{self.command} {self.point}:{self.n}"
-
 
 def _argv(command: str, study: Path, work: Path) -> list[str]:
     if command == STUDY_RUN:
@@ -292,7 +289,7 @@ def _checkpoints_match(work: Path, ref: Reference) -> None:
 
 def _after_kill(work: Path, command: str) -> None:
     """What a kill may leave: complete checkpoints equal to the uninterrupted ones, a store
-    holding only rows of the uninterrupted store, and no report page unless a complete one."""
+    holding only rows of the uninterrupted store, and no page after a killed (first) report."""
     ref = _reference[work.parent]
     _checkpoints_match(work, ref)
     stored = _rows(work / STORE) if (work / STORE).is_file() else {}
@@ -317,7 +314,8 @@ def _check_end(work: Path, ref: Reference) -> None:
     assert not differ, f"{len(differ)} rows differ, e.g. {rows[differ[0]]} vs {ref.rows[differ[0]]}"
     _checkpoints_match(work, ref)
     for run in (ref.work / "runs").iterdir():
-        if run.is_dir():  # every checkpoint of the uninterrupted run was written again
+        if run.is_dir():  # every checkpoint of the uninterrupted run was written again, nothing else left behind
+            assert _visible(work / "runs" / run.name) == _visible(run), run.name
             want = [s for s, _ in complete_checkpoints(run)]
             assert [s for s, _ in complete_checkpoints(work / "runs" / run.name)] == want
             summary = json.loads((work / "runs" / run.name / "train_summary.json").read_text())
