@@ -442,7 +442,8 @@ def test_the_checks_catch_a_partial_checkpoint_counted_complete_and_a_foreign_ro
 
 
 #: The fast tier's kills: one seeded reach of each, in the stages a study lives through.
-FAST_POINTS = ("train.manifest", "score.batch", "ablate.variant", "store.commit", "study.marker", "report.page")
+FAST_POINTS = ("train.manifest", "train.final", "score.batch", "ablate.variant", "store.commit", "study.marker")
+FAST_POINTS += ("report.page",)
 
 
 def fast_kills(ref: Reference) -> list[Kill]:

@@ -43,7 +43,14 @@ from relevance_lens.score.config import ScoreConfig, prepare
 from relevance_lens.score.rerank import rerank
 from relevance_lens.train.config import SCHEDULES, TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
-from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, checkpoint_name, complete_checkpoints
+from relevance_lens.train.rundir import (
+    FINAL,
+    RUN_FILE,
+    SUMMARY,
+    TRAINER_STATE,
+    checkpoint_name,
+    complete_checkpoints,
+)
 
 #: ``compile="auto"`` compiles the decoder blocks when a run's forward and backward work
 #: (6 x block parameters x tokens) reaches this. Measured on the 2-core AMX CPU of
@@ -321,10 +328,26 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
         )
         trainer.run_record = record
         trainer.head_lr = config.head_lr
-        trainer.train(resume_from_checkpoint=str(latest) if latest else None)
+        if latest is not None and existing[-1][0] >= config.max_steps:
+            _restore(trainer, latest)  # killed after its last checkpoint: nothing left to train
+        else:
+            trainer.train(resume_from_checkpoint=str(latest) if latest else None)
     if trainer.args.should_save:
         _finish(trainer, reranker, run_dir, record, time.perf_counter() - started, config)
     return run_dir
+
+
+def _restore(trainer, checkpoint: Path) -> None:
+    """Load a checkpoint at ``max_steps`` into the trainer without training.
+
+    The Trainer checks ``max_steps`` only after a step, so resuming from the last checkpoint
+    (a run killed before ``final/`` was written) would take one step beyond it: one more
+    optimizer update (with the learning rate of a constant schedule), step and loss.
+    """
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
 
 
 @contextmanager
