@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from rich.console import Console
 
 from relevance_lens.errors import InputError
+from relevance_lens.faults import kill_point
 
 COLUMNS = (
     "run",
@@ -157,6 +158,7 @@ class Store:
                     [record[c] for c in COLUMNS],
                 )
                 count += 1
+            kill_point("store.commit")
         return count
 
     def rows(self, **where: Any) -> list[dict[str, Any]]:

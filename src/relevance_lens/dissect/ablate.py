@@ -32,6 +32,7 @@ from relevance_lens.dissect.settings import SWEEP_NAMES, SweepConfig
 from relevance_lens.dissect.switch import MergedSwitch, Part, lora_parts, merge_blocker, merge_fits, switch_off
 from relevance_lens.errors import InputError
 from relevance_lens.evaluate.stats import holm, paired_randomization
+from relevance_lens.faults import kill_point
 from relevance_lens.model.hooks import record_block_inputs, start_at_layer
 from relevance_lens.model.roles import MHA_ROLES, MLP_ROLES, ROLES, architecture_of, num_layers
 from relevance_lens.score.batching import EncodedPairs, run_from_scores
@@ -283,6 +284,7 @@ def _score_variants(reranker, variants, encoded, config, progress, switch, kind:
                 continue
             out[variant.name] = _forward_from(reranker, variant.keep, tensors, start, caches[source].get(start), turn)
             work.computed += (n - start) * tokens
+            kill_point("ablate.variant")
         for name, values in out.items():
             for i, value in zip(batch, values.tolist()):
                 scores[name][i] = value

@@ -10,6 +10,7 @@ import io
 import math
 from collections.abc import Callable
 
+from relevance_lens.faults import kill_point
 from relevance_lens.model.roles import ROLES
 from relevance_lens.report.results import Results
 from relevance_lens.report.tables import mark
@@ -39,6 +40,7 @@ def _img(fig, alt: str) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    kill_point("report.figure")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from relevance_lens.data.formats import atomic_write
+from relevance_lens.faults import kill_point
 from relevance_lens.report.attribute_sections import attribute_section
 from relevance_lens.report.figures import MAX_PANELS, TARGET_STYLES
 from relevance_lens.report.head_sections import heads_section
@@ -160,4 +161,6 @@ def write_report(store: str | Path, output: str | Path = "report.html") -> Path:
     output = Path(output)
     with atomic_write(output) as fh:
         fh.write(page)
+        fh.flush()  # the whole page in the temporary file: a kill now must still leave no report.html
+        kill_point("report.page")
     return output

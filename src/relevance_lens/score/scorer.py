@@ -15,6 +15,7 @@ from typing import Protocol, Sequence
 import torch
 
 from relevance_lens.data.formats import Passage
+from relevance_lens.faults import kill_point
 from relevance_lens.model.reranker import Reranker
 from relevance_lens.score.batching import EncodedPairs, batches, encode_texts, require_finite
 from relevance_lens.score.config import ScoreConfig
@@ -65,6 +66,7 @@ class PlainScorer:
                 values = forward_batch(reranker, encoded.tensors(reranker, batch)).tolist()
                 for i, value in zip(batch, values):
                     scores[i] = value
+                kill_point("score.batch")
                 if bar is not None:
                     bar.advance(task, len(batch))
         finally:

@@ -51,6 +51,7 @@ from relevance_lens.data.irds import need_ir_datasets
 from relevance_lens.dissect.evalset import build_evalset
 from relevance_lens.dissect.registry import ANALYSES, Context, Inputs
 from relevance_lens.errors import InputError
+from relevance_lens.faults import kill_point
 from relevance_lens.locks import FileLock, holder, lock_file
 from relevance_lens.model.backbone import model_info
 from relevance_lens.score.config import ScoreConfig
@@ -283,6 +284,7 @@ def _analyze(cell: Cell, options: RunOptions, store: Store, console: Console) ->
     entry.run(inputs, settings, context)
     if c.get("vs"):  # weights: the final adapter's subspaces against the other rank's
         entry.run(Inputs(run_dir / FINAL, other=options.workdir / RUNS / c["vs"] / FINAL), settings, context)
+    kill_point("study.marker")
     store.append(
         [
             {

@@ -30,6 +30,7 @@ from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import atomic_write
 from relevance_lens.errors import InputError
 from relevance_lens.evaluate.metrics import evaluate
+from relevance_lens.faults import kill_point
 from relevance_lens.locks import exclusive, lock_file
 from relevance_lens.model.backbone import bf16_supported
 from relevance_lens.model.compile import can_compile, compile_blocks
@@ -42,7 +43,14 @@ from relevance_lens.score.rerank import rerank
 from relevance_lens.train.config import SCHEDULES, TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
 from relevance_lens.train.probe import init_head_by_probe
-from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, checkpoint_name, complete_checkpoints
+from relevance_lens.train.rundir import (
+    FINAL,
+    RUN_FILE,
+    SUMMARY,
+    TRAINER_STATE,
+    checkpoint_name,
+    complete_checkpoints,
+)
 from relevance_lens.train.trainable import make_trainable
 
 #: ``compile="auto"`` compiles the decoder blocks when a run's forward and backward work
@@ -86,10 +94,12 @@ def _make_trainer_class():
             _require_finite_weights(reranker, self.state.global_step)
             # The manifest waits for the Trainer's own files: _save_checkpoint writes it after them.
             reranker.save(output_dir, extra={"run": self.run_record, "step": self.state.global_step}, manifest=False)
+            kill_point("train.checkpoint")
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
             if self.args.should_save:  # last: its presence marks a complete checkpoint (rundir.complete_checkpoints)
+                kill_point("train.manifest")
                 write_manifest(Path(self._get_output_dir(trial=trial)) / checkpoint_name(self.state.global_step))
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -163,6 +173,7 @@ def _schedule_callback(config: TrainConfig):
         """Save at the explicit steps of the schedule and every ``save_every`` steps."""
 
         def on_step_end(self, args, state, control, **kwargs):
+            kill_point("train.step")
             step = state.global_step
             if step in steps or (config.save_every and step % config.save_every == 0):
                 control.should_save = True
@@ -307,10 +318,26 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
         )
         trainer.run_record = record
         trainer.head_lr = config.head_lr
-        trainer.train(resume_from_checkpoint=str(latest) if latest else None)
+        if latest is not None and existing[-1][0] >= config.max_steps:
+            _restore(trainer, latest)  # killed after its last checkpoint: nothing left to train
+        else:
+            trainer.train(resume_from_checkpoint=str(latest) if latest else None)
     if trainer.args.should_save:
         _finish(trainer, reranker, run_dir, record, time.perf_counter() - started, config)
     return run_dir
+
+
+def _restore(trainer, checkpoint: Path) -> None:
+    """Load a checkpoint at ``max_steps`` into the trainer without training.
+
+    The Trainer checks ``max_steps`` only after a step, so resuming from the last checkpoint
+    (a run killed before ``final/`` was written) would take one step beyond it: one more
+    optimizer update (with the learning rate of a constant schedule), step and loss.
+    """
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
 
 
 @contextmanager
@@ -333,8 +360,10 @@ def _finish(trainer, reranker: Reranker, run_dir: Path, record: dict, seconds: f
     shutil.rmtree(tmp, ignore_errors=True)
     _require_finite_weights(reranker, trainer.state.global_step)
     reranker.save(tmp, extra={"run": record, "step": trainer.state.global_step})
+    kill_point("train.final")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    kill_point("train.summary")
     summary = {"train_seconds": seconds, "steps": trainer.state.global_step, "log": trainer.state.log_history}
     if torch.cuda.is_available():
         summary["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
