@@ -317,3 +317,21 @@ def test_atomic_write_rejects_other_modes(tmp_path):
 def test_fingerprint_is_sha256_of_bytes(tmp_path):
     path = _write(tmp_path, "f.tsv", "1\tabc\n")
     assert fingerprint(path) == hashlib.sha256(b"1\tabc\n").hexdigest()
+
+
+@pytest.mark.parametrize(
+    "name,text",
+    [
+        ("q.txt", "q1 0 d1 1\nq1 0 \ufeff 0\n"),
+        ("r.run", "q1 Q0 d1 1 2.0 t\nq1 Q0 d\ufeff2 2 1.0 t\n"),
+    ],
+)
+def test_a_byte_order_mark_inside_a_trec_id_is_refused_naming_the_line(tmp_path, name, text):
+    # Found by the slow qrels fuzzer: the reader took '\ufeff' as a docid that the writer then refused.
+    from relevance_lens.data.formats import read_qrels, read_run
+
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    reader = read_qrels if name == "q.txt" else read_run
+    with pytest.raises(InputError, match=rf"{name}:2: .*byte-order mark"):
+        reader(path)

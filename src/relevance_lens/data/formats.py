@@ -673,6 +673,9 @@ def _check_known(
     corpus: Mapping[str, Any] | None,
 ) -> None:
     """Look qids up in the queries only and docids in the corpus only: separate id spaces."""
+    # Ids the writers could not write back (a U+FEFF inside one, found by tests/test_fuzz.py) are refused here.
+    _check_id(path, lineno, "query id", qid)
+    _check_id(path, lineno, "docid", docid)
     if queries is not None and qid not in queries:
         raise at(
             path,
