@@ -174,7 +174,10 @@ def test_dropping_one_head_cached_merged_and_naive_agree(family):
         assert cached[v.name] == pytest.approx(naive[v.name], abs=1e-5)
         swap_error = float((torch.tensor(merged[v.name], dtype=torch.float64) - truth).abs().max())
         lora_error = float((torch.tensor(naive[v.name], dtype=torch.float64) - truth).abs().max())
-        assert swap_error <= 4 * lora_error + 1e-4 * float(truth.abs().max()), (v.name, swap_error, lora_error)
+        # fp32 merged weights (W + ΔW summed first) against fp64: 4.4e-4 of the largest score was measured on
+        # MKL's AVX2 path for llama (CI's second pass), 2.8e-4 beside it for the LoRA switch; a wrong merge
+        # is off by O(1). test_ablate's 1e-4 holds there for whole roles, not for these per-head swaps.
+        assert swap_error <= 4 * lora_error + 1e-3 * float(truth.abs().max()), (v.name, swap_error, lora_error)
         assert exact[v.name] != pytest.approx(exact["full"], abs=1e-4), v.name
 
 
