@@ -63,10 +63,22 @@ def load_average() -> float | None:
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
-    """Measured GFLOP/s of an ``n x n`` matmul in ``dtype`` on this process's threads (best of runs)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+    """Measured GFLOP/s of an ``n x n`` matmul in ``dtype`` on this process's threads (best of runs).
+
+    A dtype the CPU has no kernels for (bf16 on an AVX2-only CPU runs at ~1 GFLOP/s: 14 s for one
+    2048² product) is measured at the largest size that a quarter of ``seconds`` allows, from a
+    256² probe, so the measurement stays about ``seconds`` long on every CPU.
+    """
     with torch.inference_mode():
+        probe = torch.randn(256, 256).to(dtype)
+        probe @ probe
+        start = time.perf_counter()
+        probe @ probe
+        rough = 2 * 256**3 / max(time.perf_counter() - start, 1e-9)
+        while n > 256 and 2 * n**3 / rough > seconds / 4:
+            n //= 2
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
         for _ in range(2):
             a @ b
         best = float("inf")
@@ -100,7 +112,7 @@ def machine(measure: bool = True) -> dict:
 
 def machine_line(info: dict) -> str:
     rates = info.get("matmul_gflops") or {}
-    rate = f"; matmul 2048²: bf16 {rates['bf16']:,.0f}, fp32 {rates['fp32']:,.0f} GFLOP/s" if rates else ""
+    rate = f"; matmul (up to 2048²): bf16 {rates['bf16']:,.0f}, fp32 {rates['fp32']:,.0f} GFLOP/s" if rates else ""
     load = info.get("load_average_1min")
     return (
         f"{info['date']} · {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads) · "

@@ -16,6 +16,7 @@ from relevance_lens.model.reranker import Reranker
 from relevance_lens.score.batching import Run, candidate_pairs
 from relevance_lens.score.config import ScoreConfig
 from relevance_lens.score.scorer import make_scorer
+from relevance_lens.threads import fit, share_cores
 
 
 def rerank(
@@ -39,9 +40,10 @@ def rerank(
     pairs = candidate_pairs(run, queries, corpus, config.depth)
     out: Run = {qid: {} for qid in run}
     scorer = make_scorer(reranker, config, expected_tokens=len(pairs) * reranker.settings.max_length)
-    with _progress(progress) as bar:
+    with share_cores(), _progress(progress) as bar:
         task = bar.add_task(description, total=len(pairs))
         for start in range(0, len(pairs), config.chunk_pairs):
+            fit()  # another process may have started or ended: take this one's share of the cores
             chunk = pairs[start : start + config.chunk_pairs]
             items = [(queries[q], corpus[d]) for q, d in chunk]
             scores = scorer.score(items, bar, task)

@@ -27,6 +27,7 @@ from relevance_lens.score.batching import candidate_pairs
 from relevance_lens.score.config import ScoreConfig
 from relevance_lens.score.rerank import _progress
 from relevance_lens.score.scorer import Scorer, make_scorer
+from relevance_lens.threads import fit, share_cores
 
 
 def score_stream(
@@ -44,6 +45,7 @@ def score_stream(
     """
     pairs = iter(pairs)
     while chunk := list(islice(pairs, chunk_pairs)):
+        fit()  # another process may have started or ended: take this one's share of the cores
         scores = scorer.score([(queries[q], corpus[d]) for q, d in chunk], bar, task)
         yield from zip(chunk, scores)
 
@@ -76,7 +78,7 @@ def rerank_to_file(
     config = config or ScoreConfig()
     total = sum(1 for _ in spooled_pairs(run, queries, corpus, config.depth))  # checks every candidate
     scorer = make_scorer(reranker, config, expected_tokens=total * reranker.settings.max_length)
-    with RunWriter(output, tag=tag) as writer, _progress(progress) as bar:
+    with share_cores(), RunWriter(output, tag=tag) as writer, _progress(progress) as bar:
         task = bar.add_task(description, total=total)
         current, docs = None, {}
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import SequentialSampler
 
+from relevance_lens import threads
 from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import atomic_write
 from relevance_lens.errors import InputError
@@ -40,6 +41,7 @@ from relevance_lens.model.roles import blocks
 from relevance_lens.provenance import versions
 from relevance_lens.score.config import ScoreConfig, load_for_scoring
 from relevance_lens.score.rerank import rerank
+from relevance_lens.threads import fit, share_cores
 from relevance_lens.train.config import SCHEDULES, TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
 from relevance_lens.train.probe import init_head_by_probe
@@ -174,6 +176,7 @@ def _schedule_callback(config: TrainConfig):
 
         def on_step_end(self, args, state, control, **kwargs):
             kill_point("train.step")
+            fit()  # another process may have started or ended: take this one's share of the cores
             step = state.global_step
             if step in steps or (config.save_every and step % config.save_every == 0):
                 control.should_save = True
@@ -230,9 +233,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, w
     """
     config.validate()  # a mistake fails before any lock file is written
     if os.environ.get("RANK", "0") != "0":
-        return _train(config, resume=resume, progress=progress)
+        with share_cores():
+            return _train(config, resume=resume, progress=progress)
     hint = "wait for it to finish (or stop it), or pass --wait SECONDS"
-    with exclusive(lock_file(config.output), f"--output {config.output}", wait, hint):
+    with exclusive(lock_file(config.output), f"--output {config.output}", wait, hint), share_cores():
         return _train(config, resume=resume, progress=progress)
 
 
@@ -267,6 +271,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
     record = _run_record(config, groups, world, global_batch, epochs)
     record["resolved"]["skipped_short_queries"] = dropped
     record["resolved"]["compiled_blocks"] = {"on": compiled, "why": why}
+    record["resolved"]["threads"] = {"at_start": fit(), "cores": threads.cores_available()}
     if config.head_init == "probe" and not (resume and existing):
         record["resolved"]["probe"] = init_head_by_probe(
             reranker, dataset, GroupCollator(reranker), config.probe_groups, config.probe_l2
