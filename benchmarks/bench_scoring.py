@@ -9,7 +9,8 @@ first ``--check-queries`` queries every system's fp32 and bf16 scores must match
 reference (tolerances in the JSON); the timed outputs are checked again afterwards. Any
 difference stops the benchmark with exit status 1.
 
-Systems: ``relevance-lens`` (``score.rerank`` with the default ``ScoreConfig``, bf16 here), its
+Systems: ``relevance-lens`` (``score.rerank`` with the default ``ScoreConfig``: bf16 where the CPU has
+bf16 kernels, fp32 on an AVX2-only CPU), its
 fast paths one at a time (``--breakdown``), ``CrossEncoder`` (fp32 and bf16 weights, its
 default batch 32, length-sorted by itself) and a Tevatron rerank-driver loop (merged LoRA as
 Tevatron's ``RerankerModel.load`` does, batch 64 in run order, padded to multiples of 16, fp32
@@ -46,6 +47,7 @@ from common import (  # noqa: E402
     python_argv,
     report_peak_rss,
 )
+from relevance_lens.model.backbone import bf16_supported  # noqa: E402
 from relevance_lens.model.reranker import Reranker, RerankerConfig, read_saved_config  # noqa: E402
 from relevance_lens.score.batching import candidate_pairs  # noqa: E402
 from relevance_lens.score.config import ScoreConfig, prepare  # noqa: E402
@@ -162,13 +164,17 @@ class Systems:
         return self._tev[dtype]
 
 
+#: What ``ScoreConfig(dtype="auto")`` gives a user here: bf16 where the CPU has bf16 kernels (AMX,
+#: AVX-512 BF16), fp32 elsewhere (an AVX2-only CPU runs bf16 matmuls ~100x slower than fp32).
+OURS_DTYPE = "bf16" if bf16_supported("cpu") else "fp32"
+
 SYSTEMS = [
     # name, family, dtype, extra
-    ("relevance-lens", "relevance-lens", "bf16", {}),
-    ("rl: plain forward (fast=False)", "breakdown", "bf16", {"fast": False}),
-    ("rl: + LoRA merged", "breakdown", "bf16", {"share_prefix": False, "compile": "off"}),
-    ("rl: + merged + shared prefix", "breakdown", "bf16", {"compile": "off"}),
-    ("rl: + merged + compiled blocks", "breakdown", "bf16", {"compile": "on"}),
+    ("relevance-lens", "relevance-lens", OURS_DTYPE, {}),
+    ("rl: plain forward (fast=False)", "breakdown", OURS_DTYPE, {"fast": False}),
+    ("rl: + LoRA merged", "breakdown", OURS_DTYPE, {"share_prefix": False, "compile": "off"}),
+    ("rl: + merged + shared prefix", "breakdown", OURS_DTYPE, {"compile": "off"}),
+    ("rl: + merged + compiled blocks", "breakdown", OURS_DTYPE, {"compile": "on"}),
     ("CrossEncoder fp32", "crossencoder", "fp32", {}),
     ("CrossEncoder bf16", "crossencoder", "bf16", {}),
     ("Tevatron loop fp32", "tevatron", "fp32", {}),

@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     python_argv,
     report_peak_rss,
 )
+from relevance_lens.model.backbone import bf16_supported  # noqa: E402
 from relevance_lens.model.reranker import Reranker  # noqa: E402
 from relevance_lens.train.config import load_config  # noqa: E402
 from relevance_lens.train.groups import GroupCollator, GroupDataset, group_loss, load_groups  # noqa: E402
@@ -288,7 +289,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=64.0)
     parser.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout of both systems.")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument(
+        "--precision",
+        choices=["bf16", "fp32"],
+        default="bf16" if bf16_supported("cpu") else "fp32",
+        help="Both systems' precision; default: train()'s auto (bf16 where the CPU has bf16 kernels).",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rounds", type=int, default=2, help="Run every system this many times; keep the faster.")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
