@@ -13,7 +13,8 @@ import relevance_lens
 ROOT = Path(relevance_lens.__file__).parent
 #: The stages in pipeline order: a module may import its own stage and the ones before it.
 STAGES = {
-    "__init__": 0, "errors": 0, "provenance": 0, "faults": 0, "store": 1, "locks": 1, "threads": 1, "evaluate": 2, "data": 3,
+    "__init__": 0, "errors": 0, "provenance": 0, "faults": 0, "quiet": 0,
+    "store": 1, "locks": 1, "threads": 1, "evaluate": 2, "data": 3,
     "model": 4,
     "score": 5, "train": 6, "export": 7, "dissect": 7, "study": 8, "report": 9, "api": 10, "demo": 10, "cli": 11,
     "__main__": 12,

@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
 from relevance_lens.errors import InputError
+from relevance_lens.quiet import console as make_console
+from relevance_lens.quiet import quiet_libraries
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="LoRA rerankers and where relevance lives in them.")
 data_app = typer.Typer(no_args_is_help=True, help="Build and inspect the embedded data.")
 app.add_typer(data_app, name="data")
-console = Console(stderr=True)
-out = Console()
+console = make_console(stderr=True)
+out = make_console()
 DATASET_OPTION = typer.Option(
     None,
     "--dataset",
@@ -558,6 +559,7 @@ for _name in _INPUTS:
 
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
+    quiet_libraries()  # before transformers is imported: its bars and logs stay off our console
     try:
         app(standalone_mode=False)
     except InputError as exc:
@@ -570,9 +572,9 @@ def main() -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as exc:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
+        # typer >= 0.22 raises its vendored click's exceptions (typer._click), older typer plain click's:
+        # both are ClickExceptions by shape (show(), exit_code), and neither must end in a traceback.
+        if all(hasattr(exc, a) for a in ("show", "exit_code", "format_message")):
             exc.show()
             sys.exit(exc.exit_code)
         raise

@@ -10,6 +10,7 @@ from rich.console import Console
 from relevance_lens.data.faq import load_faq
 from relevance_lens.data.formats import write_run
 from relevance_lens.evaluate.metrics import evaluate, format_table
+from relevance_lens.quiet import console as make_console
 from relevance_lens.report.page import write_report
 from relevance_lens.score.config import ScoreConfig, load_for_scoring
 from relevance_lens.score.rerank import rerank
@@ -29,8 +30,8 @@ def run_demo(
     out: Console | None = None,
 ) -> dict:
     """Rerank BM25's top-``depth`` of a FAQ split and print both systems' metrics."""
-    console = console or Console(stderr=True)
-    out = out or Console()
+    console = console or make_console(stderr=True)
+    out = out or make_console()
     data = load_faq(split)
     qids = list(data.queries)
     console.print(f"FAQ {split}: {len(qids)} queries, {len(data.corpus)} passages; model {model}")
@@ -57,8 +58,8 @@ def run_study_demo(
     *, workdir: Path = Path("runs/demo"), console: Console | None = None, out: Console | None = None
 ) -> Path:
     """The README's demo: run the packaged ``demo`` study (resumable), then write its report."""
-    console = console or Console(stderr=True)
-    out = out or Console()
+    console = console or make_console(stderr=True)
+    out = out or make_console()
     started = time.perf_counter()
     study = load_study("demo")
     workdir, store = default_paths(study, workdir, None, None)

@@ -39,12 +39,14 @@ from relevance_lens.model.manifest import write_manifest
 from relevance_lens.model.reranker import HEAD_FILE, Reranker
 from relevance_lens.model.roles import blocks
 from relevance_lens.provenance import versions
+from relevance_lens.quiet import library_warnings_to
 from relevance_lens.score.config import ScoreConfig, load_for_scoring
 from relevance_lens.score.rerank import rerank
 from relevance_lens.threads import fit, share_cores
 from relevance_lens.train.config import SCHEDULES, TrainConfig
 from relevance_lens.train.groups import GroupCollator, GroupDataset, TrainGroups, group_loss, load_groups
 from relevance_lens.train.probe import init_head_by_probe
+from relevance_lens.train.progress import quiet_trainer
 from relevance_lens.train.rundir import (
     FINAL,
     RUN_FILE,
@@ -237,7 +239,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, w
             return _train(config, resume=resume, progress=progress)
     hint = "wait for it to finish (or stop it), or pass --wait SECONDS"
     with exclusive(lock_file(config.output), f"--output {config.output}", wait, hint), share_cores():
-        return _train(config, resume=resume, progress=progress)
+        with library_warnings_to(Path(config.output) / "logs" / "libraries.log"):
+            return _train(config, resume=resume, progress=progress)
 
 
 def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
@@ -299,7 +302,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
         save_only_model=False,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # the rich bar of train/progress.py instead (progress=True)
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=False,
@@ -321,6 +324,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
             data_collator=GroupCollator(reranker),
             callbacks=[_schedule_callback(config)],
         )
+        quiet_trainer(trainer, progress)
         trainer.run_record = record
         trainer.head_lr = config.head_lr
         if latest is not None and existing[-1][0] >= config.max_steps:
