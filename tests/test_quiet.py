@@ -110,3 +110,11 @@ def test_a_console_on_a_file_keeps_wide_tables(monkeypatch):
     lines = buffer.getvalue().splitlines()
     assert any("smollm2-135m-r8-all-s42-9576cf-and-a-long-name" in line for line in lines), "cut at 80 columns"
     assert max(map(len, lines)) > 80
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [(["analyze", "nosuch"], "No such command"), (["bm25", "--bogus"], "No such option")]
+)
+def test_a_usage_error_is_a_message_not_a_traceback(args, message):
+    result = cli(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
