@@ -182,6 +182,10 @@ def _schedule_callback(config: TrainConfig):
             step = state.global_step
             if step in steps or (config.save_every and step % config.save_every == 0):
                 control.should_save = True
+                # A logged loss is the mean since the last log, and a resumed Trainer starts that mean
+                # afresh at its checkpoint: a log at every checkpoint keeps each logged mean the same in
+                # a resumed run as in an uninterrupted one (a window never straddles a resume point).
+                control.should_log = True
             return control
 
     return CheckpointSchedule()
