@@ -228,7 +228,12 @@ def _read_csv(handle: IO[bytes], path: str | Path, sep: str):
         raise at(path, None, "empty file; expected a header row naming the columns, then one row per record") from None
     except pd.errors.ParserError as error:
         detail = " ".join(str(error).split())
-        raise at(path, None, f"not a readable {'TSV' if sep == chr(9) else 'CSV'} table ({detail})") from None
+        raise at(
+            path,
+            None,
+            f"not a readable {'TSV' if sep == chr(9) else 'CSV'} table ({detail}; lines count the header); "
+            "quote cells that hold the delimiter",
+        ) from None
     except UnicodeDecodeError:
         raise at(path, None, "is not valid UTF-8; re-encode the file, e.g. iconv -f latin1 -t utf-8") from None
     names = [str(c) for c in frame.columns]
