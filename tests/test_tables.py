@@ -250,6 +250,10 @@ def test_cli_bad_columns_are_one_line_and_write_nothing(tmp_path, cli):
     )
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "no label column" in stderr
     assert not (tmp_path / "out").exists()
+    code, _, stderr = cli(
+        "evaluate", "--qrels", tmp_path / "q.csv", "--run", tmp_path / "r.run", "--query-columns", "id=n"
+    )
+    assert code == 2 and "--query-columns id=n: names columns of a CSV/Parquet file; give that file too" in stderr
 
 
 def test_train_data_files_reads_tables_and_pairs(tmp_path):
@@ -310,3 +314,15 @@ def test_analyze_eval_set_reads_tables(tmp_path):
     corpus.to_csv(tmp_path / "c.csv", index=False)
     evalset = file_evalset(tmp_path / "q.parquet", paths["qrels"], tmp_path / "c.csv", paths["run"], depth=2)
     assert evalset.describe()["n_queries"] == 3 and evalset.name == "run"
+
+
+def test_pairs_with_a_tab_in_a_query_write_jsonl_queries_and_an_empty_table_is_refused(tmp_path):
+    frame = pd.DataFrame({"query": ["a\tb", "c"], "passage": ["x", "y"], "label": [1, 0]})
+    frame.to_parquet(tmp_path / "p.parquet")
+    _, paths = import_pairs(tmp_path / "p.parquet", tmp_path / "out")
+    assert paths["queries"].name == "queries.jsonl" and not (tmp_path / "out" / "queries.tsv").exists()
+    assert sorted(read_queries(paths["queries"]).values()) == ["a\tb", "c"]
+    (tmp_path / "empty.csv").write_text("query,passage,label\n")
+    with pytest.raises(InputError, match="empty.csv: no rows; expected one"):
+        import_pairs(tmp_path / "empty.csv", tmp_path / "none")
+    assert not (tmp_path / "none").exists()

@@ -39,6 +39,14 @@ CORPUS_COLUMNS_OPTION = typer.Option(
 )
 
 
+def _columns_need_files(**given: tuple[Optional[str], Optional[Path]]) -> None:
+    """Refuse a column option without the file it names columns of (with --dataset, or without --queries)."""
+    for flag, (spec, path) in given.items():
+        if spec is not None and path is None:
+            name = flag.replace("_", "-")
+            raise InputError(f"--{name} {spec}: names columns of a CSV/Parquet file; give that file too")
+
+
 def _query_columns(spec: Optional[str]):
     from relevance_lens.data.tables import QueryColumns, parse_columns
 
@@ -69,6 +77,7 @@ def bm25(
     if depth < 1:
         raise InputError(f"--depth {depth}: expected a positive number")
     _files_or_dataset(dataset, queries=queries, corpus=corpus)
+    _columns_need_files(query_columns=(query_columns, queries), corpus_columns=(corpus_columns, corpus))
     if dataset:
         data = load_dataset(dataset)
         qs, docs = dataset_queries(data), dataset_corpus(data)
@@ -125,6 +134,7 @@ def rerank(
 
     config = ScoreConfig(depth=depth, keep_tail=keep_tail, dtype=dtype, device=device, batch_tokens=batch_tokens)
     _files_or_dataset(dataset, queries=queries, corpus=corpus)
+    _columns_need_files(query_columns=(query_columns, queries), corpus_columns=(corpus_columns, corpus))
     if dataset:
         qs, docs, first = _dataset_candidates(dataset, run, depth)
         candidate_pairs(first, qs, docs, depth, f"run {run}" if run else f"ir_datasets {dataset} scoreddocs")
@@ -195,6 +205,7 @@ def evaluate(
     from relevance_lens.evaluate.metrics import evaluate as evaluate_run
     from relevance_lens.evaluate.metrics import format_table
 
+    _columns_need_files(query_columns=(query_columns, queries))
     query_ids = list(read_queries(queries, _query_columns(query_columns))) if queries is not None else None
     _files_or_dataset(dataset, qrels=qrels)
     level = relevance_level(dataset, binary_relevance_level)
