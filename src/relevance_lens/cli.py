@@ -18,7 +18,7 @@ from relevance_lens.quiet import console as make_console
 from relevance_lens.quiet import quiet_libraries
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="LoRA rerankers and where relevance lives in them.")
-data_app = typer.Typer(no_args_is_help=True, help="Build and inspect the embedded data.")
+data_app = typer.Typer(no_args_is_help=True, help="Build the embedded data; import labelled pairs.")
 app.add_typer(data_app, name="data")
 console = make_console(stderr=True)
 out = make_console()
@@ -28,15 +28,47 @@ DATASET_OPTION = typer.Option(
     help="An ir_datasets id (msmarco-passage/trec-dl-2019/judged) in place of the files; "
     "pip install 'relevance-lens[datasets]'.",
 )
+QUERY_COLUMNS_OPTION = typer.Option(
+    None,
+    "--query-columns",
+    help="A CSV/Parquet queries table's columns, e.g. id=qid,text=question (default: guessed from the header).",
+)
+CORPUS_COLUMNS_OPTION = typer.Option(
+    None,
+    "--corpus-columns",
+    help="A CSV/Parquet corpus table's columns, e.g. id=pid,title=name,text=body (default: guessed; title optional).",
+)
+
+
+def _columns_need_files(**given: tuple[Optional[str], Optional[Path]]) -> None:
+    """Refuse a column option without the file it names columns of (with --dataset, or without --queries)."""
+    for flag, (spec, path) in given.items():
+        if spec is not None and path is None:
+            name = flag.replace("_", "-")
+            raise InputError(f"--{name} {spec}: names columns of a CSV/Parquet file; give that file too")
+
+
+def _query_columns(spec: Optional[str]):
+    from relevance_lens.data.tables import QueryColumns, parse_columns
+
+    return parse_columns(QueryColumns, spec, "--query-columns")
+
+
+def _corpus_columns(spec: Optional[str]):
+    from relevance_lens.data.tables import CorpusColumns, parse_columns
+
+    return parse_columns(CorpusColumns, spec, "--corpus-columns")
 
 
 @app.command()
 def bm25(
-    queries: Optional[Path] = typer.Option(None, help="Queries TSV (qid<TAB>text)."),
-    corpus: Optional[Path] = typer.Option(None, help="Corpus TSV or JSONL (docid, title, text)."),
+    queries: Optional[Path] = typer.Option(None, help="Queries TSV (qid<TAB>text), JSONL, CSV or Parquet."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus TSV, JSONL, CSV or Parquet (docid, title, text)."),
     output: Path = typer.Option(..., help="TREC run to write."),
     depth: int = typer.Option(100, help="Passages per query."),
     dataset: Optional[str] = DATASET_OPTION,
+    query_columns: Optional[str] = QUERY_COLUMNS_OPTION,
+    corpus_columns: Optional[str] = CORPUS_COLUMNS_OPTION,
 ):
     """First-stage BM25 (bm25s) over a corpus; writes a TREC run."""
     from relevance_lens.data.bm25 import bm25_search
@@ -46,11 +78,13 @@ def bm25(
     if depth < 1:
         raise InputError(f"--depth {depth}: expected a positive number")
     _files_or_dataset(dataset, queries=queries, corpus=corpus)
+    _columns_need_files(query_columns=(query_columns, queries), corpus_columns=(corpus_columns, corpus))
     if dataset:
         data = load_dataset(dataset)
         qs, docs = dataset_queries(data), dataset_corpus(data)
     else:
-        qs, docs = read_queries(queries), read_corpus(corpus)
+        qs = read_queries(queries, _query_columns(query_columns))
+        docs = read_corpus(corpus, _corpus_columns(corpus_columns))
     if not qs:  # an empty run would look like a retrieval that found nothing
         raise InputError(f"{queries or dataset}: no queries; expected lines of qid<TAB>text")
     run = bm25_search(qs, docs, depth=depth)
@@ -70,8 +104,8 @@ def rerank(
     adapter: Optional[Path] = typer.Option(
         None, help="Adapter folder (LoRA + score head) written by train, or a Tevatron (RankLLaMA) LoRA folder."
     ),
-    queries: Optional[Path] = typer.Option(None, help="Queries TSV."),
-    corpus: Optional[Path] = typer.Option(None, help="Corpus TSV or JSONL."),
+    queries: Optional[Path] = typer.Option(None, help="Queries TSV, JSONL, CSV or Parquet."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus TSV, JSONL, CSV or Parquet."),
     run: Optional[Path] = typer.Option(
         None, help="First-stage TREC run to rerank (with --dataset: instead of its scoreddocs)."
     ),
@@ -89,6 +123,8 @@ def rerank(
     allow_other_base: bool = typer.Option(
         False, "--allow-other-base", help="Experts: score an adapter on a base other than the one it was trained on."
     ),
+    query_columns: Optional[str] = QUERY_COLUMNS_OPTION,
+    corpus_columns: Optional[str] = CORPUS_COLUMNS_OPTION,
 ):
     """Rerank a first-stage run with an LLM reranker; writes a TREC run."""
     from relevance_lens.data.formats import RunSpool, read_corpus, read_queries, write_run
@@ -99,6 +135,7 @@ def rerank(
 
     config = ScoreConfig(depth=depth, keep_tail=keep_tail, dtype=dtype, device=device, batch_tokens=batch_tokens)
     _files_or_dataset(dataset, queries=queries, corpus=corpus)
+    _columns_need_files(query_columns=(query_columns, queries), corpus_columns=(corpus_columns, corpus))
     if dataset:
         qs, docs, first = _dataset_candidates(dataset, run, depth)
         candidate_pairs(first, qs, docs, depth, f"run {run}" if run else f"ir_datasets {dataset} scoreddocs")
@@ -109,7 +146,8 @@ def rerank(
         return
     if run is None:
         raise InputError("--run: missing; give the first-stage TREC run to rerank (or --dataset ID)")
-    qs, docs = read_queries(queries), read_corpus(corpus)
+    qs = read_queries(queries, _query_columns(query_columns))
+    docs = read_corpus(corpus, _corpus_columns(corpus_columns))
     # The run stays on disk and is scored in chunks: memory does not grow with its size.
     with RunSpool(run, queries=qs, corpus=docs) as first:
         for qid in first:
@@ -148,7 +186,9 @@ def _dataset_candidates(dataset: str, run: Optional[Path], depth: int):
 def evaluate(
     qrels: Optional[Path] = typer.Option(None, help="TREC qrels."),
     run: Path = typer.Option(..., help="TREC run."),
-    queries: Optional[Path] = typer.Option(None, help="Score exactly these queries (missing from the run = 0)."),
+    queries: Optional[Path] = typer.Option(
+        None, help="Score exactly these queries (missing from the run = 0): TSV, JSONL, CSV or Parquet."
+    ),
     metrics: List[str] = typer.Option(["nDCG@10", "RR@10", "R@100"], help="ir_measures names."),
     per_query: bool = typer.Option(False, "--per-query", help="Also print one row per query and metric."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object of metric -> value."),
@@ -158,6 +198,7 @@ def evaluate(
         "--dataset (its id contains trec-dl), else 1.",
     ),
     dataset: Optional[str] = DATASET_OPTION,
+    query_columns: Optional[str] = QUERY_COLUMNS_OPTION,
 ):
     """Evaluate a run with ir_measures."""
     from relevance_lens.data.formats import read_qrels, read_queries, read_run
@@ -165,7 +206,8 @@ def evaluate(
     from relevance_lens.evaluate.metrics import evaluate as evaluate_run
     from relevance_lens.evaluate.metrics import format_table
 
-    query_ids = list(read_queries(queries)) if queries is not None else None
+    _columns_need_files(query_columns=(query_columns, queries))
+    query_ids = list(read_queries(queries, _query_columns(query_columns))) if queries is not None else None
     _files_or_dataset(dataset, qrels=qrels)
     level = relevance_level(dataset, binary_relevance_level)
     judged = read_qrels(qrels) if qrels is not None else _dataset_qrels(dataset)
@@ -210,9 +252,9 @@ def train(
     model: Optional[str] = typer.Option(None, help="Base model (default smollm2-135m)."),
     output: Optional[Path] = typer.Option(None, help="Run folder."),
     data: Optional[str] = typer.Option(None, help="faq | faq+weak | files."),
-    queries: Optional[Path] = typer.Option(None, help="Queries TSV (data=files)."),
+    queries: Optional[Path] = typer.Option(None, help="Queries TSV, JSONL, CSV or Parquet (data=files)."),
     qrels: Optional[Path] = typer.Option(None, help="Qrels (data=files)."),
-    corpus: Optional[Path] = typer.Option(None, help="Corpus (data=files)."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus TSV, JSONL, CSV or Parquet (data=files)."),
     negatives_run: Optional[Path] = typer.Option(None, help="Run to draw hard negatives from (data=files)."),
     tevatron: Optional[Path] = typer.Option(
         None, help="Tevatron train JSONL (data=files); its v2 schema (positive_document_ids) needs --corpus too."
@@ -340,6 +382,35 @@ def build_faq(
 
     summary = faq.build_faq(output or faq.DATA_DIR, debs, weak=weak)
     out.print_json(json.dumps(summary, default=str))
+
+
+@data_app.command("pairs")
+def data_pairs(
+    pairs: Path = typer.Argument(
+        ..., help="Labelled pairs: CSV, Parquet, TSV with a header row, or JSONL; one (query, passage, label) a row."
+    ),
+    output: Path = typer.Option(..., help="Folder to write queries.tsv, corpus.jsonl, qrels.txt and run.trec into."),
+    columns: Optional[str] = typer.Option(
+        None,
+        help="Column names by role, e.g. query_id=qid,query=question,docid=pid,title=t,text=passage,label=rel "
+        "(default: guessed from the header). Without a query_id or docid column, ids are derived from the text: "
+        "q/p + 16 hex digits of its sha256, the same in every run.",
+    ),
+):
+    """Split a labelled-pairs table into queries, corpus, qrels (labels as grades, 0 kept) and a run
+    (each query's passages in file order) for rerank, evaluate and train --data files."""
+    from relevance_lens.data.pairs import import_pairs
+    from relevance_lens.data.tables import PairColumns, parse_columns
+
+    data, paths = import_pairs(pairs, output, parse_columns(PairColumns, columns, "--columns"))
+    unjudged = sum(1 for docs in data.qrels.values() if not any(g > 0 for g in docs.values()))
+    console.print(
+        f"read {data.rows} rows: {len(data.queries)} queries ({unjudged} with no relevant passage), "
+        f"{len(data.corpus)} passages"
+        + (f"; {' and '.join(data.derived)}s derived from the text" if data.derived else "")
+    )
+    for role, path in paths.items():
+        console.print(f"wrote {path} ({role})")
 
 
 @app.command()

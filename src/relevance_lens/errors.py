@@ -15,7 +15,7 @@ class InputError(ValueError):
     """
 
 
-def at(path: object, line: int | None, message: str) -> InputError:
-    """Build an :class:`InputError` located at ``path:line``."""
+def at(path: object, line: int | str | None, message: str) -> InputError:
+    """Build an :class:`InputError` located at ``path:line`` (or ``path:row N`` for a table's row)."""
     where = f"{path}:{line}" if line is not None else f"{path}"
     return InputError(f"{where}: {message}")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any, Union
 
 from relevance_lens.data.candidates import ranked
+from relevance_lens.data.tables import CorpusColumns, QueryColumns, cell_id, cell_text, is_table, table_rows
 from relevance_lens.errors import InputError, at
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -299,7 +300,7 @@ def _preview(line: str) -> str:
     return repr(shown)
 
 
-def _check_id(path: PathLike, lineno: int, kind: str, value: str) -> str:
+def _check_id(path: PathLike, lineno: int | str, kind: str, value: str) -> str:
     """Return ``value`` if it can be an id in TREC files; raise otherwise."""
     if not value:
         raise at(path, lineno, f"empty {kind}; every record needs one")
@@ -337,7 +338,7 @@ def _json_str(
     return default
 
 
-def _require_text(path: PathLike, lineno: int, what: str, text: str) -> str:
+def _require_text(path: PathLike, lineno: int | str, what: str, text: str) -> str:
     """Reject empty or whitespace-only text: there is nothing to rank it by."""
     if not text.strip():
         raise at(path, lineno, f"empty {what}; expected non-blank text")
@@ -359,20 +360,58 @@ def _parse_number(path: PathLike, lineno: int, column: str, value: str, kind: ty
 # ---------------------------------------------------------------- queries
 
 
-def read_queries(path: PathLike) -> dict[str, str]:
-    """Read queries: TSV ``qid<TAB>text`` lines, or JSONL (``.jsonl``/``.json``) objects
-    with an id (``_id``, ``id``, ``qid`` or ``query_id``) and ``text`` (or ``query``).
+def read_queries(path: PathLike, columns: QueryColumns | None = None) -> dict[str, str]:
+    """Read queries: TSV ``qid<TAB>text`` lines, JSONL (``.jsonl``/``.json``) objects
+    with an id (``_id``, ``id``, ``qid`` or ``query_id``) and ``text`` (or ``query``), or a
+    CSV/Parquet table (``.csv``, ``.csv.gz``, ``.parquet``) with a header.
+
+    Args:
+        path: the file; its name's suffix says the format.
+        columns: a table's id and text columns (default: guessed from the header, see
+            :class:`~relevance_lens.data.tables.QueryColumns`); only for tables.
 
     Raises:
-        InputError: malformed line, empty query text, or duplicate query id.
+        InputError: malformed line or row, missing column, empty query text, or duplicate query id.
     """
-    records = _query_json(path) if _is_jsonl(path) else _query_tsv(path)
+    records = _query_records(path, columns)
     queries: dict[str, str] = {}
+    first: dict[str, int] = {}
     for lineno, qid, text in records:
         if qid in queries:
-            raise at(path, lineno, f"duplicate query id {qid!r}; query ids must be unique")
-        queries[qid] = _require_text(path, lineno, f"text for query {qid!r}", text)
+            also = f" (also {_place(path)} {first[qid]})" if is_table(path) else ""
+            raise at(path, _located(path, lineno), f"duplicate query id {qid!r}{also}; query ids must be unique")
+        first[qid] = lineno
+        queries[qid] = _require_text(path, _located(path, lineno), f"text for query {qid!r}", text)
     return queries
+
+
+def _query_records(path: PathLike, columns: QueryColumns | None) -> Iterator[tuple[int, str, str]]:
+    if is_table(path):
+        return _query_table(path, columns or QueryColumns())
+    if columns is not None and columns != QueryColumns():
+        raise at(path, None, "query columns apply to CSV and Parquet tables (.csv, .parquet); this is TSV/JSONL")
+    return _query_json(path) if _is_jsonl(path) else _query_tsv(path)
+
+
+def _place(path: PathLike) -> str:
+    return "row" if is_table(path) else "line"
+
+
+def _located(path: PathLike, number: int) -> str | int:
+    """A table's records are rows (1 = the first under the header), not lines: say which."""
+    return f"row {number}" if is_table(path) else number
+
+
+def _table_rows(path: PathLike, columns: Any, flag: str) -> Iterator[tuple[int, dict[str, Any], dict[str, str]]]:
+    with _open_binary(Path(path)) as handle:
+        yield from table_rows(handle, path, columns, flag)
+
+
+def _query_table(path: PathLike, columns: QueryColumns) -> Iterator[tuple[int, str, str]]:
+    for row, cells, names in _table_rows(path, columns, "--query-columns"):
+        where = f"{path}:row {row}"
+        qid = _check_id(path, f"row {row}", "query id", cell_id(where, "query id", names["id"], cells["id"]))
+        yield row, qid, cell_text(where, f"text of query {qid!r}", names["text"], cells["text"])
 
 
 def _query_tsv(path: PathLike) -> Iterator[tuple[int, str, str]]:
@@ -413,21 +452,47 @@ def _check_tsv_field(path: PathLike, what: str, value: str) -> None:
 # ---------------------------------------------------------------- corpus
 
 
-def read_corpus(path: PathLike) -> dict[str, Passage]:
-    """Read passages: TSV ``docid<TAB>text`` or ``docid<TAB>title<TAB>text`` lines, or JSONL
+def read_corpus(path: PathLike, columns: CorpusColumns | None = None) -> dict[str, Passage]:
+    """Read passages: TSV ``docid<TAB>text`` or ``docid<TAB>title<TAB>text`` lines, JSONL
     (``.jsonl``/``.json``) objects with an id (``docid``, ``_id``, ``id`` or ``doc_id``),
-    an optional ``title`` and ``text`` (or Pyserini's ``contents``).
+    an optional ``title`` and ``text`` (or Pyserini's ``contents``), or a CSV/Parquet table
+    (``.csv``, ``.csv.gz``, ``.parquet``) with a header.
+
+    Args:
+        path: the file; its name's suffix says the format.
+        columns: a table's id, title and text columns (default: guessed from the header, see
+            :class:`~relevance_lens.data.tables.CorpusColumns`); only for tables.
 
     Raises:
-        InputError: malformed line, passage with neither title nor text, or duplicate docid.
+        InputError: malformed line or row, missing column, passage with neither title nor text,
+            or duplicate docid.
     """
-    records = _passage_json(path) if _is_jsonl(path) else _passage_tsv(path)
+    if is_table(path):
+        records = _passage_table(path, columns or CorpusColumns())
+    elif columns is not None and columns != CorpusColumns():
+        raise at(path, None, "corpus columns apply to CSV and Parquet tables (.csv, .parquet); this is TSV/JSONL")
+    else:
+        records = _passage_json(path) if _is_jsonl(path) else _passage_tsv(path)
     corpus: dict[str, Passage] = {}
+    first: dict[str, int] = {}
     for lineno, passage in records:
         if passage.docid in corpus:
-            raise at(path, lineno, f"duplicate docid {passage.docid!r}; passage ids must be unique")
+            also = f" (also {_place(path)} {first[passage.docid]})" if is_table(path) else ""
+            raise at(
+                path, _located(path, lineno), f"duplicate docid {passage.docid!r}{also}; passage ids must be unique"
+            )
+        first[passage.docid] = lineno
         corpus[passage.docid] = passage
     return corpus
+
+
+def _passage_table(path: PathLike, columns: CorpusColumns) -> Iterator[tuple[int, Passage]]:
+    for row, cells, names in _table_rows(path, columns, "--corpus-columns"):
+        where = f"{path}:row {row}"
+        docid = _check_id(path, f"row {row}", "docid", cell_id(where, "docid", names["id"], cells["id"]))
+        title = cell_text(where, f"title of passage {docid!r}", names.get("title"), cells.get("title"), optional=True)
+        text = cell_text(where, f"text of passage {docid!r}", names["text"], cells["text"])
+        yield row, _make_passage(path, f"row {row}", docid, title, text)
 
 
 def _passage_tsv(path: PathLike) -> Iterator[tuple[int, Passage]]:
@@ -458,7 +523,7 @@ def _passage_from_record(path: PathLike, lineno: int, record: Mapping[str, Any])
     return _make_passage(path, lineno, docid, title, text)
 
 
-def _make_passage(path: PathLike, lineno: int, docid: str, title: str, text: str) -> Passage:
+def _make_passage(path: PathLike, lineno: int | str, docid: str, title: str, text: str) -> Passage:
     # A title alone is still something to rank (BEIR corpora have title-only documents),
     # so only a passage with neither is rejected.
     _require_text(path, lineno, f"passage {docid!r} (no title and no text)", title + text)

@@ -121,7 +121,7 @@ def file_evalset(
     depth: int = 10,
     max_queries: int | None = None,
 ) -> EvalSet:
-    """An eval set from files (queries TSV, TREC qrels, corpus TSV/JSONL, TREC run)."""
+    """An eval set from files (queries and corpus TSV, JSONL, CSV or Parquet; TREC qrels and run)."""
     qs, docs = read_queries(queries), read_corpus(corpus)
     return EvalSet(
         Path(run).stem,

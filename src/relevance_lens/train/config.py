@@ -26,9 +26,9 @@ class TrainConfig:
     data: str = field(
         default="faq+weak", metadata={"help": "'faq' (embedded), 'faq+weak' (with man-page pairs), or 'files'."}
     )
-    queries: str | None = field(default=None, metadata={"help": "Queries TSV (data=files)."})
+    queries: str | None = field(default=None, metadata={"help": "Queries TSV, JSONL, CSV or Parquet (data=files)."})
     qrels: str | None = field(default=None, metadata={"help": "Qrels (data=files)."})
-    corpus: str | None = field(default=None, metadata={"help": "Corpus TSV/JSONL (data=files)."})
+    corpus: str | None = field(default=None, metadata={"help": "Corpus TSV, JSONL, CSV or Parquet (data=files)."})
     negatives_run: str | None = field(
         default=None, metadata={"help": "First-stage run to draw hard negatives from (data=files)."}
     )
