@@ -56,8 +56,8 @@ class Style:
             "font.size": base,
             "axes.titlesize": base,
             "axes.labelsize": base,
-            "xtick.labelsize": self.size(8),
-            "ytick.labelsize": self.size(8),
+            "xtick.labelsize": base,  # screen: matplotlib's 10 pt; paper: 8 pt
+            "ytick.labelsize": base,
             "legend.fontsize": self.size(7),
             "svg.fonttype": "none",  # SVG text stays text (editable, searchable)
             "pdf.fonttype": 42,  # TrueType in PDFs: journals refuse Type 3 fonts
