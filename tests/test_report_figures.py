@@ -6,6 +6,7 @@ few panels: the fast tier stays fast)."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -201,3 +202,33 @@ def test_slug(parts, want):
 
 def test_unique_names_number_repeats():
     assert paper._unique(["a", "b", "a", "a"]) == ["a", "b", "a-2", "a-3"]
+
+
+def test_head_and_search_figures_in_the_paper_style():
+    """The two figures the synthetic store lacks (head heat maps, a search's dev curves), drawn by the page's
+    functions in the paper style: one column wide, text 7 to 8 pt."""
+    from functools import partial
+
+    from relevance_lens.report.figures import Plot
+    from relevance_lens.report.head_sections import _head_heatmaps
+    from relevance_lens.report.results import Results
+    from relevance_lens.report.search_sections import _curves
+
+    cells = [
+        dict(run="r", layer=layer, role=f"h{h}", value=0.01 * (h - layer), p_value=0.01 if h == 1 else 0.5)
+        for layer in range(3)
+        for h in range(4)
+    ]
+    choice = {"tried": [{"run": "a", "setting": {"lr": 1e-3}}, {"run": "b", "setting": {"lr": 2e-3}}], "chosen": "b"}
+    rows = [dict(run=x, checkpoint=f"checkpoint-{s}", value=0.1 * s, p_value=None) for x in "ab" for s in (5, 10)]
+    plots = [
+        _head_heatmaps(Results([]), ["r"], cells, "h", "nDCG@10 Δfull", "drop-head"),
+        Plot("search", "dev curves", partial(_curves, choice, rows, {}, "nDCG@10", "dev")),
+    ]
+    for plot in plots:
+        fig = plot.figure(PAPER)
+        assert fig.get_size_inches()[0] == pytest.approx(PAPER.single_width)
+        buffer = io.BytesIO()
+        plot.save(fig, buffer, "svg", PAPER)
+        sizes = {float(s) for s in re.findall(rb"font-size: ([\d.]+)px", buffer.getvalue())}
+        assert sizes and min(sizes) >= 7 and max(sizes) <= 8, (plot.name, sizes)
