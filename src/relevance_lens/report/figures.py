@@ -60,6 +60,7 @@ class Style:
             "ytick.labelsize": base,
             "legend.fontsize": self.size(7),
             "svg.fonttype": "none",  # SVG text stays text (editable, searchable)
+            "svg.hashsalt": "relevance-lens",  # stable element ids: equal figures give equal SVG bytes
             "pdf.fonttype": 42,  # TrueType in PDFs: journals refuse Type 3 fonts
         }
 

@@ -173,7 +173,8 @@ def _roles_figure(res: Results, bars: dict[str, tuple[list, list, list]], style:
                 if cell and mark(cell["p_value"]):
                     ax.text(x + offset, cell["value"], mark(cell["p_value"]), ha="center", fontsize=style.size(7))
         ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_xticks(list(xs), groups, fontsize=style.size(8))
+        crowded = style.full_width is not None and len(groups) > 4  # a paper's narrow panels: labels upright
+        ax.set_xticks(list(xs), groups, fontsize=style.size(8), rotation=90 if crowded else 0)
         info = res.runs.get(run)
         ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=style.size(9))
     _legend(fig, axes, style, fontsize=6)
