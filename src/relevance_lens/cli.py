@@ -483,12 +483,19 @@ def study_merge(
 def report(
     store: Path = typer.Argument(..., help="Results store (SQLite) written by study run or analyze."),
     output: Path = typer.Option(Path("report.html"), help="HTML file to write (one self-contained page)."),
+    figures: Optional[Path] = typer.Option(
+        None,
+        help="Also write every figure (PDF, SVG, PNG; sized for a two-column paper) and table (CSV, LaTeX) "
+        "into this folder.",
+    ),
 ):
     """Write one self-contained HTML page answering the study's questions from a results store."""
     from relevance_lens.report.page import write_report
 
-    path = write_report(store, output)
+    path = write_report(store, output, figures)
     out.print(f"report: {path.resolve()}", highlight=False)
+    if figures is not None:
+        out.print(f"figures and tables: {figures.resolve()}", highlight=False)
 
 
 # ---------------------------------------------------------------- analyze (dissection)

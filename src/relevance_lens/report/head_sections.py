@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import html
 import math
+from functools import partial
 
-from relevance_lens.report.figures import _chunks, _figure, _img
+from relevance_lens.report.figures import Plot, Style, _chunks, _figure, slug
 from relevance_lens.report.results import Results, _metrics
-from relevance_lens.report.tables import Section, mark
+from relevance_lens.report.tables import Parts, Section, mark
 
 #: Unit labels as :mod:`relevance_lens.dissect.heads` writes them in the ``role`` column.
 UNIT_KINDS = (("h", "query head (q rows, o columns; k, v too when not shared)"), ("kv", "shared key/value head (GQA)"))
@@ -23,11 +24,15 @@ def _unit(role: str | None) -> tuple[str, int] | None:
     return None
 
 
-def _head_heatmaps(res: Results, runs: list[str], cells: list[dict], kind: str, label: str) -> str:
+def _head_heatmaps(res: Results, runs: list[str], cells: list[dict], kind: str, label: str, name: str) -> Plot:
+    return Plot(name, f"head heat map {label}", partial(_head_figure, res, runs, cells, kind, label))
+
+
+def _head_figure(res: Results, runs: list[str], cells: list[dict], kind: str, label: str, style: Style):
     import numpy as np
     from matplotlib.colors import Normalize
 
-    fig, axes = _figure(len(runs), width=3.6, height=3.8, cols=4)
+    fig, axes = _figure(len(runs), style, width=3.6, height=3.8, cols=4)
     values = [c["value"] for c in cells if not math.isnan(c["value"])]
     limit = max((abs(v) for v in values), default=1.0) or 1.0
     image = None
@@ -39,22 +44,22 @@ def _head_heatmaps(res: Results, runs: list[str], cells: list[dict], kind: str, 
         for c, h in mine:
             grid[layers.index(c["layer"]), h] = c["value"]
             if mark(c["p_value"]):
-                ax.text(h, layers.index(c["layer"]), "*", ha="center", va="center", fontsize=8)
+                ax.text(h, layers.index(c["layer"]), "*", ha="center", va="center", fontsize=style.size(8))
         image = ax.imshow(grid, aspect="auto", cmap="RdBu", norm=Normalize(-limit, limit), origin="lower")
-        ax.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=7)
-        ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=6)
+        ax.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=style.size(7))
+        ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=style.size(6))
         ax.set_xlabel("key/value head" if kind == "kv" else "head")
         ax.set_ylabel("layer")
         info = res.runs.get(run)
-        ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=9)
+        ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=style.size(9))
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label=label)
-    return _img(fig, f"head heat map {label}")
+    return fig
 
 
 def heads_section(res: Results) -> Section:
     """Layer x head heat maps of the metric change per head (drop-head: vs full; keep-head: vs base)."""
-    parts = []
+    parts = Parts()
     for ev, ev_rows in res.evals(res.get("heads")).items():
         metric = (_metrics(ev_rows) or ["?"])[0]
         for sweep, name, meaning in (
@@ -67,15 +72,15 @@ def heads_section(res: Results) -> Section:
                 runs = sorted({r["run"] for r in cells})
                 if not runs:
                     continue
-                parts.append(
+                parts.add(
                     f"<h3>{html.escape(sweep)} on {html.escape(ev)}: {html.escape(name)}, per {html.escape(what)}</h3>"
                     f"<p>{html.escape(meaning)}; * Holm-adjusted paired randomization p &lt; 0.05 across the sweep.</p>"
                 )
-                parts += [_head_heatmaps(res, chunk, cells, kind, name) for chunk in _chunks(runs)]
-    return Section(
+                for chunk in _chunks(runs):
+                    parts.plot(_head_heatmaps(res, chunk, cells, kind, name, slug(sweep, kind, metric, ev)))
+    return parts.section(
         "heads",
         "Which attention heads carry the update (head ablation heat map)",
-        "".join(parts) or None,
         "No head ablations in this store: run `relevance-lens analyze heads ADAPTER` or add [analyses.heads] "
         "to the study.",
     )

@@ -7,19 +7,23 @@ import html
 import math
 from collections import defaultdict
 from collections.abc import Iterable
+from functools import partial
 
 from relevance_lens.model.roles import ROLES
 from relevance_lens.report.figures import (
+    Plot,
+    Style,
     _chunks,
     _colors,
     _figure,
     _heatmaps,
-    _img,
     _integer_axis,
+    _legend,
     _lines_by_model,
+    slug,
 )
 from relevance_lens.report.results import Results, _eval_label, _metrics
-from relevance_lens.report.tables import Section, _fmt, _table, mark
+from relevance_lens.report.tables import Parts, Section, Table, _fmt, mark
 from relevance_lens.train.rundir import FINAL
 
 
@@ -36,7 +40,7 @@ def _delta_metric(sweep: str, metric: str) -> tuple[str, str]:
 
 def heatmap_section(res: Results) -> Section:
     """Layer x role heat maps of the metric change from per-(layer, role) ablations."""
-    parts = []
+    parts = Parts()
     for sweep, rows in _sweep_rows(res, ("drop-layer-role", "keep-layer-role")).items():
         for ev, ev_rows in res.evals(rows).items():
             metric = (_metrics(ev_rows) or ["?"])[0]
@@ -45,16 +49,15 @@ def heatmap_section(res: Results) -> Section:
             runs = sorted({r["run"] for r in cells})
             if not runs:
                 continue
-            parts.append(
+            parts.add(
                 f"<h3>{html.escape(sweep)} on {html.escape(ev)}: "
                 f"{html.escape(name)}</h3><p>{html.escape(meaning)}; * Holm p &lt; 0.05.</p>"
             )
             for chunk in _chunks(runs):
-                parts.append(_heatmaps(res, chunk, cells, name, diverging=True))
-    return Section(
+                parts.plot(_heatmaps(res, chunk, cells, name, diverging=True, name=slug(sweep, metric, ev)))
+    return parts.section(
         "layer-heatmap",
         "Which layers and projections carry relevance (ablation heat map)",
-        "".join(parts) or None,
         "No per-(layer, role) ablations in this store: add drop-layer-role (or keep-layer-role) to "
         "[analyses.ablate] sweeps.",
     )
@@ -62,7 +65,7 @@ def heatmap_section(res: Results) -> Section:
 
 def layer_sweeps_section(res: Results) -> Section:
     """Metric change per layer (or window start) for the layer sweeps."""
-    parts = []
+    parts = Parts()
     for sweep, rows in _sweep_rows(res, ("drop-layer", "keep-layer", "window", "bottom-up", "top-down")).items():
         for ev, ev_rows in res.evals(rows).items():
             metric = (_metrics(ev_rows) or ["?"])[0]
@@ -70,50 +73,54 @@ def layer_sweeps_section(res: Results) -> Section:
             cells = [r for r in ev_rows if r["metric"] == name and r["layer"] is not None]
             if not cells:
                 continue
-            fig, (ax,) = _figure(1, width=7, height=3.2)
-            colors = _colors(sorted({c["run"] for c in cells}))
-            for run in sorted({c["run"] for c in cells}):
-                pts = sorted((c["layer"], c["value"], c["p_value"]) for c in cells if c["run"] == run)
-                info = res.runs.get(run)
-                ax.plot(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    color=colors[run],
-                    label=f"{info.model} {info.label}" if info else run,
-                )
-                sig = [p for p in pts if mark(p[2])]
-                ax.scatter([p[0] for p in sig], [p[1] for p in sig], color=colors[run], s=18, zorder=3)
-            ax.axhline(0, color="grey", linewidth=0.8)
-            _integer_axis(ax)
-            ax.set_xlabel("first layer of the window" if sweep == "window" else "layer")
-            ax.set_ylabel(name)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            parts.append(
+            parts.add(
                 f"<h3>{html.escape(sweep)} on {html.escape(ev)}</h3><p>{html.escape(meaning)}; dots: Holm p "
                 f"&lt; 0.05.</p>"
             )
-            parts.append(_img(fig, f"{sweep} {ev}"))
-    return Section(
+            parts.plot(Plot(slug(sweep, metric, ev), f"{sweep} {ev}", partial(_sweep_figure, res, cells, sweep, name)))
+    return parts.section(
         "layer-sweeps",
         "Layer and window ablations",
-        "".join(parts) or None,
         "No layer sweeps in this store: add drop-layer, window, bottom-up or top-down to [analyses.ablate] sweeps.",
     )
 
 
+def _sweep_figure(res: Results, cells: list[dict], sweep: str, name: str, style: Style):
+    """One line per run of the metric change over layers (dots: Holm p < 0.05)."""
+    fig, (ax,) = _figure(1, style, width=7, height=3.2)
+    colors = _colors(sorted({c["run"] for c in cells}))
+    for run in sorted({c["run"] for c in cells}):
+        pts = sorted((c["layer"], c["value"], c["p_value"]) for c in cells if c["run"] == run)
+        info = res.runs.get(run)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            color=colors[run],
+            label=f"{info.model} {info.label}" if info else run,
+        )
+        sig = [p for p in pts if mark(p[2])]
+        ax.scatter([p[0] for p in sig], [p[1] for p in sig], color=colors[run], s=18, zorder=3)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    _integer_axis(ax)
+    ax.set_xlabel("first layer of the window" if sweep == "window" else "layer")
+    ax.set_ylabel(name)
+    ax.grid(alpha=0.3)
+    _legend(fig, [ax], style)
+    return fig
+
+
 def roles_section(res: Results) -> Section:
     """Per role: removing it (Δ vs full) and keeping it alone (Δ vs base)."""
-    parts = []
+    parts = Parts()
     for ev, ev_rows in res.evals(res.get("ablate:roles")).items():
         metric = (_metrics(ev_rows) or ["?"])[0]
         runs = sorted({r["run"] for r in ev_rows if r["variant"] and r["variant"] not in ("full", "base")})
         if not runs:
             continue
         cells = {(r["run"], r["variant"], r["metric"]): r for r in ev_rows}
-        fig, axes = _figure(len(runs), width=4.4, height=3.0)
+        bars = {}  # run -> (groups, drop cells, keep cells)
         body = []
-        for ax, run in zip(axes, runs):
+        for run in runs:
             groups = [
                 g
                 for g in (*ROLES, "mha", "mlp")
@@ -121,30 +128,8 @@ def roles_section(res: Results) -> Section:
             ]
             drop = [cells.get((run, f"-{g}", f"{metric} Δfull")) for g in groups]
             keep = [cells.get((run, g, f"{metric} Δbase")) for g in groups]
-            xs = range(len(groups))
-            ax.bar(
-                [x - 0.2 for x in xs],
-                [d["value"] if d else 0 for d in drop],
-                0.4,
-                color="#c0392b",
-                label="removed: Δ vs full",
-            )
-            ax.bar(
-                [x + 0.2 for x in xs],
-                [k["value"] if k else 0 for k in keep],
-                0.4,
-                color="#2e86c1",
-                label="kept alone: Δ vs base",
-            )
-            for x, d, k in zip(xs, drop, keep):
-                for offset, cell in ((-0.2, d), (0.2, k)):
-                    if cell and mark(cell["p_value"]):
-                        ax.text(x + offset, cell["value"], mark(cell["p_value"]), ha="center", fontsize=7)
-            ax.axhline(0, color="grey", linewidth=0.8)
-            ax.set_xticks(list(xs), groups, fontsize=8)
+            bars[run] = (groups, drop, keep)
             info = res.runs.get(run)
-            ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=9)
-            ax.legend(fontsize=6)
             for g, d, k in zip(groups, drop, keep):
                 body.append(
                     [
@@ -155,20 +140,45 @@ def roles_section(res: Results) -> Section:
                         _fmt(k["value"], k["p_value"], True) if k else "-",
                     ]
                 )
-        parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>" + _img(fig, f"roles {ev}"))
-        parts.append(
-            _table(
+        name = slug("roles", metric, ev)
+        parts.add(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
+        parts.plot(Plot(name, f"roles {ev}", partial(_roles_figure, res, bars)))
+        parts.table(
+            Table(
+                name,
                 ["model", "run", "role", f"removed: {metric} Δfull", f"kept alone: {metric} Δbase"],
                 body,
                 "marks: Holm-adjusted paired randomization p within the sweep",
             )
         )
-    return Section(
+    return parts.section(
         "roles",
         "Which projections matter (role ablations)",
-        "".join(parts) or None,
         "No role ablations in this store: add roles to [analyses.ablate] sweeps.",
     )
+
+
+#: Removed vs kept-alone bars: Okabe-Ito vermillion and blue.
+ROLE_BARS = (("#D55E00", "removed: Δ vs full"), ("#0072B2", "kept alone: Δ vs base"))
+
+
+def _roles_figure(res: Results, bars: dict[str, tuple[list, list, list]], style: Style):
+    """Per run, a pair of bars per role: the change when removed and when kept alone (marks: Holm p)."""
+    fig, axes = _figure(len(bars), style, width=4.4, height=3.0)
+    for ax, (run, (groups, drop, keep)) in zip(axes, bars.items()):
+        xs = range(len(groups))
+        for offset, found, (color, label) in ((-0.2, drop, ROLE_BARS[0]), (0.2, keep, ROLE_BARS[1])):
+            ax.bar([x + offset for x in xs], [c["value"] if c else 0 for c in found], 0.4, color=color, label=label)
+            for x, cell in zip(xs, found):
+                if cell and mark(cell["p_value"]):
+                    ax.text(x + offset, cell["value"], mark(cell["p_value"]), ha="center", fontsize=style.size(7))
+        ax.axhline(0, color="grey", linewidth=0.8)
+        crowded = style.full_width is not None and len(groups) > 4  # a paper's narrow panels: labels upright
+        ax.set_xticks(list(xs), groups, fontsize=style.size(8), rotation=90 if crowded else 0)
+        info = res.runs.get(run)
+        ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=style.size(9))
+    _legend(fig, axes, style, fontsize=6)
+    return fig
 
 
 def weights_section(res: Results) -> Section:
@@ -185,8 +195,10 @@ def weights_section(res: Results) -> Section:
         {r["run"] for r in rows},
         key=lambda x: (res.runs[x].model, res.runs[x].targets, res.runs[x].rank or 0) if x in res.runs else (x,),
     )
-    parts = ["<p>Frobenius norm of ΔW = B·A·α/r per layer and projection of the final adapter.</p>"]
-    parts += [_heatmaps(res, chunk, rows, "||ΔW||_F", diverging=False) for chunk in _chunks(runs)]
+    parts = Parts()
+    parts.add("<p>Frobenius norm of ΔW = B·A·α/r per layer and projection of the final adapter.</p>")
+    for chunk in _chunks(runs):
+        parts.plot(_heatmaps(res, chunk, rows, "||ΔW||_F", diverging=False, name="weights-frobenius"))
     eff = defaultdict(list)
     for r in res.get("weights"):
         if r["checkpoint"] == FINAL and r["metric"] == "effective_rank" and not math.isnan(r["value"]):
@@ -201,7 +213,7 @@ def weights_section(res: Results) -> Section:
         for run in runs
         if run in res.runs
     ]
-    parts.append(_table(["model", "run", "total ||ΔW||_F", "mean effective rank"], body))
+    parts.table(Table("weights-frobenius", ["model", "run", "total ||ΔW||_F", "mean effective rank"], body))
     sub = res.get("subspace")
     if sub:
         means: dict[tuple, list[float]] = defaultdict(list)
@@ -209,14 +221,15 @@ def weights_section(res: Results) -> Section:
             if r["metric"] in ("phi@1,1", "phi_mean"):
                 means[r["run"], r["checkpoint"], r["variant"], r["metric"]].append(r["value"])
         keys = sorted({k[:3] for k in means})
-        parts.append(
-            _table(
+        parts.table(
+            Table(
+                "weights-subspace",
                 ["run", "checkpoint", "compared with", "phi@1,1", "phi_mean"],
                 [[k[0], k[1], k[2], _avg(means.get((*k, "phi@1,1"))), _avg(means.get((*k, "phi_mean")))] for k in keys],
                 "subspace similarity (Hu et al. 2021), mean over layer x role parts; 1 = same directions",
             )
         )
-    return Section("weights", "Where the update is large: ΔW norms", "".join(parts))
+    return parts.section("weights", "Where the update is large: ΔW norms")
 
 
 def _avg(values: list[float] | None) -> float | None:
@@ -225,13 +238,13 @@ def _avg(values: list[float] | None) -> float | None:
 
 def lens_section(res: Results) -> Section:
     """Per-layer metric of the score-head lens."""
-    parts = []
+    parts = Parts()
     for ev, ev_rows in res.evals(res.get("lens")).items():
         bm25_rows = [r for r in res.get("checkpoints") if r["checkpoint"] == "bm25" and _eval_label(r["config"]) == ev]
         for metric in _metrics(ev_rows):
             m_rows = [r for r in ev_rows if r["metric"] == metric]
 
-            def draw(ax, model, mine, metric=metric, bm25_rows=bm25_rows):
+            def draw(ax, model, mine, style, metric=metric, bm25_rows=bm25_rows):
                 keys = sorted({(r["run"], r["variant"]) for r in mine})
                 colors = _colors([k[0] for k in keys])
                 for run, variant in keys:
@@ -248,11 +261,10 @@ def lens_section(res: Results) -> Section:
                 _integer_axis(ax)
                 ax.set_xlabel("layer (input of block; last = model output)")
 
-            parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
-            parts.append(_lines_by_model(res, m_rows, metric, draw, f"lens {ev} {metric}"))
-    return Section(
+            parts.add(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
+            parts.plot(_lines_by_model(res, m_rows, metric, draw, slug("lens", metric, ev), f"lens {ev} {metric}"))
+    return parts.section(
         "lens",
         "Where relevance becomes readable (lens)",
-        "".join(parts) or None,
         "No lens curves in this store (analysis 'lens').",
     )

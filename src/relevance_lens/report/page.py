@@ -15,6 +15,8 @@ figures drawn by :mod:`relevance_lens.report.figures`, the tables built by
 :mod:`relevance_lens.report.tables`, and the sections written by :mod:`relevance_lens.report.train_sections`
 (training, ranks, targets), :mod:`relevance_lens.report.layer_sections` (ablations, ΔW, lens) and
 :mod:`relevance_lens.report.search_sections` (a recipe search's dev curves and its one test number).
+With ``figures``, the same sections' figures and tables are also written as files for a paper by
+:mod:`relevance_lens.report.paper`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from relevance_lens.report.layer_sections import (
     roles_section,
     weights_section,
 )
+from relevance_lens.report.paper import write_figures
 from relevance_lens.report.results import Results, RunInfo, _eval_label, read_rows
 from relevance_lens.report.search_sections import search_section
 from relevance_lens.report.tables import Section, _table_raw, mark
@@ -62,6 +65,7 @@ __all__ = [
     "render",
     "roles_section",
     "search_section",
+    "sections",
     "targets_section",
     "weights_section",
     "write_report",
@@ -132,10 +136,16 @@ nav a{margin-right:1rem}summary{cursor:pointer;text-align:left}
 """
 
 
-def render(rows: list[dict[str, Any]], title: str) -> str:
-    """The report page for a list of store rows."""
+def sections(rows: list[dict[str, Any]]) -> list[Section]:
+    """Every section of the report for a list of store rows, in page order."""
     res = Results(rows)
-    sections = [fn(res) for fn in SECTIONS]
+    return [fn(res) for fn in SECTIONS]
+
+
+def render(rows: list[dict[str, Any]], title: str, built: list[Section] | None = None) -> str:
+    """The report page for a list of store rows (``built``: their sections, when already built)."""
+    res = Results(rows)
+    sections = built if built is not None else [fn(res) for fn in SECTIONS]
     nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections if s.body)
     runs = [i for i in res.runs.values()]
     summary = (
@@ -154,10 +164,14 @@ def render(rows: list[dict[str, Any]], title: str) -> str:
     )
 
 
-def write_report(store: str | Path, output: str | Path = "report.html") -> Path:
-    """Render the report of a results store to ``output`` (written atomically)."""
+def write_report(store: str | Path, output: str | Path = "report.html", figures: str | Path | None = None) -> Path:
+    """Render the report of a results store to ``output`` (written atomically); with ``figures``, also
+    write its figures (PDF, SVG, PNG) and tables (CSV, LaTeX) into that folder for a paper."""
     rows = read_rows(store)
-    page = render(rows, f"relevance-lens report: {Path(store).name}")
+    built = sections(rows)
+    if figures is not None:  # before the page: an error here leaves neither new
+        write_figures(built, figures)
+    page = render(rows, f"relevance-lens report: {Path(store).name}", built)
     output = Path(output)
     with atomic_write(output) as fh:
         fh.write(page)

@@ -5,10 +5,11 @@ beside BM25. Read from the search's choice rows and the ``checkpoints`` rows the
 from __future__ import annotations
 
 import html
+from functools import partial
 
-from relevance_lens.report.figures import _figure, _img, _step_axis
+from relevance_lens.report.figures import Plot, Style, _figure, _legend, _step_axis, slug
 from relevance_lens.report.results import Results
-from relevance_lens.report.tables import Section, _fmt, _table
+from relevance_lens.report.tables import Parts, Section, Table, _fmt
 from relevance_lens.train.rundir import FINAL, step_of
 
 
@@ -27,7 +28,7 @@ def _setting(setting: dict) -> str:
 
 def search_section(res: Results) -> Section:
     """Per recipe search: the dev curves, the tried settings' table, and the test number."""
-    parts = []
+    parts = Parts()
     for choice in res.choices:
         c = choice["config"]
         metric, dev, test = c["metric"], c["select_on"], c["test"]
@@ -35,31 +36,38 @@ def search_section(res: Results) -> Section:
         on_dev = [r for r in rows if _on(r["config"], dev)]
         steps = {r["run"]: r["value"] for r in res.get("train") if r["metric"] == "steps"}
         title = f"{choice['model']} r{choice['rank']} {choice['targets']}: {metric} on {dev['name']}"
-        parts.append(f"<h3>{html.escape(title)} ({html.escape(choice['run'])})</h3>")
-        parts.append(_curves(c, on_dev, steps, metric, dev["name"]))
+        parts.add(f"<h3>{html.escape(title)} ({html.escape(choice['run'])})</h3>")
+        name = slug("search", choice["model"], f"r{choice['rank']}", choice["targets"], metric, dev["name"])
+        parts.plot(
+            Plot(
+                name,
+                f"search dev curves {dev['name']} {metric}",
+                partial(_curves, c, on_dev, steps, metric, dev["name"]),
+            )
+        )
         body = [
             [_setting(t["setting"]), t["run"], _fmt(t["value"]), "chosen" if t["run"] == c["chosen"] else ""]
             for t in c["tried"]
         ]
-        parts.append(
-            _table(
+        parts.table(
+            Table(
+                name,
                 ["setting", "run folder", f"{dev['name']} {metric} (final)", ""],
                 body,
                 f"chosen: the highest final {metric} on {dev['name']} (ties: the first listed)",
             )
         )
-        parts.append(_test_line(c, [r for r in rows if _on(r["config"], test)], metric))
-    return Section(
+        parts.add(_test_line(c, [r for r in rows if _on(r["config"], test)], metric))
+    return parts.section(
         "search",
         "Recipe search: dev curves and the chosen setting",
-        "".join(parts) or None,
         "No recipe search in this store (a study's [search] table).",
     )
 
 
-def _curves(c: dict, rows: list[dict], steps: dict[str, float], metric: str, ev: str) -> str:
+def _curves(c: dict, rows: list[dict], steps: dict[str, float], metric: str, ev: str, style: Style):
     """One line per tried setting over training steps (the final adapter at the run's last step)."""
-    fig, (ax,) = _figure(1)
+    fig, (ax,) = _figure(1, style)
     seen: set[int] = set()
     for t in c["tried"]:
         mine = [r for r in rows if r["run"] == t["run"]]
@@ -85,8 +93,8 @@ def _curves(c: dict, rows: list[dict], steps: dict[str, float], metric: str, ev:
         _step_axis(ax, seen)
     ax.set_ylabel(f"{metric} on {ev}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return _img(fig, f"search dev curves {ev} {metric}")
+    _legend(fig, [ax], style)
+    return fig
 
 
 def _test_line(c: dict, rows: list[dict], metric: str) -> str:

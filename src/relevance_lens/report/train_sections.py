@@ -13,26 +13,27 @@ from relevance_lens.report.figures import (
     _lines_by_model,
     _reference_lines,
     _step_axis,
+    slug,
 )
 from relevance_lens.report.results import Results, _metrics
-from relevance_lens.report.tables import Section, _fmt, _table
+from relevance_lens.report.tables import Parts, Section, Table, _fmt
 from relevance_lens.train.rundir import FINAL, step_of
 
 
 def checkpoint_section(res: Results) -> Section:
     """Metric over training steps per model and run, with BM25 and the head-only run."""
     rows = res.get("checkpoints")
-    parts = []
+    parts = Parts()
     for ev, ev_rows in res.evals(rows).items():
         for metric in _metrics(ev_rows):
             m_rows = [r for r in ev_rows if r["metric"] == metric]
 
-            def draw(ax, model, mine, m_rows=m_rows, metric=metric):
+            def draw(ax, model, mine, style, m_rows=m_rows, metric=metric):
                 runs = sorted(
                     {r["run"] for r in mine if not res.runs[r["run"]].head_only},
                     key=lambda x: (res.runs[x].targets, res.runs[x].rank or 0),
                 )
-                colors = _colors([res.runs[x].rank for x in runs])
+                colors = _colors([res.runs[x].rank for x in runs], sequential=True)
                 heads = sorted({r["run"] for r in mine if res.runs[r["run"]].head_only})
                 for run in runs + heads:
                     pts = sorted(
@@ -57,18 +58,18 @@ def checkpoint_section(res: Results) -> Section:
                 _reference_lines(ax, res, mine, metric, m_rows)
                 _step_axis(ax, {step_of(r["checkpoint"]) for r in mine if step_of(r["checkpoint"])})
 
-            parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
-            parts.append(_lines_by_model(res, m_rows, metric, draw, f"checkpoint curves {ev} {metric}"))
-            parts.append(_checkpoint_table(res, m_rows, metric))
-    return Section(
+            parts.add(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
+            name = slug("checkpoints", metric, ev)
+            parts.plot(_lines_by_model(res, m_rows, metric, draw, name, f"checkpoint curves {ev} {metric}"))
+            parts.table(_checkpoint_table(res, m_rows, metric, name))
+    return parts.section(
         "checkpoints",
         "How ranking quality emerges over training",
-        "".join(parts) or None,
         "No checkpoint evaluations in this store (analysis 'checkpoints').",
     )
 
 
-def _checkpoint_table(res: Results, rows: list[dict], metric: str) -> str:
+def _checkpoint_table(res: Results, rows: list[dict], metric: str, name: str) -> Table:
     steps = sorted({step_of(r["checkpoint"]) for r in rows if step_of(r["checkpoint"])})
     runs = sorted(
         {r["run"] for r in rows if r["run"] in res.runs and r["checkpoint"] != "bm25"},
@@ -80,7 +81,8 @@ def _checkpoint_table(res: Results, rows: list[dict], metric: str) -> str:
         + [_fmt(cells[run, s]["value"], cells[run, s]["p_value"]) if (run, s) in cells else "-" for s in steps]
         for run in runs
     ]
-    return _table(
+    return Table(
+        name,
         ["model", "run", "run folder"] + [f"step {s}" for s in steps],
         body,
         f"{metric} per checkpoint; marks: paired randomization p vs the head-only run's final (vs BM25 for the "
@@ -100,7 +102,7 @@ def _finals(res: Results, rows: list[dict], metric: str) -> dict[tuple[str, str,
 
 def ranks_section(res: Results) -> Section:
     """Final metric against LoRA rank, one line per targets; the table Holm-adjusts per model."""
-    parts = []
+    parts = Parts()
     for ev, ev_rows in res.evals(res.get("checkpoints")).items():
         for metric in _metrics(ev_rows):
             finals = _finals(res, ev_rows, metric)
@@ -108,7 +110,7 @@ def ranks_section(res: Results) -> Section:
                 continue
             m_rows = [r for r in ev_rows if r["metric"] == metric]
 
-            def draw(ax, model, mine, finals=finals, metric=metric, m_rows=m_rows):
+            def draw(ax, model, mine, style, finals=finals, metric=metric, m_rows=m_rows):
                 for targets in sorted({k[1] for k in finals if k[0] == model}):
                     pts = sorted((k[2], _mean(v)) for k, v in finals.items() if k[0] == model and k[1] == targets)
                     ax.plot(*zip(*pts), marker="o", linestyle=TARGET_STYLES.get(targets, "-."), label=targets)
@@ -118,21 +120,22 @@ def ranks_section(res: Results) -> Section:
                 ax.set_xticks(ranks, [str(r) for r in ranks])
                 ax.set_xlabel("LoRA rank")
 
-            parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
-            parts.append(
+            parts.add(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
+            name = slug("ranks", metric, ev)
+            parts.plot(
                 _lines_by_model(
                     res,
                     [r for r in m_rows if r["checkpoint"] == FINAL or r["checkpoint"] == "bm25"],
                     metric,
                     draw,
+                    name,
                     f"ranks {ev} {metric}",
                 )
             )
-            parts.append(_grid_table(finals, metric))
-    return Section(
+            parts.table(_grid_table(finals, metric, name))
+    return parts.section(
         "ranks",
         "LoRA rank 1 / 2 / 8 / 32 compared",
-        "".join(parts) or None,
         "No final-adapter evaluations of LoRA runs in this store (analysis 'checkpoints').",
     )
 
@@ -141,7 +144,7 @@ def _mean(rows: list[dict]) -> float:
     return sum(r["value"] for r in rows) / len(rows)
 
 
-def _grid_table(finals: dict[tuple[str, str, int], list[dict]], metric: str) -> str:
+def _grid_table(finals: dict[tuple[str, str, int], list[dict]], metric: str, name: str) -> Table:
     ranks = sorted({k[2] for k in finals})
     adjusted: dict[tuple, float] = {}
     for model in {k[0] for k in finals}:
@@ -159,7 +162,8 @@ def _grid_table(finals: dict[tuple[str, str, int], list[dict]], metric: str) -> 
                 + (f" (n={len(found)})" if len(found) > 1 else "")
             )
         body.append([model, targets] + cells)
-    return _table(
+    return Table(
+        name,
         ["model", "targets"] + [f"r{r}" for r in ranks],
         body,
         f"final {metric}; marks: Holm-adjusted (per model) paired randomization p vs the head-only run (vs "
@@ -169,7 +173,7 @@ def _grid_table(finals: dict[tuple[str, str, int], list[dict]], metric: str) -> 
 
 def targets_section(res: Results) -> Section:
     """MHA-only vs MLP-only vs both: grouped bars per rank."""
-    parts = []
+    parts = Parts()
     for ev, ev_rows in res.evals(res.get("checkpoints")).items():
         for metric in _metrics(ev_rows):
             finals = _finals(res, ev_rows, metric)
@@ -177,7 +181,7 @@ def targets_section(res: Results) -> Section:
                 continue
             m_rows = [r for r in ev_rows if r["metric"] == metric]
 
-            def draw(ax, model, mine, finals=finals, metric=metric, m_rows=m_rows):
+            def draw(ax, model, mine, style, finals=finals, metric=metric, m_rows=m_rows):
                 targets = sorted({k[1] for k in finals if k[0] == model}, key=lambda t: (t != "mha", t != "mlp", t))
                 ranks = sorted({k[2] for k in finals if k[0] == model})
                 width = 0.8 / max(1, len(targets))
@@ -188,19 +192,19 @@ def targets_section(res: Results) -> Section:
                 ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(ranks))], [f"r{r}" for r in ranks])
                 _reference_lines(ax, res, mine, metric, m_rows)
 
-            parts.append(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
-            parts.append(
+            parts.add(f"<h3>{html.escape(ev)}: {html.escape(metric)}</h3>")
+            parts.plot(
                 _lines_by_model(
                     res,
                     [r for r in m_rows if r["checkpoint"] in (FINAL, "bm25")],
                     metric,
                     draw,
+                    slug("targets", metric, ev),
                     f"targets {ev} {metric}",
                 )
             )
-    return Section(
+    return parts.section(
         "targets",
         "MHA-only vs MLP-only vs both",
-        "".join(parts) or None,
         "Needs final evaluations of runs with at least two different targets (e.g. mha and mlp).",
     )
