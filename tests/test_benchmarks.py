@@ -222,7 +222,7 @@ def test_training_smoke(tiny_folder, tmp_path):
     for row in record["systems"]:
         achieved = row["mean_step_flops"] / row["mean_step_seconds"]
         assert row["fraction_of_matmul_rate"] == pytest.approx(
-            achieved / 1e9 / record["machine"]["matmul_gflops"]["bf16"]
+            achieved / 1e9 / record["machine"]["matmul_gflops"][record["config"]["precision"]]
         )
     assert record["fraction_of_matmul"]["value"] == record["systems"][0]["fraction_of_matmul_rate"]
     assert "of matmul rate" in (tmp_path / "training.md").read_text()
