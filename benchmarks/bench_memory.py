@@ -30,21 +30,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import (  # noqa: E402
-    RESULTS,
-    BenchmarkError,
-    child_peak_rss,
-    load_average,
-    machine,
-    machine_line,
-    markdown_table,
-    publish,
-    python_argv,
-    report_peak_rss,
-)
+import common  # noqa: E402
 
 WORDS = (
     "query document what is the capital of france paris is the capital of france bananas are yellow fruit "
@@ -105,21 +93,23 @@ def probe(args) -> None:
     else:
         run = read_run(args.run, queries=queries, corpus=corpus)
         write_run(rerank(reranker, queries, corpus, run, config, progress=False), args.output, tag="relevance-lens")
-    report_peak_rss(seconds=time.perf_counter() - start)
+    common.report_peak_rss(seconds=time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- the benchmark
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--pairs", type=int, nargs="+", default=[10_000, 100_000], help="Run sizes, in pairs.")
     parser.add_argument("--queries", type=int, default=1000, help="Queries (the run's depth = pairs / queries).")
     parser.add_argument("--passages", type=int, default=20_000, help="Passages in the corpus.")
     parser.add_argument("--max-length", type=int, default=256, help="Tokens per pair (RerankerConfig's default).")
     parser.add_argument("--with-long", action="store_true", help="Add a 10 MB passage and a >100k-token query.")
     parser.add_argument("--name", default="memory", help="Result name: results/<name>.json and .md.")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="Folder for the JSON and Markdown results.")
+    parser.add_argument(
+        "--results", type=Path, default=common.RESULTS, help="Folder for the JSON and Markdown results."
+    )
     parser.add_argument("--work", type=Path, default=None, help="Where inputs and outputs go (default results/_work).")
     # the child's arguments
     parser.add_argument("--probe", choices=["stream", "dict"], help=argparse.SUPPRESS)
@@ -131,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         probe(args)
         return {}
     work = (args.work or args.results / "_work") / "memory"
-    info = machine(measure=False)
+    info = common.machine(measure=False)
     model = work / "tiny-llama"
     if not (model / "config.json").is_file():
         from tiny import save_tiny
@@ -143,25 +133,23 @@ def main(argv: list[str] | None = None) -> dict:
     for pairs in args.pairs:
         depth = pairs // args.queries
         if not 1 <= depth <= args.passages:
-            raise BenchmarkError(f"--pairs {pairs} with --queries {args.queries}: depth {depth} is out of range")
+            raise common.BenchmarkError(f"--pairs {pairs} with --queries {args.queries}: depth {depth} is out of range")
         run = work / f"first-{pairs}.run"
         write_run(run, args.queries, args.passages, depth)
         outputs = {}
         for path in ("stream", "dict"):
             outputs[path] = work / f"{path}-{pairs}.run"
-            child = python_argv(Path(__file__), "--probe", path, "--model", str(model), "--data", str(data))
-            child += ["--run", str(run), "--output", str(outputs[path]), "--depth", str(depth)]
-            child += ["--max-length", str(args.max_length)]
-            peak, report = child_peak_rss(child)
+            inputs = common.flags(model=model, data=data, run=run, output=outputs[path], depth=depth)
+            peak, report = common.run_probe(Path(__file__), path, *inputs, *common.flags(args, ["max_length"]))
             rows.append(
                 {"path": path, "pairs": args.queries * depth, "peak_rss_bytes": peak, "seconds": report["seconds"]}
             )
             print(json.dumps(rows[-1]), flush=True)
         if outputs["stream"].read_bytes() != outputs["dict"].read_bytes():
-            raise BenchmarkError(f"{pairs} pairs: the streamed run differs from the dict path's")
+            raise common.BenchmarkError(f"{pairs} pairs: the streamed run differs from the dict path's")
         # Written after each size, so a run cut short (a shared machine's load) keeps what it measured.
         record = _record(args, info, rows, complete=pairs == args.pairs[-1])
-        publish(args.name, record, render(record), args.results)
+        common.publish(args.name, record, render(record), args.results)
     return record
 
 
@@ -175,7 +163,7 @@ def _record(args, info: dict, rows: list[dict], complete: bool) -> dict:
             "passages": args.passages,
             "max_length": args.max_length,
             "with_long": args.with_long,
-            "load_average_end": load_average(),
+            "load_average_end": common.load_average(),
             "complete": complete,
         },
         "rows": rows,
@@ -184,7 +172,7 @@ def _record(args, info: dict, rows: list[dict], complete: bool) -> dict:
 
 def render(record: dict) -> str:
     cfg = record["config"]
-    table = markdown_table(
+    table = common.markdown_table(
         ["path", "pairs", "peak RSS MiB", "seconds"],
         [[r["path"], f"{r['pairs']:,}", f"{r['peak_rss_bytes'] / 2**20:,.0f}", r["seconds"]] for r in record["rows"]],
     )
@@ -192,7 +180,7 @@ def render(record: dict) -> str:
     partial = "" if cfg.get("complete", True) else " **Partial: the run stopped before its last size.**"
     return "\n".join(
         [
-            f"**Memory of a rerank** — {machine_line(record['machine'])}",
+            f"**Memory of a rerank** — {common.machine_line(record['machine'])}",
             "",
             f"{cfg['model']}; {cfg['queries']:,} queries, {cfg['passages']:,} passages of ~60 words, "
             f"max length {cfg['max_length']}{long}. Peak RSS of a child process that reads the inputs, loads the "

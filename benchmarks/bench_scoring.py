@@ -32,21 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import common  # noqa: E402
 import peers  # noqa: E402
-from common import (  # noqa: E402
-    RESULTS,
-    BenchmarkError,
-    child_peak_rss,
-    load_average,
-    machine,
-    machine_line,
-    markdown_table,
-    publish,
-    python_argv,
-    report_peak_rss,
-)
 from relevance_lens.model.backbone import bf16_supported  # noqa: E402
 from relevance_lens.model.reranker import Reranker, RerankerConfig, read_saved_config  # noqa: E402
 from relevance_lens.score.batching import candidate_pairs  # noqa: E402
@@ -257,7 +245,7 @@ def compare(name, dtype, pairs, reference, scores) -> dict:
         "pair_order_agreement": concordance(pairs, reference, scores),
     }
     if gap > tol or not agrees:
-        raise BenchmarkError(
+        raise common.BenchmarkError(
             f"{name} ({dtype}) disagrees with the fp32 reference: max |Δscore| {gap:.4g} (tolerance {tol:.3g}), "
             f"{flips} ranking flips between clearly separated candidates"
         )
@@ -293,7 +281,7 @@ def forward_flops(reranker: Reranker, lengths: list[int]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--adapter", type=Path, default=None, help="Trained adapter folder (default: synthetic).")
     parser.add_argument("--split", default="test")
@@ -309,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         default=True,
         help="Peak RSS of each system in a child process.",
     )
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=common.RESULTS)
     parser.add_argument("--name", default="scoring", help="Result name: results/NAME.json and README section NAME.")
     parser.add_argument("--work", type=Path, default=None, help="Where converted models go (default results/_work).")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # child process: one system, print scores
@@ -317,8 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--probe-compile", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    work = args.work or (args.results / "_work")
-    work.mkdir(parents=True, exist_ok=True)
+    work = common.work_folder(args)
     torch.manual_seed(0)
     adapter = args.adapter or synthetic_adapter(args.model, work / "adapter", args.max_length)
     data, run, pairs = load_pairs(args.split, args.queries, args.depth)
@@ -333,10 +320,10 @@ def main(argv: list[str] | None = None) -> dict:
         sub_run = {q: run[q] for q in dict.fromkeys(q for q, _ in sub)}
         text_pairs = [peers.split_pair(systems.settings, data.queries[q], data.corpus[d]) for q, d in sub]
         scores = run_system(systems, spec, data, sub_run, sub, text_pairs, args.probe_compile, probe=True)
-        report_peak_rss(pairs=len(scores))
+        common.report_peak_rss(pairs=len(scores))
         return {}
 
-    info = machine(measure=True)
+    info = common.machine(measure=True)
     systems = Systems(args, adapter, work)
     reranker = systems.reranker
     text_pairs = [peers.split_pair(reranker.settings, data.queries[q], data.corpus[d]) for q, d in pairs]
@@ -374,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
     timed = []
     for spec in wanted:
         name, family, dtype, _ = spec
-        load_start = load_average()
+        load_start = common.load_average()
         start = time.perf_counter()
         scores = run_system(systems, spec, data, run, pairs, text_pairs)
         seconds = time.perf_counter() - start
@@ -388,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "seconds": seconds,
                 "passages_per_s": len(pairs) / seconds,
                 "tokens_per_s": sum(lengths) / seconds,
-                "load_average": [load_start, load_average()],
+                "load_average": [load_start, common.load_average()],
                 "scores": scores,
             }
         )
@@ -406,35 +393,14 @@ def main(argv: list[str] | None = None) -> dict:
         probe_pairs = min(len(pairs), 128)
         # The child scores fewer pairs; it compiles (or not) as the timed run did.
         planned = "on" if len(pairs) * args.max_length >= COMPILE_MIN_TOKENS else "off"
+        same = common.flags(args, ("model", "split", "queries", "depth", "max_length"), adapter=adapter, work=work)
+        same += common.flags(probe_pairs=probe_pairs, probe_compile=planned)
         for row in timed:
-            cmd = python_argv(
-                Path(__file__),
-                "--probe",
-                row["system"],
-                "--probe-pairs",
-                str(probe_pairs),
-                "--model",
-                args.model,
-                "--adapter",
-                str(adapter),
-                "--split",
-                args.split,
-                "--queries",
-                str(args.queries),
-                "--depth",
-                str(args.depth),
-                "--max-length",
-                str(args.max_length),
-                "--work",
-                str(work),
-                "--probe-compile",
-                planned,
-            )
-            row["peak_rss_bytes"], _ = child_peak_rss(cmd)
+            row["peak_rss_bytes"], _ = common.run_probe(Path(__file__), row["system"], *same)
             row["memory_pairs"] = probe_pairs
 
     record = summarise(args, info, reranker, pairs, lengths, timed, checks, adapter)
-    return publish(args.name, record, render(record), args.results)
+    return common.publish(args.name, record, render(record), args.results)
 
 
 def summarise(args, info, reranker, pairs, lengths, timed, checks, adapter) -> dict:
@@ -490,7 +456,7 @@ def summarise(args, info, reranker, pairs, lengths, timed, checks, adapter) -> d
             "pairs": len(pairs),
             "max_length": args.max_length,
             "mean_tokens": sum(lengths) / len(lengths),
-            "load_average_end": load_average(),
+            "load_average_end": common.load_average(),
         },
         "flops": flops,
         "checks": checks,
@@ -515,12 +481,12 @@ def render(record: dict) -> str:
                 f"{r['check']['max_abs_diff']:.2g}",
             ]
         )
-    table = markdown_table(
+    table = common.markdown_table(
         ["system", "dtype", "seconds", "passages/s", "tokens/s", "of matmul rate", "peak RSS MiB", "max Δscore"], rows
     )
     cfg, flops = record["config"], record["flops"]
     lines = [
-        f"**Scoring** — {machine_line(record['machine'])}",
+        f"**Scoring** — {common.machine_line(record['machine'])}",
         "",
         f"{cfg['model']}, {cfg['pairs']} pairs ({cfg['queries']} FAQ-{cfg['split']} queries × BM25 "
         f"top-{cfg['depth']}), "

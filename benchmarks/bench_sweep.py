@@ -24,22 +24,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import common  # noqa: E402
 from bench_scoring import TOLERANCE as SCORING_TOLERANCE  # noqa: E402
 from bench_scoring import load_reranker, ranking_agrees, synthetic_adapter  # noqa: E402
-from common import (  # noqa: E402
-    RESULTS,
-    BenchmarkError,
-    child_peak_rss,
-    load_average,
-    machine,
-    machine_line,
-    markdown_table,
-    publish,
-    python_argv,
-    report_peak_rss,
-)
+from common import load_average  # noqa: E402  (the tests replace bench_sweep.load_average)
 from relevance_lens.dissect.ablate import SweepConfig, build_variants, lora_parts, sweep  # noqa: E402
 from relevance_lens.dissect.evalset import encode_evalset, faq_evalset, ir_metrics  # noqa: E402
 from relevance_lens.model.roles import num_layers  # noqa: E402
@@ -93,7 +82,7 @@ def same_scores(encoded, results: dict, dtype: str) -> dict:
     }
     for mode, c in checks.items():
         if c["max_abs_diff"] > c["tolerance"] or c["ranking_flips"]:
-            raise BenchmarkError(
+            raise common.BenchmarkError(
                 f"{mode} sweep differs from naive for variant {c['variant']}: max |Δscore| "
                 f"{c['max_abs_diff']:.3g} (tolerance {c['tolerance']:.3g}), {c['ranking_flips']} ranking flips"
             )
@@ -101,7 +90,7 @@ def same_scores(encoded, results: dict, dtype: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--adapter", type=Path, default=None, help="Trained adapter folder (default: synthetic).")
     parser.add_argument("--sweep", default="drop-layer", help="A single-layer sweep: drop-layer or keep-layer.")
@@ -113,21 +102,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--rounds", type=int, default=2, help="Run both modes this many times; keep each one's faster.")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=common.RESULTS)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--probe", choices=list(MODES), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    work = args.work or (args.results / "_work")
-    work.mkdir(parents=True, exist_ok=True)
+    work = common.work_folder(args)
     adapter = args.adapter or synthetic_adapter(args.model, work / "adapter", args.max_length)
     reranker, evalset, encoded, metrics, variants = setup(args, adapter)
 
     if args.probe:
         run_mode(reranker, encoded, metrics, variants, args.probe, args.sweep)
-        report_peak_rss(mode=args.probe)
+        common.report_peak_rss(mode=args.probe)
         return {}
 
-    info = machine(measure=True)
+    info = common.machine(measure=True)
     # Before any timing: the three modes agree on the first query's pairs.
     first = faq_evalset(args.split, depth=args.depth, max_queries=1)
     first_pairs = encode_evalset(reranker, first, batch_tokens=args.batch_tokens)
@@ -165,33 +153,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     checks = same_scores(encoded, results, args.dtype)  # and again on every timed output
     if args.memory:
+        names = ("model", "sweep", "split", "queries", "depth", "max_length", "batch_tokens", "dtype")
+        same = common.flags(args, names, adapter=adapter, work=work)
         for row in rows:
-            cmd = python_argv(
-                Path(__file__),
-                "--probe",
-                row["mode"],
-                "--model",
-                args.model,
-                "--adapter",
-                str(adapter),
-                "--sweep",
-                args.sweep,
-                "--split",
-                args.split,
-                "--queries",
-                str(args.queries),
-                "--depth",
-                str(args.depth),
-                "--max-length",
-                str(args.max_length),
-                "--batch-tokens",
-                str(args.batch_tokens),
-                "--dtype",
-                args.dtype,
-                "--work",
-                str(work),
-            )
-            row["peak_rss_bytes"], _ = child_peak_rss(cmd)
+            row["peak_rss_bytes"], _ = common.run_probe(Path(__file__), row["mode"], *same)
     naive, fastest = best["naive"], best["cached + merged"]
     record = {
         "benchmark": "sweep",
@@ -220,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
             "work": {"speedup": fastest["work_naive"] / fastest["work_computed"], "target": TARGET},
         },
     }
-    return publish("sweep", record, render(record), args.results)
+    return common.publish("sweep", record, render(record), args.results)
 
 
 def render(record: dict) -> str:
@@ -236,7 +201,7 @@ def render(record: dict) -> str:
         for r in record["modes"]
     ]
     lines = [
-        f"**Ablation sweep** — {machine_line(record['machine'])}",
+        f"**Ablation sweep** — {common.machine_line(record['machine'])}",
         "",
         f"{cfg['model']}, `{cfg['sweep']}` sweep: {cfg['variants']} variants + full + base over {cfg['pairs']} pairs "
         f"({cfg['queries']} FAQ-{cfg['split']} queries × top-{cfg['depth']}), {cfg['layers']} layers, {cfg['dtype']}; "
@@ -245,7 +210,7 @@ def render(record: dict) -> str:
         f"{record['check']['cached + merged']['ranking_flips']} ranking flips). "
         f"Load average at end: {cfg['load_average_end']:.2f}.",
         "",
-        markdown_table(["mode", "seconds", "forward work (layer·tokens)", "peak RSS MiB", "fallback"], rows),
+        common.markdown_table(["mode", "seconds", "forward work (layer·tokens)", "peak RSS MiB", "fallback"], rows),
         "",
     ]
     what = {

@@ -34,23 +34,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import common  # noqa: E402
 import flops  # noqa: E402
 import peers  # noqa: E402
 import relevance_lens.train.trainer as rl_train  # noqa: E402
-from common import (  # noqa: E402
-    RESULTS,
-    BenchmarkError,
-    child_peak_rss,
-    load_average,
-    machine,
-    machine_line,
-    markdown_table,
-    publish,
-    python_argv,
-    report_peak_rss,
-)
 from relevance_lens.model.backbone import bf16_supported  # noqa: E402
 from relevance_lens.model.reranker import Reranker  # noqa: E402
 from relevance_lens.train.config import load_config  # noqa: E402
@@ -268,7 +256,7 @@ def first_step_losses(args, items: list[dict], work: Path, ours: Reranker) -> di
     tolerance = 2e-2 if args.precision == "bf16" else 1e-4
     record = {"relevance_lens": our_loss, "crossencoder": their_loss, "tolerance": tolerance}
     if abs(our_loss - their_loss) > tolerance:
-        raise BenchmarkError(
+        raise common.BenchmarkError(
             f"first-step losses differ: relevance-lens {our_loss:.5f}, CrossEncoderTrainer "
             f"{their_loss:.5f} (tolerance {tolerance}): the two do not train the same thing"
         )
@@ -279,7 +267,7 @@ def first_step_losses(args, items: list[dict], work: Path, ours: Reranker) -> di
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=6, help="Optimizer steps per system.")
     parser.add_argument("--warmup", type=int, default=1, help="First steps left out of the rate.")
@@ -298,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rounds", type=int, default=2, help="Run every system this many times; keep the faster.")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=common.RESULTS)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument(
         "--eager",
@@ -310,8 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.steps <= args.warmup:
         parser.error("--steps must exceed --warmup")
-    work = args.work or (args.results / "_work")
-    work.mkdir(parents=True, exist_ok=True)
+    work = common.work_folder(args)
     items = groups_for(train_config(args, work / "unused"), args.steps)
 
     runners = {
@@ -322,10 +309,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.probe:
         times: list[float] = []
         runners[args.probe](times)
-        report_peak_rss(steps=len(times))
+        common.report_peak_rss(steps=len(times))
         return {}
 
-    info = machine(measure=True)
+    info = common.machine(measure=True)
     model = rl_train.build_model(train_config(args, work / "unused"))
     work_per_step = step_work(model, items, args.queries)
     check = first_step_losses(args, items, work, model)
@@ -337,10 +324,10 @@ def main(argv: list[str] | None = None) -> dict:
     for round_ in range(args.rounds):
         for name in [s for s in SYSTEMS if args.eager or s != EAGER]:
             times: list[float] = []
-            load_start = load_average()
+            load_start = common.load_average()
             extra = runners[name](times)
             if len(times) != args.steps:
-                raise BenchmarkError(f"{name}: timed {len(times)} steps, expected {args.steps}")
+                raise common.BenchmarkError(f"{name}: timed {len(times)} steps, expected {args.steps}")
             steady = times[args.warmup :]
             step = statistics.mean(steady)
             row = {
@@ -351,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
                 **rate_of(work_per_step[args.warmup :], steady, info, args.precision),
                 "first_step_seconds": times[0],
                 "round": round_,
-                "load_average": [load_start, load_average()],
+                "load_average": [load_start, common.load_average()],
                 **extra,
             }
             print(
@@ -368,35 +355,10 @@ def main(argv: list[str] | None = None) -> dict:
                 best[name]["all_rounds_mean_step_seconds"].append(step)
     rows = list(best.values())
     if args.memory:
+        names = ("model", "queries", "group_size", "max_length", "rank", "alpha", "lora_dropout", "precision")
+        same = common.flags(args, names, steps=2, warmup=1, work=work)
         for row in rows:
-            cmd = python_argv(
-                Path(__file__),
-                "--probe",
-                row["system"],
-                "--model",
-                args.model,
-                "--steps",
-                "2",
-                "--warmup",
-                "1",
-                "--queries",
-                str(args.queries),
-                "--group-size",
-                str(args.group_size),
-                "--max-length",
-                str(args.max_length),
-                "--rank",
-                str(args.rank),
-                "--alpha",
-                str(args.alpha),
-                "--lora-dropout",
-                str(args.lora_dropout),
-                "--precision",
-                args.precision,
-                "--work",
-                str(work),
-            )
-            row["peak_rss_bytes"], _ = child_peak_rss(cmd)
+            row["peak_rss_bytes"], _ = common.run_probe(Path(__file__), row["system"], *same)
     by = {r["system"]: r for r in rows}
     theirs = by["CrossEncoderTrainer"]["mean_step_seconds"]
     record = {
@@ -418,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "lora_dropout",
             )
         }
-        | {"sequences_per_step": args.queries * args.group_size, "load_average_end": load_average()},
+        | {"sequences_per_step": args.queries * args.group_size, "load_average_end": common.load_average()},
         "check": check,
         "flops": summarise_work(work_per_step[args.warmup :]),
         "systems": rows,
@@ -434,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
             "precision": args.precision,
         },
     }
-    return publish("training", record, render(record), args.results)
+    return common.publish("training", record, render(record), args.results)
 
 
 def rate_of(work: list[dict], seconds: list[float], info: dict, precision: str) -> dict:
@@ -486,7 +448,7 @@ def render(record: dict) -> str:
     work, real = record["flops"], record["flops"]["real"]
     return "\n".join(
         [
-            f"**Training** — {machine_line(record['machine'])}",
+            f"**Training** — {common.machine_line(record['machine'])}",
             "",
             f"{cfg['model']}, LoRA r{cfg['rank']} α{cfg['alpha']:g} on all roles, {cfg['queries']} groups × "
             f"{cfg['group_size']} passages per step ({cfg['sequences_per_step']} sequences), max length "
@@ -501,7 +463,7 @@ def render(record: dict) -> str:
             f"({work['padded']['tokens']:,.0f} positions, full attention square) {work['padded']['total'] / 1e12:.3f}; "
             f"full fine-tuning's 6N rule would be {work['six_n'] / 1e12:.3f}.",
             "",
-            markdown_table(
+            common.markdown_table(
                 ["system", "s/step", "query groups/s", "TFLOP/s", "of matmul rate", "first step s", "peak RSS MiB"],
                 rows,
             ),

@@ -1,4 +1,7 @@
-"""Shared parts of the benchmarks: the machine record, matmul rates, peak memory, result files.
+"""Shared parts of the benchmarks: set-up, the machine record, matmul rates, peak memory, result files.
+
+A benchmark script puts this folder on ``sys.path`` and imports this module before the library:
+importing it puts ``src/`` first on the path, so the scripts time this checkout's library.
 
 Every benchmark writes ``results/<name>.json`` (the full record, machine included) and
 ``results/<name>.md`` (its table), and refreshes that table in ``benchmarks/README.md`` between
@@ -7,6 +10,7 @@ Every benchmark writes ``results/<name>.json`` (the full record, machine include
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -23,6 +27,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
+
+sys.path.insert(0, str(HERE.parent / "src"))
 
 
 class BenchmarkError(SystemExit):
@@ -157,6 +163,32 @@ def child_peak_rss(argv: Sequence[str], timeout: float = 3600) -> tuple[int, dic
 
 def python_argv(script: Path, *args: str) -> list[str]:
     return [sys.executable, str(script), *args]
+
+
+def flags(args=None, names: Sequence[str] = (), **values) -> list[str]:
+    """``--name value`` for each of ``names`` (read from the parsed ``args``), then for each of ``values``."""
+    pairs = [(name, getattr(args, name)) for name in names] + list(values.items())
+    return [part for name, value in pairs for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def run_probe(script: Path, probe: str, *args: str) -> tuple[int, dict]:
+    """Run ``script --probe PROBE ARGS`` as a probe child; returns (its peak RSS bytes, its report)."""
+    return child_peak_rss(python_argv(script, "--probe", probe, *args))
+
+
+# ---------------------------------------------------------------- the scripts' command lines and folders
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The script's parser; ``--help`` shows its docstring as written."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def work_folder(args) -> Path:
+    """The script's ``--work`` folder (default ``_work`` in its ``--results`` folder), created."""
+    work = args.work or (args.results / "_work")
+    work.mkdir(parents=True, exist_ok=True)
+    return work
 
 
 # ---------------------------------------------------------------- results

@@ -7,9 +7,6 @@ score 0) must never have its top-``depth`` picked by passage id.
 from __future__ import annotations
 
 import random
-import sys
-from collections import namedtuple
-from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -26,40 +23,16 @@ from relevance_lens.score.config import ScoreConfig
 from relevance_lens.score.rerank import rerank
 from relevance_lens.study.plan import Cell, assign_shards
 from relevance_lens.train.groups import _from_run
+from studyfix import fake_dataset
 from tiny import tiny_reranker
 
-Query, Qrel, Scored, Doc = (
-    namedtuple(n, f)
-    for n, f in (
-        ("Query", "query_id text"),
-        ("Qrel", "query_id doc_id relevance iteration"),
-        ("Scored", "query_id doc_id score"),
-        ("Doc", "doc_id text"),
-    )
-)
 # Iterator order deliberately far from docid order: docid order would pick d0, d1, d2 first.
 GIVEN = ["d7", "d3", "d9", "d0", "d5", "d1", "d8", "d2"]
 
 
 def fake_ir_datasets(monkeypatch, scores, qrels=(("1", "d9", 2),)):
     """Register an ir_datasets-shaped dataset (query 1, scoreddocs in GIVEN order); returns fetched ids."""
-    fetched = []
-
-    class Store:
-        def get_many(self, ids):
-            fetched.extend(ids)
-            return {d: Doc(d, f"text of {d}") for d in ids}
-
-    dataset = SimpleNamespace(
-        has_scoreddocs=lambda: True,
-        has_qrels=lambda: True,
-        queries_iter=lambda: iter([Query("1", "a judged query")]),
-        qrels_iter=lambda: iter([Qrel(q, d, g, "0") for q, d, g in qrels]),
-        scoreddocs_iter=lambda: iter([Scored("1", d, s) for d, s in zip(GIVEN, scores)]),
-        docs_store=lambda: Store(),
-    )
-    monkeypatch.setitem(sys.modules, "ir_datasets", SimpleNamespace(load=lambda name: dataset))
-    return fetched
+    return fake_dataset(monkeypatch, [("1", "a judged query")], qrels, [("1", d, s) for d, s in zip(GIVEN, scores)])
 
 
 def dl_evalset(depth, name="msmarco-passage/trec-dl-2019/judged"):

@@ -42,7 +42,7 @@ from relevance_lens.faults import KILL_AT, KILL_LOG, POINTS, kill_point, parse_p
 from relevance_lens.model.reranker import HEAD_FILE
 from relevance_lens.store import KEY
 from relevance_lens.train.rundir import FINAL, complete_checkpoints
-from trainfix import tiny_collection
+from studyfix import study_files, study_toml
 
 FORK = multiprocessing.get_context("fork")
 SRC = Path(__file__).parents[1] / "src" / "relevance_lens"
@@ -50,54 +50,19 @@ ADAPTER = "adapter_model.safetensors"
 
 #: One LoRA run and its head-only baseline; checkpoints, two ablation sweeps and ΔW statistics;
 #: scoring in batches of 8 pairs, so that an evaluation has several batches to be killed between.
-STUDY = """
-[study]
-name = "faults"
-models = ["{model}"]
-ranks = [1]
-targets = ["mha"]
-seeds = [0]
-
-[train]
-data = "files"
-queries = "{queries}"
-qrels = "{qrels}"
-corpus = "{corpus}"
-negatives_run = "{negatives_run}"
-group_size = 4
-queries_per_device = 2
-max_steps = 4
-save_steps = [2]
-lr = 1e-2
-max_length = 64
-precision = "{precision}"
-warmup_steps = 0
-logging_steps = 1
-
-[baseline_train]
-max_steps = 2
-save_steps = [1]
-
-[evals.tiny]
-queries = "{queries}"
-qrels = "{qrels}"
-corpus = "{corpus}"
-run = "{negatives_run}"
-depth = 4
-
-[analyses.checkpoints]
+STUDY = study_toml(
+    "faults",
+    precision="{precision}",
+    analyses="""[analyses.checkpoints]
 
 [analyses.ablate]
 sweeps = ["drop-layer", "roles"]
 permutations = 50
 
 [analyses.weights]
-
-[scoring]
-dtype = "{precision}"
-device = "cpu"
-max_batch = 8
-"""
+""",
+    scoring="max_batch = 8\n",
+)
 
 STUDY_RUN, REPORT = "study run", "report"
 COMMANDS = (STUDY_RUN, REPORT)
@@ -340,13 +305,9 @@ def _warm_imports() -> None:
 def _reference_life(root: Path, precision: str) -> Reference:
     torch.set_num_threads(1)
     _warm_imports()
-    paths = tiny_collection(root)
-    text = STUDY
-    for key, value in {**paths, "precision": precision}.items():
-        text = text.replace("{" + key + "}", str(value))
-    (root / "faults.toml").write_text(text)
+    study = study_files(root, "faults.toml", STUDY)(precision=precision)
     work, reached = root / "reference", root / "reached"
-    _life(root / "faults.toml", work, reached=reached)
+    _life(study, work, reached=reached)
     sequences = {
         command: reached.with_suffix(f".{command.replace(' ', '-')}.log").read_text().split() for command in COMMANDS
     }

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
 
 from dissectfix import one_thread  # noqa: F401  (autouse: one thread, float sums in one fixed order)
 from relevance_lens import study as st
@@ -34,91 +33,26 @@ from relevance_lens.store import Store, merge_stores
 from relevance_lens.train.config import load_config
 from relevance_lens.train.rundir import complete_checkpoints
 from relevance_lens.train.trainer import train
-from tiny import save_tiny
-from trainfix import write_collection
+from studyfix import run_study, sorted_rows, study_files, study_toml
 
 FORK = multiprocessing.get_context("fork")
 SRC = str(Path(__file__).parents[1] / "src")
 
-STUDY = """
-[study]
-name = "locks"
-models = ["{model}"]
-ranks = [1]
-targets = ["mha"]
-seeds = [0]
-
-[train]
-data = "files"
-queries = "{queries}"
-qrels = "{qrels}"
-corpus = "{corpus}"
-negatives_run = "{negatives_run}"
-group_size = 4
-queries_per_device = 2
-max_steps = 4
-save_steps = [2]
-lr = 1e-2
-max_length = 64
-precision = "fp32"
-warmup_steps = 0
-logging_steps = 1
-
-[baseline_train]
-max_steps = 2
-save_steps = [1]
-
-[evals.tiny]
-queries = "{queries}"
-qrels = "{qrels}"
-corpus = "{corpus}"
-run = "{negatives_run}"
-depth = 4
-
-[analyses.checkpoints]
-
-[scoring]
-dtype = "fp32"
-device = "cpu"
-"""
+STUDY = study_toml("locks")
 
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
-    root = tmp_path_factory.mktemp("locks")
-    paths = write_collection(root)
-    paths["model"] = str(save_tiny("llama", root / "model"))
-    text = STUDY
-    for key, value in paths.items():
-        text = text.replace("{" + key + "}", value)
-    (root / "locks.toml").write_text(text)
-    return {**paths, "study": root / "locks.toml"}
-
-
-def _run(study_path: Path, workdir: Path, shard=None, log: Path | None = None) -> tuple[Path, dict]:
-    spec = st.load_study(study_path)
-    workdir, store = st.default_paths(spec, workdir, None, shard)
-    with open(log or os.devnull, "w", buffering=1) as fh:
-        console = Console(file=fh, width=300, color_system=None)
-        counts = st.run_study(spec, st.RunOptions(workdir=workdir, store=store, shard=shard, progress=False), console)
-    return store, counts
-
-
-def _rows(store: Path) -> list[tuple]:
-    """Every row minus its timestamp, sorted."""
-    with closing(sqlite3.connect(store)) as conn:
-        cursor = conn.execute("SELECT * FROM results")
-        names = [d[0] for d in cursor.description]
-        rows = [tuple(v for n, v in zip(names, row) if n != "created") for row in cursor.fetchall()]
-    return sorted(rows, key=repr)
+    make = study_files(tmp_path_factory.mktemp("locks"))
+    return {**make.paths, "study": make("locks.toml", STUDY)}
 
 
 @pytest.fixture(scope="module")
 def reference(collection, tmp_path_factory):
     """The tiny study run once, by one process (on one thread, as the forked processes: float sums in one order)."""
     torch.set_num_threads(1)
-    store, counts = _run(collection["study"], tmp_path_factory.mktemp("reference"))
-    return {"rows": _rows(store), "counts": counts}
+    store, counts = run_study(collection["study"], tmp_path_factory.mktemp("reference"))
+    return {"rows": sorted_rows(store), "counts": counts}
 
 
 # ---------------------------------------------------------------- the lock
@@ -248,7 +182,7 @@ def test_second_train_on_one_folder_is_refused_naming_the_holder(collection, tmp
 
 def _study_process(study_path: Path, workdir: Path, log: Path, shard=None):
     def target():
-        _store, counts = _run(study_path, workdir, shard=shard, log=log)
+        _store, counts = run_study(study_path, workdir, shard=shard, log=log)
         log.with_suffix(".json").write_text(json.dumps(counts))
 
     process = FORK.Process(target=target)
@@ -294,7 +228,7 @@ def test_two_study_runs_on_one_workdir_never_do_a_cell_twice(collection, referen
     assert all(c["cells"] == cells for c in counts)
     assert sum(c["ran"] for c in counts) == cells  # every cell run once, by one of them
     assert all(c["ran"] + c["skipped"] + c["elsewhere"] == cells for c in counts)  # each saw every cell done
-    assert _rows(work / "results.sqlite") == reference["rows"]
+    assert sorted_rows(work / "results.sqlite") == reference["rows"]
 
 
 def test_two_shards_on_one_workdir_then_merge_equal_one_process(collection, reference, tmp_path):
@@ -307,10 +241,10 @@ def test_two_shards_on_one_workdir_then_merge_equal_one_process(collection, refe
     logs = [tmp_path / f"shard{i}.log" for i in shards]
     _meet_at_a_held_cell(collection["study"], work, logs, [(i, n) for i in shards])
     stores = [work / f"results.shard-{i}-of-{n}.sqlite" for i in shards]
-    assert all(0 < len(_rows(s)) < len(reference["rows"]) for s in stores)
+    assert all(0 < len(sorted_rows(s)) < len(reference["rows"]) for s in stores)
     merged = tmp_path / "merged.sqlite"
     merge_stores(merged, stores)
-    assert _rows(merged) == reference["rows"]
+    assert sorted_rows(merged) == reference["rows"]
 
 
 # ---------------------------------------------------------------- the store

@@ -61,33 +61,13 @@ def synthetic_rows() -> list[dict]:
             for targets in ("mha", "mlp", "all"):
                 run = f"{model[4:]}-r{rank}-{targets}"
                 ident = dict(model=model, rank=rank, targets=targets)
+                final = dict(run=run, checkpoint="final", **ident)  # the run's final adapter
                 base = {**EVAL, "baseline": head}
-                rows.append(
-                    dict(
-                        run=run,
-                        checkpoint="final",
-                        analysis="train",
-                        metric="steps",
-                        value=80,
-                        **ident,
-                        config_json={
-                            "train": {"model": model, "rank": rank, "targets": targets, "seed": 42, "lr": 0.0005}
-                        },
-                    )
-                )
-                rows.append(
-                    dict(
-                        run=run,
-                        checkpoint="final",
-                        analysis="train",
-                        metric="loss",
-                        value=0.5,
-                        **ident,
-                        config_json={
-                            "train": {"model": model, "rank": rank, "targets": targets, "seed": 42, "lr": 0.0005}
-                        },
-                    )
-                )
+                train = {"train": {"model": model, "rank": rank, "targets": targets, "seed": 42, "lr": 0.0005}}
+                rows += [
+                    dict(**final, analysis="train", metric=metric, value=value, config_json=train)
+                    for metric, value in (("steps", 80), ("loss", 0.5))
+                ]
                 rows.append(
                     dict(
                         run=run,
@@ -114,14 +94,7 @@ def synthetic_rows() -> list[dict]:
                     )
                 rows.append(
                     dict(
-                        run=run,
-                        checkpoint="final",
-                        analysis="checkpoints",
-                        metric="nDCG@10",
-                        value=value,
-                        p_value=0.002,
-                        config_json=base,
-                        **ident,
+                        **final, analysis="checkpoints", metric="nDCG@10", value=value, p_value=0.002, config_json=base
                     )
                 )
                 ablate = {**EVAL, "permutations": 1000, "seed": 0}
@@ -129,8 +102,7 @@ def synthetic_rows() -> list[dict]:
                     for role in ROLES[targets]:
                         rows.append(
                             dict(
-                                run=run,
-                                checkpoint="final",
+                                **final,
                                 analysis="ablate:drop-layer-role",
                                 variant=f"-L{layer}.{role}",
                                 layer=layer,
@@ -139,39 +111,26 @@ def synthetic_rows() -> list[dict]:
                                 value=-0.01 * layer * (role in ("up", "q")),
                                 p_value=0.01 if layer == 2 else 0.8,
                                 config_json={**ablate, "sweep": "drop-layer-role"},
-                                **ident,
                             )
                         )
-                        rows.append(
+                        rows += [
                             dict(
-                                run=run,
-                                checkpoint="final",
+                                **final,
                                 analysis="weights",
                                 layer=layer,
                                 role=role,
-                                metric="frobenius",
-                                value=0.1 * (layer + 1) * rank**0.5,
+                                metric=metric,
+                                value=value,
                                 config_json={"side": "left"},
-                                **ident,
                             )
-                        )
-                        rows.append(
-                            dict(
-                                run=run,
-                                checkpoint="final",
-                                analysis="weights",
-                                layer=layer,
-                                role=role,
-                                metric="effective_rank",
-                                value=min(rank, 2.0),
-                                config_json={"side": "left"},
-                                **ident,
+                            for metric, value in (
+                                ("frobenius", 0.1 * (layer + 1) * rank**0.5),
+                                ("effective_rank", min(rank, 2.0)),
                             )
-                        )
+                        ]
                     rows.append(
                         dict(
-                            run=run,
-                            checkpoint="final",
+                            **final,
                             analysis="ablate:window",
                             variant=f"L{layer}-{layer + 2}",
                             layer=layer,
@@ -179,50 +138,44 @@ def synthetic_rows() -> list[dict]:
                             value=0.02 * layer,
                             p_value=0.03,
                             config_json={**ablate, "sweep": "window"},
-                            **ident,
                         )
                     )
+                roles = {**ablate, "sweep": "roles"}
                 for role in ROLES[targets]:
                     for variant, metric, value in ((f"-{role}", "nDCG@10 Δfull", -0.02), (role, "nDCG@10 Δbase", 0.03)):
                         rows.append(
                             dict(
-                                run=run,
-                                checkpoint="final",
+                                **final,
                                 analysis="ablate:roles",
                                 variant=variant,
                                 role=role,
                                 metric=metric,
                                 value=value,
                                 p_value=0.04,
-                                config_json={**ablate, "sweep": "roles"},
-                                **ident,
+                                config_json=roles,
                             )
                         )
                 rows.append(
                     dict(
-                        run=run,
-                        checkpoint="final",
+                        **final,
                         analysis="ablate:roles",
                         variant="full",
                         metric="nDCG@10",
                         value=value,
-                        config_json={**ablate, "sweep": "roles"},
-                        **ident,
+                        config_json=roles,
                     )
                 )
                 for layer in range(5):
                     for variant in ("head", "head-base"):
                         rows.append(
                             dict(
-                                run=run,
-                                checkpoint="final",
+                                **final,
                                 analysis="lens",
                                 variant=variant,
                                 layer=layer,
                                 metric="nDCG@10",
                                 value=0.1 * layer + (0.05 if variant == "head" else 0),
                                 config_json={**EVAL, "probe": "none"},
-                                **ident,
                             )
                         )
                 rows.append(

@@ -5,13 +5,11 @@ every dev curve; study files that would let test leak into the choice are refuse
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from rich.console import Console
 
 from dissectfix import one_thread  # noqa: F401  (autouse: one thread, float sums in one fixed order)
 from relevance_lens import study as st
@@ -21,34 +19,22 @@ from relevance_lens.report import results as report_results
 from relevance_lens.store import Store
 from relevance_lens.study import run as run_module
 from relevance_lens.study import search
-from tiny import save_tiny
-from trainfix import write_collection
+from studyfix import (  # noqa: F401  (no_weights_no_network: a fixture)
+    dry_run,
+    no_weights_no_network,
+    run_study,
+    study_files,
+    study_toml,
+)
 
-STUDY = """
-[study]
-name = "tiny-search"
-models = ["{model}"]
-ranks = [1]
-targets = ["mha"]
-seeds = [0]
-baseline = false
-
-[train]
-data = "files"
-queries = "{queries}"
-qrels = "{qrels}"
-corpus = "{corpus}"
-negatives_run = "{negatives_run}"
-group_size = 4
-queries_per_device = 2
-max_steps = 2
-save_steps = [1]
-max_length = 48
-precision = "fp32"
-warmup_steps = 0
-logging_steps = 1
-
-[search]
+STUDY = study_toml(
+    "tiny-search",
+    max_steps=2,
+    save_steps=(1,),
+    lr=None,
+    max_length=48,
+    baseline=None,
+    sections="""[search]
 select_on = "dev"
 metric = "nDCG@10"
 test = "test"
@@ -63,36 +49,14 @@ max_queries = 2
 split = "test"
 depth = 3
 max_queries = 2
-
-[analyses.checkpoints]
-
-[scoring]
-dtype = "fp32"
-device = "cpu"
-"""
+""",
+)
 
 
 @pytest.fixture(scope="module")
 def make_study(tmp_path_factory):
     """``make(name, text) -> path``: a study file over the tiny model and collection."""
-    root = tmp_path_factory.mktemp("search")
-    paths = {**write_collection(root), "model": str(save_tiny("llama", root / "model"))}
-
-    def make(name: str = "search.toml", text: str = STUDY) -> Path:
-        for key, value in paths.items():
-            text = text.replace("{" + key + "}", value)
-        path = root / name
-        path.write_text(text)
-        return path
-
-    return make
-
-
-def _run(path: Path, workdir: Path) -> tuple[Path, dict]:
-    spec = st.load_study(path)
-    workdir, store = st.default_paths(spec, workdir, None, None)
-    counts = st.run_study(spec, st.RunOptions(workdir=workdir, store=store, progress=False), Console(quiet=True))
-    return store, counts
+    return study_files(tmp_path_factory.mktemp("search"), "search.toml", STUDY)
 
 
 def _choices(store: Path) -> list[dict]:
@@ -116,9 +80,9 @@ def searched(make_study, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(evalset_module, "load_faq", recording)
         mp.setattr(run_module, "gc", SimpleNamespace(collect=lambda: 0))  # ~1 s a cell here; frees nothing we need
-        _, counts = _run(make_study(), work)
+        _, counts = run_study(make_study(), work)
         rerun_reads_from = len(reads)
-        _, again = _run(make_study(), work)
+        _, again = run_study(make_study(), work)
     return {
         "path": make_study(),
         "store": store,
@@ -241,24 +205,10 @@ def test_ties_go_to_the_first_listed_setting(make_study, tmp_path):
     assert resolved.run == choose.config["tried"][0] and "after_choice" not in resolved.config
 
 
-@pytest.fixture
-def no_weights_no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a dry run must not load weights or touch the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr("relevance_lens.model.backbone.resolve_model", refuse)
-    monkeypatch.setattr("relevance_lens.model.backbone.load_backbone", refuse)
-    monkeypatch.setattr("transformers.AutoModel.from_pretrained", refuse)
-
-
-def test_packaged_recipe_search_dry_run_lists_the_search(no_weights_no_network, tmp_path):
-    spec = st.load_study("recipe-search")
+@pytest.mark.usefixtures("no_weights_no_network")
+def test_packaged_recipe_search_dry_run_lists_the_search(tmp_path):
     out = tmp_path / "out.txt"
-    with open(out, "w") as fh:
-        listed = st.dry_run(
-            spec, st.RunOptions(workdir=tmp_path / "w", store=tmp_path / "w" / "r.sqlite"), Console(file=fh, width=250)
-        )
+    listed = dry_run("recipe-search", tmp_path / "w", out)
     trains = [c for c, _ in listed if c.kind == "train"]
     assert sorted((c.config["train"]["lr"], c.config["train"]["max_steps"]) for c in trains) == [
         (5e-4, 50),
@@ -302,6 +252,6 @@ def test_bad_search_is_refused_in_one_line(make_study, tmp_path, edit, message):
     text = STUDY.replace(*edit, 1)
     assert text != STUDY
     with pytest.raises(InputError, match=message) as caught:
-        _run(make_study("bad.toml", text), tmp_path / "w")
+        run_study(make_study("bad.toml", text), tmp_path / "w")
     assert "\n" not in str(caught.value) and "bad.toml" in str(caught.value)
     assert not (tmp_path / "w").exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
 
 from dissectfix import one_thread  # noqa: F401  (autouse: one thread, float sums in one fixed order)
 from relevance_lens import study as st
@@ -25,45 +23,24 @@ from relevance_lens.errors import InputError
 from relevance_lens.model.backbone import model_info
 from relevance_lens.store import Store, merge_stores
 from relevance_lens.train.rundir import complete_checkpoints
-from tiny import save_tiny
-from trainfix import write_collection
+from studyfix import (  # noqa: F401  (no_weights_no_network: a fixture)
+    dry_run,
+    fake_dataset,
+    no_weights_no_network,
+    run_study,
+    sorted_rows,
+    study_files,
+    study_toml,
+)
 
-STUDY = """
-[study]
-name = "tiny"
-models = ["{model}"]
-ranks = [1, 2]
-targets = ["mha", "mlp"]
-seeds = [0]
-
-[train]
-data = "files"
-queries = "{queries}"
-qrels = "{qrels}"
-corpus = "{corpus}"
-negatives_run = "{negatives_run}"
-group_size = 4
-queries_per_device = 2
-max_steps = 24
-save_steps = [3, 6]
-lr = 1e-2
-max_length = 64
-precision = "fp32"
-warmup_steps = 0
-logging_steps = 1
-
-[baseline_train]
-max_steps = 6
-save_steps = [3]
-
-[evals.tiny]
-queries = "{queries}"
-qrels = "{qrels}"
-corpus = "{corpus}"
-run = "{negatives_run}"
-depth = 4
-
-[analyses.checkpoints]
+STUDY = study_toml(
+    "tiny",
+    ranks=(1, 2),
+    targets=("mha", "mlp"),
+    max_steps=24,
+    save_steps=(3, 6),
+    baseline=(6, (3,)),
+    analyses="""[analyses.checkpoints]
 
 [analyses.ablate]
 sweeps = ["drop-layer", "roles", "drop-layer-role"]
@@ -74,47 +51,14 @@ vs_rank = 2
 
 [analyses.lens]
 adapter_off = true
-
-[scoring]
-dtype = "fp32"
-device = "cpu"
-"""
+""",
+)
 
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     """Writes study files for the tiny grid: ``make(name, **format overrides) -> path``."""
-    root = tmp_path_factory.mktemp("study")
-    paths = write_collection(root)
-    paths["model"] = str(save_tiny("llama", root / "model"))
-
-    def make(name: str = "tiny.toml", text: str = STUDY, **overrides) -> Path:
-        for key, value in {**paths, "permutations": 200, **overrides}.items():
-            text = text.replace("{" + key + "}", str(value))
-        path = root / name
-        path.write_text(text)
-        return path
-
-    make.root = root
-    return make
-
-
-def _run(study_path: Path, workdir: Path, shard=None, store=None) -> tuple[Path, dict]:
-    spec = st.load_study(study_path)
-    workdir, store = st.default_paths(spec, workdir, store, shard)
-    counts = st.run_study(
-        spec, st.RunOptions(workdir=workdir, store=store, shard=shard, progress=False), Console(quiet=True)
-    )
-    return store, counts
-
-
-def _rows(store: Path) -> list[tuple]:
-    """Every row minus its timestamp, sorted."""
-    with closing(sqlite3.connect(store)) as conn:
-        cursor = conn.execute("SELECT * FROM results")
-        names = [d[0] for d in cursor.description]
-        rows = [tuple(v for n, v in zip(names, row) if n != "created") for row in cursor.fetchall()]
-    return sorted(rows, key=repr)
+    return study_files(tmp_path_factory.mktemp("study"), "tiny.toml", STUDY, permutations=200)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +67,7 @@ def reference(tiny_study, tmp_path_factory):
     torch.set_num_threads(1)
     work = tmp_path_factory.mktemp("reference")
     started = time.perf_counter()
-    store, counts = _run(tiny_study(), work)
+    store, counts = run_study(tiny_study(), work)
     return {"work": work, "store": store, "counts": counts, "seconds": time.perf_counter() - started}
 
 
@@ -133,7 +77,7 @@ def reference(tiny_study, tmp_path_factory):
 @pytest.mark.slow
 def test_grid_cells_rows_and_rerun_skips(reference, tiny_study):
     assert reference["counts"]["cells"] == 23  # 5 runs; 4 analyses per LoRA run, 2 for the head-only run
-    rows = _rows(reference["store"])
+    rows = sorted_rows(reference["store"])
     analyses = {r[5] for r in rows}
     assert {
         "train",
@@ -157,9 +101,9 @@ def test_grid_cells_rows_and_rerun_skips(reference, tiny_study):
             for (c,) in conn.execute("SELECT config_json FROM results WHERE analysis='train' AND metric='steps'")
         ]
     assert sorted(c["train"]["rank"] for c in configs if c["train"]["targets"] != "none") == [1, 1, 2, 2]
-    again = _run(tiny_study(), reference["work"])[1]
+    again = run_study(tiny_study(), reference["work"])[1]
     assert again["ran"] == 0 and again["skipped"] == 23
-    assert _rows(reference["store"]) == rows
+    assert sorted_rows(reference["store"]) == rows
 
 
 @pytest.mark.slow
@@ -205,7 +149,7 @@ def test_added_metric_is_computed_not_skipped(reference, tiny_study, tmp_path):
     shutil.copytree(reference["work"], work)
     only_checkpoints = STUDY[: STUDY.index("[analyses.ablate]")] + '[scoring]\ndtype = "fp32"\ndevice = "cpu"\n'
     text = only_checkpoints.replace("depth = 4", 'depth = 4\nmetrics = ["nDCG@10", "RR@10", "P@1"]')
-    store, counts = _run(tiny_study("p1.toml", text=text), work)
+    store, counts = run_study(tiny_study("p1.toml", text=text), work)
     assert counts["ran"] == 5 and counts["skipped"] == 5  # trainings done; the checkpoint analyses rerun
     with closing(sqlite3.connect(store)) as conn:
         runs = {
@@ -255,9 +199,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(reference, tiny_study, tmp_path
     assert proc.returncode == -signal.SIGKILL, "the study finished before it could be killed"
     unfinished = [r.name for r in (work / "runs").iterdir() if r.is_dir() and not (r / "final").exists()]
     assert unfinished, "expected a run killed mid-training"
-    counts = _run(study_path, work)[1]
+    counts = run_study(study_path, work)[1]
     assert counts["skipped"] >= 1 and counts["ran"] >= 1
-    assert _rows(store) == _rows(reference["store"])
+    assert sorted_rows(store) == sorted_rows(reference["store"])
 
 
 @pytest.mark.slow
@@ -268,14 +212,14 @@ def test_shards_then_merge_equal_one_run(reference, tiny_study, tmp_path):
     n = next(n for n in (2, 3, 4, 5) if len({st.shard_of(c, n, cells) for c in cells}) > 1)
     stores = []
     for i in range(n):  # separate work folders, as on separate machines
-        store, counts = _run(study_path, tmp_path / f"shard{i}", shard=(i, n))
+        store, counts = run_study(study_path, tmp_path / f"shard{i}", shard=(i, n))
         if counts["cells"]:
             stores.append(store)
     assert len(stores) > 1
-    assert all(0 < len(_rows(s)) < len(_rows(reference["store"])) for s in stores)
+    assert all(0 < len(sorted_rows(s)) < len(sorted_rows(reference["store"])) for s in stores)
     merged = tmp_path / "merged.sqlite"
     merge_stores(merged, stores)
-    assert _rows(merged) == _rows(reference["store"])
+    assert sorted_rows(merged) == sorted_rows(reference["store"])
 
 
 def test_shard_assignment_is_stable_and_keeps_runs_together(tiny_study):
@@ -302,26 +246,10 @@ def test_bad_shard(text):
 # ---------------------------------------------------------------- dry runs, no weights
 
 
-@pytest.fixture
-def no_weights_no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a dry run must not load weights or touch the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr("relevance_lens.model.backbone.resolve_model", refuse)
-    monkeypatch.setattr("relevance_lens.model.backbone.load_backbone", refuse)
-    monkeypatch.setattr("transformers.AutoModel.from_pretrained", refuse)
-    monkeypatch.setattr("transformers.AutoConfig.from_pretrained", refuse)
-
-
-def test_paper_dry_run_resolves_every_cell(no_weights_no_network, tmp_path):
-    spec = st.load_study("paper")
-    text = tmp_path / "out.txt"
-    with open(text, "w") as fh:
-        listed = st.dry_run(
-            spec, st.RunOptions(workdir=tmp_path / "w", store=tmp_path / "w" / "r.sqlite"), Console(file=fh, width=250)
-        )
-    out = text.read_text()
+@pytest.mark.usefixtures("no_weights_no_network")
+def test_paper_dry_run_resolves_every_cell(tmp_path):
+    listed = dry_run("paper", tmp_path / "w", tmp_path / "out.txt")
+    out = (tmp_path / "out.txt").read_text()
     trains = [c for c, _ in listed if c.kind == "train"]
     assert len(trains) == 3 * 4 * 3 + 3  # models x ranks x targets, + a head-only run per model
     assert {c.config["train"]["targets"] for c in trains} == {"mha", "mlp", "all", "none"}
@@ -340,12 +268,10 @@ def test_paper_dry_run_resolves_every_cell(no_weights_no_network, tmp_path):
     assert ablate and ablate[0].cost.startswith("136 passes")
 
 
-def test_embedded_studies_dry_run_without_dequantizing(no_weights_no_network, tmp_path):
+@pytest.mark.usefixtures("no_weights_no_network")
+def test_embedded_studies_dry_run_without_dequantizing(tmp_path):
     for name, runs in (("demo", 2), ("embedded-grid", 2 * 4 * 3 + 2)):
-        spec = st.load_study(name)
-        listed = st.dry_run(
-            spec, st.RunOptions(workdir=tmp_path / name, store=tmp_path / name / "r.sqlite"), Console(quiet=True)
-        )
+        listed = dry_run(name, tmp_path / name)
         assert sum(c.kind == "train" for c, _ in listed) == runs
     demo = st.expand(st.load_study("demo"))
     assert [c.what for c in demo if c.kind == "analyze" and "-head-" not in c.run] == [
@@ -387,7 +313,7 @@ def test_bad_study_fails_before_training(tiny_study, tmp_path, edit, message):
     assert text != STUDY
     path = tiny_study("bad.toml", text=text)
     with pytest.raises(InputError, match=message):
-        _run(path, tmp_path / "w")
+        run_study(path, tmp_path / "w")
     assert not (tmp_path / "w" / "runs").exists()
 
 
@@ -406,7 +332,8 @@ def test_cli_error_is_one_line_with_exit_code_2(tiny_study, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_cli_dry_run_and_merge_errors(no_weights_no_network, tmp_path):
+@pytest.mark.usefixtures("no_weights_no_network")
+def test_cli_dry_run_and_merge_errors(tmp_path):
     from typer.testing import CliRunner
 
     from relevance_lens.cli import app
@@ -422,34 +349,12 @@ def test_cli_dry_run_and_merge_errors(no_weights_no_network, tmp_path):
 
 
 def test_ir_datasets_eval_set_fetches_only_the_reranked_passages(monkeypatch):
-    from collections import namedtuple
-    from types import SimpleNamespace
-
-    Query, Qrel, Scored, Doc = (
-        namedtuple(n, f)
-        for n, f in (
-            ("Query", "query_id text"),
-            ("Qrel", "query_id doc_id relevance iteration"),
-            ("Scored", "query_id doc_id score"),
-            ("Doc", "doc_id text"),
-        )
+    fetched = fake_dataset(
+        monkeypatch,
+        queries=[("1", "judged query"), ("2", "unjudged query")],
+        qrels=[("1", "d3", 2)],
+        scoreddocs=[("1", f"d{i}", 10.0 - i) for i in range(6)] + [("2", "d9", 1.0)],
     )
-    fetched = []
-
-    class Store:
-        def get_many(self, ids):
-            fetched.extend(ids)
-            return {d: Doc(d, f"text of {d}") for d in ids}
-
-    dataset = SimpleNamespace(
-        has_scoreddocs=lambda: True,
-        has_qrels=lambda: True,
-        queries_iter=lambda: iter([Query("1", "judged query"), Query("2", "unjudged query")]),
-        qrels_iter=lambda: iter([Qrel("1", "d3", 2, "0")]),
-        scoreddocs_iter=lambda: iter([Scored("1", f"d{i}", 10.0 - i) for i in range(6)] + [Scored("2", "d9", 1.0)]),
-        docs_store=lambda: Store(),
-    )
-    monkeypatch.setitem(sys.modules, "ir_datasets", SimpleNamespace(load=lambda name: dataset))
     evalset = build_evalset(
         {"name": "dl", "ir_datasets": "msmarco-passage/trec-dl-2019", "depth": 4, "max_queries": None}
     )
