@@ -59,11 +59,12 @@ def test_training_console_has_only_the_tools_output(trained):
     assert (run / "train_summary.json").is_file() and '"loss"' in (run / "train_summary.json").read_text()
 
 
-@pytest.mark.parametrize("analysis", ["weights", "checkpoints"])
+@pytest.mark.parametrize("analysis", ["weights", "checkpoints", "ablate", "lens"])
 def test_analysis_console_has_only_the_tools_output(trained, tmp_path, analysis):
     paths, run, _ = trained
-    args = ["analyze", analysis, run, "--store", tmp_path / "store.sqlite"]
-    if analysis == "checkpoints":
+    target = run if analysis in ("weights", "checkpoints") else run / "final"
+    args = ["analyze", analysis, target, "--store", tmp_path / "store.sqlite"]
+    if analysis != "weights":
         args += ["--queries", paths["queries"], "--qrels", paths["qrels"]]
         args += ["--corpus", paths["corpus"], "--run", paths["negatives_run"], "--depth", 4, "--dtype", "fp32"]
     result = cli(*args)
