@@ -497,11 +497,12 @@ def render(record: dict) -> str:
         table,
         "",
     ]
+    ours_dtype = next((row["dtype"] for row in record["systems"] if row["system"] == "relevance-lens"), "bf16")
     for key, r in record["ratios"].items():
         if key == "fraction_of_bf16_matmul":
             met = "met" if r["value"] >= r["target"] else f"missed by {100 * (r['target'] - r['value']):.1f} points"
             lines.append(
-                f"- forward at {100 * r['value']:.1f}% of the measured bf16 matmul rate (target ≥ "
+                f"- forward at {100 * r['value']:.1f}% of the measured {ours_dtype} matmul rate (target ≥ "
                 f"{100 * r['target']:.0f}%: {met})"
             )
         else:
