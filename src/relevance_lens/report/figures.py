@@ -248,13 +248,18 @@ def _heatmaps(res: Results, runs: list[str], cells: list[dict], label: str, dive
             ax.set_xticks(range(len(roles)), roles, fontsize=style.size(8), rotation=90 if crowded else 0)
             ax.set_yticks(range(len(layers)), [str(l) for l in layers], fontsize=style.size(6))
             ax.set_ylabel("layer")
-            info = res.runs.get(run)
-            ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=style.size(9))
+            title_run(ax, res, run, style)
         if image is not None:
             fig.colorbar(image, ax=axes, shrink=0.8, label=label)
         return fig
 
     return Plot(name, f"heat map {label}", figure)
+
+
+def title_run(ax, res, run: str, style: Style) -> None:
+    """Title a panel with its run's model and label (the run id where the store does not describe it)."""
+    info = res.runs.get(run)
+    ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=style.size(9))
 
 
 def _integer_axis(ax) -> None:

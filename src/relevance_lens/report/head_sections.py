@@ -8,7 +8,7 @@ import html
 import math
 from functools import partial
 
-from relevance_lens.report.figures import Plot, Style, _chunks, _figure, slug
+from relevance_lens.report.figures import Plot, Style, _chunks, _figure, slug, title_run
 from relevance_lens.report.results import Results, _metrics
 from relevance_lens.report.tables import Parts, Section, mark
 
@@ -50,8 +50,7 @@ def _head_figure(res: Results, runs: list[str], cells: list[dict], kind: str, la
         ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=style.size(6))
         ax.set_xlabel("key/value head" if kind == "kv" else "head")
         ax.set_ylabel("layer")
-        info = res.runs.get(run)
-        ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=style.size(9))
+        title_run(ax, res, run, style)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label=label)
     return fig

@@ -21,6 +21,7 @@ from relevance_lens.report.figures import (
     _legend,
     _lines_by_model,
     slug,
+    title_run,
 )
 from relevance_lens.report.results import Results, _eval_label, _metrics
 from relevance_lens.report.tables import Parts, Section, Table, _fmt, mark
@@ -175,8 +176,7 @@ def _roles_figure(res: Results, bars: dict[str, tuple[list, list, list]], style:
         ax.axhline(0, color="grey", linewidth=0.8)
         crowded = style.full_width is not None and len(groups) > 4  # a paper's narrow panels: labels upright
         ax.set_xticks(list(xs), groups, fontsize=style.size(8), rotation=90 if crowded else 0)
-        info = res.runs.get(run)
-        ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=style.size(9))
+        title_run(ax, res, run, style)
     _legend(fig, axes, style, fontsize=6)
     return fig
 
