@@ -28,7 +28,7 @@ LIBRARY_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
-_state: dict = {"log": None, "installed": False, "original": None}
+_state: dict = {"log": None, "installed": False}
 
 
 def quiet_libraries() -> None:
@@ -46,7 +46,6 @@ def quiet_libraries() -> None:
         hf_logging.set_verbosity_error()
     if os.environ.get(LOG_ENV) == "-" or _state["installed"]:
         return
-    _state["original"] = warnings.showwarning
     warnings.showwarning = _show
     _state["installed"] = True
 
