@@ -32,6 +32,7 @@ from studyfix import (  # noqa: F401  (no_weights_no_network: a fixture)
     study_files,
     study_toml,
 )
+from tiny import FAMILIES, save_tiny, tiny_model
 
 STUDY = study_toml(
     "tiny",
@@ -255,17 +256,95 @@ def test_paper_dry_run_resolves_every_cell(tmp_path):
     assert {c.config["train"]["targets"] for c in trains} == {"mha", "mlp", "all", "none"}
     assert all(c.config["train"]["queries_per_device"] * c.config["train"]["grad_accum"] == 128 for c in trains)
     assert all(s == "pending" for _, s in listed)
-    for name, family in (
-        ("mistralai/Mistral-7B-v0.1", "mistral"),
-        ("meta-llama/Llama-3.1-8B", "llama"),
-        ("EleutherAI/pythia-6.9b", "gpt_neox"),
+    for name, family, size in (
+        ("mistralai/Mistral-7B-v0.1", "mistral", 6.98),
+        ("meta-llama/Llama-3.1-8B", "llama", 6.98),
+        ("EleutherAI/pythia-6.9b", "gpt_neox", 6.44),
     ):
-        assert f"model {name}: family {family}, 32 layers, hidden 4096 (from the built-in table of hub ids)" in out
+        assert (
+            f"model {name}: family {family}, 32 layers, hidden 4096, {size:.2f} B block weights "
+            "(from the built-in table of hub ids)" in out
+        )
     assert "built-in table of hub ids" in out
     ablate = [c for c, _ in listed if c.what == "ablate on dl19" and c.run.startswith("pythia-6.9b-r8-mlp")]
     # Pythia's MLP is up + down (no gate): 32 drop-layer + 28 windows + 4 role + 64 layer-role variants,
     # + full and base per sweep.
     assert ablate and ablate[0].cost.startswith("136 passes")
+
+
+PAPER_CONFIGS = {
+    "mistralai/Mistral-7B-v0.1": "mistral-7b-v0.1.json",
+    "meta-llama/Llama-3.1-8B": "llama-3.1-8b.json",
+    "EleutherAI/pythia-6.9b": "pythia-6.9b.json",
+}
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_block_weights_of_the_known_models_count_the_real_blocks(name):
+    """The built-in table's shape gives the matmul weights a model built from the real config has."""
+    from transformers import AutoConfig, AutoModel
+
+    from relevance_lens.model.backbone import KNOWN_MODELS, block_params
+    from relevance_lens.model.roles import architecture_of, blocks
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / PAPER_CONFIGS[name]
+    config = AutoConfig.for_model(**json.loads(path.read_text()))
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    linear = sum(
+        m.weight.numel()
+        for block in blocks(model, architecture_of(config))
+        for m in block.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+    assert block_params(KNOWN_MODELS[name]) == linear
+    assert model_info(name).block_params == linear
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_weights_of_a_local_model_folder(family, tmp_path):
+    """A folder's config.json gives the matmul weights of its blocks (GPT-2's Conv1D included)."""
+    from transformers.pytorch_utils import Conv1D
+
+    from relevance_lens.model.roles import architecture_of, blocks
+
+    folder = save_tiny(family, tmp_path / family)
+    model = tiny_model(family)
+    matmuls = (torch.nn.Linear, Conv1D)
+    weights = sum(
+        m.weight.numel()
+        for block in blocks(model, architecture_of(model.config))
+        for m in block.modules()
+        if isinstance(m, matmuls)
+    )
+    assert model_info(str(folder)).block_params == weights
+
+
+def test_paper_dry_run_estimates_gpu_hours(tmp_path):
+    from relevance_lens.study.plan import GpuRate
+
+    listed = dry_run("paper", tmp_path / "w", tmp_path / "out.txt")
+    out = (tmp_path / "out.txt").read_text()
+    train = next(c for c, _ in listed if c.kind == "train" and c.run.startswith("mistral-7b-r8-all"))
+    n = model_info("mistralai/Mistral-7B-v0.1").block_params
+    # 1600 steps x 128 queries x 16 passages of <= 196 tokens; forward, input gradients, recompute.
+    tokens = 1600 * 128 * 16 * 196
+    assert train.flops == pytest.approx(3 * tokens * (2 * n + 2 * 32 * 4096 * 196))
+    head = next(c for c, _ in listed if c.kind == "train" and "-head-" in c.run)
+    assert head.flops == pytest.approx(400 * 128 * 16 * 196 * (2 * n + 2 * 32 * 4096 * 196))  # forward only
+    hours = GpuRate().hours(sum(c.flops for c, _ in listed))
+    assert f"estimated GPU-hours of the {len(listed)} cells not done: {hours:,.3g}" in out
+    assert "at 989 TFLOP/s x 40% utilisation" in out and "unknown size" not in out
+    assert 100 < hours < 10_000  # 39 LoRA runs of 7B models on 2 x 10^8 tokens each: hundreds of hours
+    assert GpuRate(tflops=989 / 2).hours(train.flops) == pytest.approx(2 * GpuRate().hours(train.flops))
+
+
+@pytest.mark.parametrize("tflops, mfu, message", [(0, 0.4, "--gpu-tflops 0"), (989, 1.5, "--mfu 1.5")])
+def test_bad_gpu_rate(tflops, mfu, message):
+    from relevance_lens.study.plan import GpuRate
+
+    with pytest.raises(InputError, match=message):
+        GpuRate(tflops, mfu)
 
 
 @pytest.mark.usefixtures("no_weights_no_network")

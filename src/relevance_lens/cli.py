@@ -453,9 +453,11 @@ def study_run(
     dry_run: bool = typer.Option(False, "--dry-run", help="List cells, estimated cost and status; load no weights."),
     store: Optional[Path] = typer.Option(None, help="Results store (default WORKDIR/results.sqlite, one per shard)."),
     workdir: Optional[Path] = typer.Option(None, help="Work folder for the runs (default runs/<study name>)."),
+    gpu_tflops: float = typer.Option(989.0, help="--dry-run: peak dense bf16 TFLOP/s of one GPU (H100, H200: 989)."),
+    mfu: float = typer.Option(0.4, help="--dry-run: fraction of that peak reached (LoRA on 7B: about 0.3-0.5)."),
 ):
     """Train and analyse every cell of a study; a rerun skips what is done and resumes the rest."""
-    from relevance_lens.study import RunOptions, default_paths, load_study, parse_shard, run_study
+    from relevance_lens.study import GpuRate, RunOptions, default_paths, load_study, parse_shard, run_study
     from relevance_lens.study import dry_run as list_cells
 
     spec = load_study(study)
@@ -463,7 +465,7 @@ def study_run(
     workdir, store = default_paths(spec, workdir, store, part)
     options = RunOptions(workdir=workdir, store=store, shard=part)
     if dry_run:
-        list_cells(spec, options, out)
+        list_cells(spec, options, out, GpuRate(gpu_tflops, mfu))
     else:
         run_study(spec, options, console)
 

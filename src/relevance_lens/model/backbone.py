@@ -230,32 +230,71 @@ class ModelInfo:
     layers: int | None
     hidden: int | None
     source: str
+    #: Weights in the blocks' matmuls (embeddings, norms and the LM head excluded): the ``N`` of
+    #: ``2·N`` FLOPs a token in the forward. None where the config is not known.
+    block_params: int | None = None
 
 
-#: Known models -> (model_type, layers, hidden size): lets a dry run resolve hub models it
-#: cannot fetch, and embedded ones without dequantizing their GGUF.
-KNOWN_MODELS: dict[str, tuple[str, int, int]] = {
-    "smollm2-135m": ("llama", 30, 576),
-    "gemma3-270m": ("gemma3_text", 18, 640),
-    "mistralai/Mistral-7B-v0.1": ("mistral", 32, 4096),
-    "mistralai/Mistral-7B-v0.3": ("mistral", 32, 4096),
-    "meta-llama/Llama-3.1-8B": ("llama", 32, 4096),
-    "meta-llama/Meta-Llama-3.1-8B": ("llama", 32, 4096),
-    "meta-llama/Meta-Llama-3-8B": ("llama", 32, 4096),
-    "meta-llama/Llama-2-7b-hf": ("llama", 32, 4096),
-    "EleutherAI/pythia-6.9b": ("gpt_neox", 32, 4096),
-    "EleutherAI/pythia-1b": ("gpt_neox", 16, 2048),
-    "EleutherAI/pythia-410m": ("gpt_neox", 24, 1024),
-    "Qwen/Qwen2.5-7B": ("qwen2", 28, 3584),
-    "HuggingFaceTB/SmolLM2-135M": ("llama", 30, 576),
-    "google/gemma-3-270m": ("gemma3_text", 18, 640),
+@dataclass(frozen=True)
+class KnownModel:
+    """A model's shape as its config.json states it (copied from the hub configs)."""
+
+    family: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+
+
+#: Known models: lets a dry run resolve hub models it cannot fetch, and embedded ones without
+#: dequantizing their GGUF. ``tests/test_study.py`` checks the 7B rows against benchmarks/configs/.
+KNOWN_MODELS: dict[str, KnownModel] = {
+    "smollm2-135m": KnownModel("llama", 30, 576, 9, 3, 64, 1536),
+    "gemma3-270m": KnownModel("gemma3_text", 18, 640, 4, 1, 256, 2048),
+    "mistralai/Mistral-7B-v0.1": KnownModel("mistral", 32, 4096, 32, 8, 128, 14336),
+    "mistralai/Mistral-7B-v0.3": KnownModel("mistral", 32, 4096, 32, 8, 128, 14336),
+    "meta-llama/Llama-3.1-8B": KnownModel("llama", 32, 4096, 32, 8, 128, 14336),
+    "meta-llama/Meta-Llama-3.1-8B": KnownModel("llama", 32, 4096, 32, 8, 128, 14336),
+    "meta-llama/Meta-Llama-3-8B": KnownModel("llama", 32, 4096, 32, 8, 128, 14336),
+    "meta-llama/Llama-2-7b-hf": KnownModel("llama", 32, 4096, 32, 32, 128, 11008),
+    "EleutherAI/pythia-6.9b": KnownModel("gpt_neox", 32, 4096, 32, 32, 128, 16384),
+    "EleutherAI/pythia-1b": KnownModel("gpt_neox", 16, 2048, 8, 8, 256, 8192),
+    "EleutherAI/pythia-410m": KnownModel("gpt_neox", 24, 1024, 16, 16, 64, 4096),
+    "Qwen/Qwen2.5-7B": KnownModel("qwen2", 28, 3584, 28, 4, 128, 18944),
+    "HuggingFaceTB/SmolLM2-135M": KnownModel("llama", 30, 576, 9, 3, 64, 1536),
+    "google/gemma-3-270m": KnownModel("gemma3_text", 18, 640, 4, 1, 256, 2048),
 }
 
 
+def block_params(shape: KnownModel) -> int:
+    """Weights in the blocks' matmuls: q and o (heads x head_dim), k and v (kv heads x head_dim),
+    and the MLP's two projections, or three where the role table has a gate."""
+    attention = 2 * shape.hidden * shape.heads * shape.head_dim + 2 * shape.hidden * shape.kv_heads * shape.head_dim
+    gated = "gate" in ARCHITECTURES[shape.family].roles
+    return shape.layers * (attention + (3 if gated else 2) * shape.hidden * shape.intermediate)
+
+
+def _shape_of_config(config: dict, family: str) -> KnownModel | None:
+    """The shape a config.json states (transformers' and GPT-2's key names), or None if it lacks one."""
+    hidden = config.get("hidden_size") or config.get("n_embd")
+    layers = config.get("num_hidden_layers") or config.get("n_layer")
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    if not (hidden and layers and heads):
+        return None
+    inter = config.get("intermediate_size") or config.get("n_inner") or 4 * hidden
+    kv = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    return KnownModel(family, layers, hidden, heads, kv, head_dim, inter)
+
+
 def model_info(name: str, family: str | None = None) -> ModelInfo:
-    """Family, layers and hidden size from the model's config where it is local, else from
-    :data:`KNOWN_MODELS` or the given ``family`` (a study's ``family =``). Never loads weights, never downloads."""
+    """Family, layers, hidden size and block weights from the model's config where it is local,
+    else from :data:`KNOWN_MODELS` or the given ``family`` (a study's ``family =``). Never loads
+    weights, never downloads."""
     family_given = family
+    shape = None
     config, source = _local_config(name)
     if config is not None:
         config = {**config.get("text_config", {}), **config}  # multimodal configs keep sizes in text_config
@@ -266,11 +305,14 @@ def model_info(name: str, family: str | None = None) -> ModelInfo:
             raise InputError(
                 f"model {name}: family = {family_given!r} but its {source} says {family!r}; drop the family key"
             )
+        if family in ARCHITECTURES:
+            shape = _shape_of_config(config, family)
     elif name in KNOWN_MODELS:
-        family, layers, hidden = KNOWN_MODELS[name]
+        shape = KNOWN_MODELS[name]
+        family, layers, hidden = shape.family, shape.layers, shape.hidden
         source = "embedded model table" if name in EMBEDDED else "built-in table of hub ids"
         if family_given and family_given != family:
-            family, layers, hidden, source = family_given, None, None, "study file (family =)"
+            family, layers, hidden, source, shape = family_given, None, None, "study file (family =)", None
     elif family_given:
         family, layers, hidden, source = family_given, None, None, "study file (family =)"
     else:
@@ -282,7 +324,7 @@ def model_info(name: str, family: str | None = None) -> ModelInfo:
         raise InputError(
             f"model {name}: family {family!r} has no role table; expected one of {', '.join(sorted(ARCHITECTURES))}"
         )
-    return ModelInfo(family, layers, hidden, source)
+    return ModelInfo(family, layers, hidden, source, block_params(shape) if shape else None)
 
 
 def _local_config(name: str) -> tuple[dict | None, str]:

@@ -49,6 +49,7 @@ class Cell:
     needs: tuple[str, ...] = ()
     cost: str = field(default="", compare=False)
     work: int = field(default=0, compare=False)  # forward-pass sequences, for totals
+    flops: float | None = field(default=0.0, compare=False)  # estimated matmul FLOPs; None: model size unknown
 
     @property
     def id(self) -> str:
@@ -175,7 +176,11 @@ def _train_cell(study: Study, model: ModelSpec, info: ModelInfo, values: dict, s
     cost = f"{config['max_steps']} steps x {seqs} seq x <={config['max_length']} tok" + (
         "" if roles else " (head only)"
     )
-    return Cell("train", name, {"train": config}, unit=unit, needs=(), cost=cost, work=work)
+    # LoRA: the forward, then the input gradients through the frozen weights (as much again; no
+    # weight gradients for them), a third forward where checkpointing recomputes it; head only: the forward.
+    factor = (3 if config["gradient_checkpointing"] else 2) if roles else 1
+    flops = _flops(info, config["max_steps"] * seqs, config["max_length"], factor)
+    return Cell("train", name, {"train": config}, unit=unit, needs=(), cost=cost, work=work, flops=flops)
 
 
 def _analysis_cells(
@@ -216,7 +221,8 @@ def _analysis_cells(
                 "baseline": needs[1] if len(needs) > 1 else None,
             }
             cost, work = _analysis_cost(name, spec.settings, run, info, ev, eval_sizes[ev_name], head_only)
-            cells.append(Cell("analyze", run.run, config, unit, tuple(needs), cost, work))
+            flops = _flops(info, work, run.config["train"]["max_length"], 1) if work else None  # 0: unknown
+            cells.append(Cell("analyze", run.run, config, unit, tuple(needs), cost, work, flops))
     return cells
 
 
@@ -266,7 +272,8 @@ def _search_cells(
             "checkpoints", None, run, info, study.evals[search.select_on], eval_sizes[search.select_on], False
         )
         needs = (run.run,) + ((baseline,) if baseline else ())
-        cells += [run, Cell("analyze", run.run, {**curve, "baseline": baseline}, unit, needs, cost, work)]
+        flops = _flops(info, work, run.config["train"]["max_length"], 1) if work else None
+        cells += [run, Cell("analyze", run.run, {**curve, "baseline": baseline}, unit, needs, cost, work, flops)]
     cells.append(
         Cell("search", search_id, config, unit, tuple(c.run for c in tried), f"{len(tried)} settings (no forward pass)")
     )
@@ -287,6 +294,7 @@ def _search_cells(
         (search_id,),
         f"1 pass x {pairs or '?'} pairs",
         pairs or 0,
+        _flops(info, pairs, max(c.config["train"]["max_length"] for c in tried), 1) if pairs else None,
     )
     after = [test_cell] + _analysis_cells(
         study, replace(tried[0], run=search_id, unit=unit), info, baseline, None, eval_sizes
@@ -330,6 +338,38 @@ def _eval_queries(ev: EvalSpec) -> int | None:
     if ev.max_queries is not None:
         count = ev.max_queries if count is None else min(count, ev.max_queries)
     return count
+
+
+@dataclass(frozen=True)
+class GpuRate:
+    """The GPU a dry run's GPU-hours assume: ``flops / (tflops · utilisation)``."""
+
+    tflops: float = field(
+        default=989.0, metadata={"help": "Peak dense bf16 TFLOP/s of one GPU (H100 and H200 SXM: 989)."}
+    )
+    utilisation: float = field(
+        default=0.4,
+        metadata={"help": "Fraction of that peak the work reaches (MFU; LoRA on a 7B model: about 0.3-0.5)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.tflops <= 0:
+            raise InputError(f"--gpu-tflops {self.tflops}: expected a positive rate, e.g. 989 for an H100")
+        if not 0 < self.utilisation <= 1:
+            raise InputError(f"--mfu {self.utilisation}: expected a fraction in (0, 1], e.g. 0.4")
+
+    def hours(self, flops: float) -> float:
+        return flops / (self.tflops * 1e12 * self.utilisation) / 3600
+
+
+def _flops(info: ModelInfo, sequences: int, length: int, factor: int) -> float | None:
+    """Matmul FLOPs of ``factor`` forwards of ``sequences`` sequences of ``length`` tokens (an upper
+    bound: every sequence counted at the full length): per token ``2·N`` for the blocks' weights
+    plus ``2·layers·hidden·L`` for causal attention (QKᵀ and AV; heads x head_dim taken as hidden)."""
+    if info.block_params is None or info.layers is None or info.hidden is None:
+        return None
+    per_token = 2 * info.block_params + 2 * info.layers * info.hidden * length
+    return float(factor) * sequences * length * per_token
 
 
 def _analysis_cost(

@@ -56,7 +56,7 @@ from relevance_lens.locks import FileLock, holder, lock_file
 from relevance_lens.model.backbone import model_info
 from relevance_lens.score.config import ScoreConfig
 from relevance_lens.store import Store
-from relevance_lens.study.plan import RUNS, Cell, expand, marker, select, status
+from relevance_lens.study.plan import RUNS, Cell, GpuRate, expand, marker, select, status
 from relevance_lens.study.search import record_choice, resolve
 from relevance_lens.study.spec import Study
 from relevance_lens.train.config import TrainConfig
@@ -329,16 +329,39 @@ def _same_eval(config: dict, ev: dict) -> bool:
 # ---------------------------------------------------------------- dry run and merge
 
 
-def dry_run(study: Study, options: RunOptions, console: Console) -> list[tuple[Cell, str]]:
-    """List this shard's cells with their estimated cost and status; loads no weights."""
+def _gpu_hours(flops: float | None, gpu: GpuRate) -> str:
+    if flops is None:
+        return "?"
+    hours = gpu.hours(flops)
+    return "-" if flops == 0 else f"{hours:.2g}" if hours < 10 else f"{hours:,.0f}"
+
+
+def _gpu_summary(pending: list[Cell], gpu: GpuRate) -> str:
+    """Total GPU-hours of the cells not done yet, with the assumption it rests on."""
+    known = [c.flops for c in pending if c.flops is not None]
+    unknown = len(pending) - len(known)
+    train = gpu.hours(sum(c.flops for c in pending if c.kind == "train" and c.flops is not None))
+    total = gpu.hours(sum(known))
+    return (
+        f"estimated GPU-hours of the {len(pending)} cells not done: {total:,.3g} ({train:,.3g} training), at "
+        f"{gpu.tflops:g} TFLOP/s x {gpu.utilisation:.0%} utilisation (--gpu-tflops, --mfu); matmul FLOPs "
+        f"counted at every sequence's full max_length, so an upper bound for short passages"
+        + (f"; {unknown} cells of unknown size not counted" if unknown else "")
+    )
+
+
+def dry_run(study: Study, options: RunOptions, console: Console, gpu: GpuRate | None = None) -> list[tuple[Cell, str]]:
+    """List this shard's cells with their estimated cost, GPU-hours and status; loads no weights."""
+    gpu = gpu or GpuRate()
     cells = select(expand(study), options.shard)
     store = Store(options.store) if options.store.is_file() else None
     listed = [(cell, status(cell, options.workdir, store)) for cell in cells]
     for model in study.models:
         info = model_info(model.name, model.family)
+        size = f", {info.block_params / 1e9:.2f} B block weights" if info.block_params else ""
         console.print(
-            f"model {model.name}: family {info.family}, {info.layers or '?'} layers, hidden {info.hidden or '?'} "
-            f"(from the {info.source})",
+            f"model {model.name}: family {info.family}, {info.layers or '?'} layers, hidden {info.hidden or '?'}"
+            f"{size} (from the {info.source})",
             highlight=False,
         )
     table = Table(
@@ -346,10 +369,10 @@ def dry_run(study: Study, options: RunOptions, console: Console) -> list[tuple[C
     )
     table.add_column("#", justify="right")
     table.add_column("run", no_wrap=True)
-    for column in ("what", "estimated cost", "status"):
-        table.add_column(column)
+    for column in ("what", "estimated cost", "GPU-hours", "status"):
+        table.add_column(column, justify="right" if column == "GPU-hours" else "left")
     for i, (cell, state) in enumerate(listed, 1):
-        table.add_row(str(i), cell.run, cell.what, cell.cost, state)
+        table.add_row(str(i), cell.run, cell.what, cell.cost, _gpu_hours(cell.flops, gpu), state)
     console.print(table)
     train_work = sum(c.work for c, _ in listed if c.kind == "train")
     eval_work = sum(c.work for c, _ in listed if c.kind != "train")
@@ -361,6 +384,7 @@ def dry_run(study: Study, options: RunOptions, console: Console) -> list[tuple[C
         f"work folder {options.workdir}, store {options.store}",
         highlight=False,
     )
+    console.print(_gpu_summary([c for c, s in listed if s != "done"], gpu), highlight=False)
     try:
         _preflight(study, cells)
     except InputError as exc:
