@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         heads_s = time.perf_counter() - start
         qid = evalset.query_ids[0]
         docid = next(iter(evalset.qrels[qid]))
-        ids = reranker.tokenize([reranker.format(evalset.queries[qid], evalset.corpus[docid])])[0]
+        ids = reranker.encode([(evalset.queries[qid], evalset.corpus[docid])])[0]
         timings = {}
         for name, ctx in (("fine-tuned", None), ("base + head", switch_off(reranker, frozenset()))):
             start = time.perf_counter()

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     systems = Systems(args, adapter, work)
     reranker = systems.reranker
     text_pairs = [peers.split_pair(reranker.settings, data.queries[q], data.corpus[d]) for q, d in pairs]
-    ids = reranker.tokenize([reranker.format(data.queries[q], data.corpus[d]) for q, d in pairs])
+    ids = reranker.encode([(data.queries[q], data.corpus[d]) for q, d in pairs])
     lengths = [len(x) for x in ids]
 
     # 1. Same inputs: token ids of every pair.

@@ -228,8 +228,8 @@ def step_work(reranker: Reranker, items: list[dict], queries: int) -> list[dict]
     """Matmul FLOPs of each step (:func:`flops.step_flops`) over the token ids its groups become."""
     out = []
     for start in range(0, len(items), queries):
-        texts = [reranker.format(it["query"], p) for it in items[start : start + queries] for p in it["passages"]]
-        out.append(flops.step_flops(reranker, [len(ids) for ids in reranker.tokenize(texts)]))
+        pairs = [(it["query"], p) for it in items[start : start + queries] for p in it["passages"]]
+        out.append(flops.step_flops(reranker, [len(ids) for ids in reranker.encode(pairs)]))
     return out
 
 

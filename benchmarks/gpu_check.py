@@ -192,7 +192,7 @@ def score_phase(reranker: Reranker, device: torch.device, size: dict, candidates
     scores = scorer.score(items)
     sync(device)
     seconds = time.perf_counter() - start
-    lengths = [len(x) for x in reranker.tokenize([reranker.format(q, p) for q, p in items])]
+    lengths = [len(x) for x in reranker.encode(items)]
     work = forward_flops(scorer.model, lengths)
     return {
         "pairs": len(items),

@@ -65,6 +65,45 @@ def test_truncation_keeps_eos_and_max_length():
     assert len(ids) == 12 and ids[-1] == reranker.tokenizer.eos_token_id
 
 
+DOC_FIRST = "document: {title} {text} query: {query}"
+LONG = Passage("d9", "python", " ".join(["use sorted or list sort to order a python list"] * 20))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_long_passage_is_cut_inside_the_passage_so_the_query_after_it_stays(family):
+    reranker = tiny_reranker(family, max_length=80, template=DOC_FIRST)  # the tiny BPE: ~1 token a character
+    tok = reranker.tokenizer
+    ids = reranker.encode([(QUERY, LONG)])[0]
+    assert len(ids) == 80 and ids[-1] == tok.eos_token_id
+    whole = tok(reranker.format(QUERY, LONG), add_special_tokens=True)["input_ids"]
+    tail = tok(" query: " + QUERY, add_special_tokens=False)["input_ids"]
+    # The passage's last tokens went; the whole "query: ..." end of the text is still there, in order.
+    assert ids[:-1][-len(tail) :] == whole[-len(tail) :] and len(whole) > 80
+    kept = ids[: 80 - 1 - len(tail)]
+    assert len(kept) > 20
+    assert kept == whole[: len(kept)]  # BOS, "document:" and the passage's first tokens, as tokenized whole
+    # The plain end cut loses the query: the failure this avoids.
+    plain = reranker.tokenize([reranker.format(QUERY, LONG)])[0]
+    assert plain[-1 - len(tail) : -1] != tail
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_passage_cut_changes_nothing_where_the_passage_is_last_or_the_text_fits(family):
+    reranker = tiny_reranker(family, max_length=24)  # the default template: the passage last
+    items = [(QUERY, p) for p in [*PASSAGES, LONG]]
+    assert reranker.encode(items) == reranker.tokenize([reranker.format(q, p) for q, p in items])
+    roomy = tiny_reranker(family, max_length=256, template=DOC_FIRST)
+    fits = [(QUERY, p) for p in PASSAGES]
+    assert roomy.encode(fits) == roomy.tokenize([roomy.format(q, p) for q, p in fits])
+
+
+def test_query_longer_than_max_length_falls_back_to_the_end_cut():
+    reranker = tiny_reranker("llama", max_length=16, template=DOC_FIRST)
+    query = " ".join(["what is the capital of france"] * 10)
+    ids = reranker.encode([(query, PASSAGES[0])])[0]
+    assert ids == reranker.tokenize([reranker.format(query, PASSAGES[0])])[0] and len(ids) == 16
+
+
 @pytest.mark.parametrize(
     "family,targets", [("llama", "all"), ("gpt_neox", "q"), ("gpt2", "mha"), ("gemma3", "mlp"), ("llama", "none")]
 )

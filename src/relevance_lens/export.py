@@ -213,7 +213,7 @@ def tokenization_problem(reranker: Reranker, tokenizer, probes: Sequence[tuple[s
     for query, passage in probes:
         if not cut_like_ours(tokenizer, query, passage_text(passage, template)):
             continue  # the libraries' longest_first truncation cuts this query: a known, documented difference
-        ours = reranker.tokenize([reranker.format(query, passage)])[0]
+        ours = reranker.encode([(query, passage)])[0]
         theirs = tokenizer(query, passage_text(passage, template), truncation=True)["input_ids"]
         if ours != theirs:
             return (

@@ -163,7 +163,7 @@ def analyze_attribute(
             continue
         with switch:
             for qid, docid in pairs:
-                ids = reranker.tokenize([reranker.format(evalset.queries[qid], evalset.corpus[docid])])[0]
+                ids = reranker.encode([(evalset.queries[qid], evalset.corpus[docid])])[0]
                 found = integrated_gradients(reranker, ids, settings.baseline, settings.steps)
                 rows += _attribution_rows(info, f"{variant} {qid}/{docid}", found, evalset, qid, docid, config)
                 if found.gap > settings.tolerance:

@@ -12,6 +12,7 @@ give the same scores.
 from __future__ import annotations
 
 import json
+import string
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -179,20 +180,90 @@ class Reranker(nn.Module):
 
     # ---------------------------------------------------------------- text -> tensors
     def format(self, query: str, passage: Passage) -> str:
-        title = passage.title.replace("-", " ").strip() if self.settings.tevatron_titles else passage.title
-        return self.settings.template.format(query=query, title=title, text=passage.text).strip()
+        return self.format_spans(query, passage)[0]
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text: BOS as the tokenizer adds it, truncated, EOS appended."""
+    def format_spans(self, query: str, passage: Passage) -> tuple[str, tuple[int, int]]:
+        """The text :meth:`format` gives and the character span ``[start, end)`` of its passage fields
+        (from the first ``{title}`` or ``{text}`` to the end of the last; empty at the end of the query
+        part when the template has neither)."""
+        title = passage.title.replace("-", " ").strip() if self.settings.tevatron_titles else passage.title
+        values = {"query": query, "title": title, "text": passage.text}
+        formatter = string.Formatter()
+        text, start, end = "", None, None
+        for literal, name, spec, conversion in formatter.parse(self.settings.template):
+            text += literal
+            if name is None:
+                continue
+            text_start = len(text)
+            value = formatter.get_field(name, (), values)[0]  # as str.format reads it ({query[0]} too)
+            text += formatter.format_field(formatter.convert_field(value, conversion), spec or "")
+            if not name.startswith("query"):
+                start = text_start if start is None else start
+                end = len(text)
+        if start is None:
+            start = end = len(text)
+        lead = len(text) - len(text.lstrip())
+        stripped = text.strip()
+        clamp = lambda i: min(max(i - lead, 0), len(stripped))  # noqa: E731
+        return stripped, (clamp(start), clamp(end))
+
+    def encode(self, items: Sequence[tuple[str, Passage]]) -> list[list[int]]:
+        """Token ids of (query, passage) pairs: the template filled, BOS as the tokenizer adds it,
+        cut to ``max_length`` inside the passage (:meth:`tokenize`), EOS appended."""
+        formatted = [self.format_spans(query, passage) for query, passage in items]
+        return self.tokenize([text for text, _ in formatted], spans=[span for _, span in formatted])
+
+    def tokenize(self, texts: Sequence[str], spans: Sequence[tuple[int, int]] | None = None) -> list[list[int]]:
+        """Token ids per text: BOS as the tokenizer adds it, truncated, EOS appended.
+
+        Without ``spans`` a long text loses its end. With each text's passage span (characters,
+        as :meth:`format_spans` gives it), a long text loses the passage's last tokens instead, so
+        a template with text after the passage (the query last, a question to the model) keeps it:
+        the tokens before the passage, its first tokens and every token after it. Where those
+        around it alone overflow, the text's end is cut as without spans. A template whose passage
+        comes last cuts the same tokens either way.
+        """
         room = self.settings.max_length - (1 if self.settings.append_eos else 0)
-        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=room)
-        ids = enc["input_ids"]
+        if spans is None:
+            ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=room)["input_ids"]
+        else:
+            ids = [self._cut_passage(text, span, room) for text, span in zip(texts, spans, strict=True)]
         if self.settings.append_eos:
             eos = self.tokenizer.eos_token_id
             if eos is None:
                 raise InputError(f"model {self.settings.model}: tokenizer has no EOS token; set append_eos false")
             ids = [seq + [eos] for seq in ids]
         return ids
+
+    def _cut_passage(self, text: str, span: tuple[int, int], room: int) -> list[int]:
+        """``text``'s ids, at most ``room``, the cut inside the passage span (see :meth:`tokenize`)."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            if len(ids) > room and span[1] < len(text.rstrip()):
+                raise InputError(
+                    f"model {self.settings.model}: template {self.settings.template!r} has text after the passage "
+                    "and its tokenizer gives no offsets (not a fast tokenizer) to cut the passage by; put the "
+                    "passage last or use a fast tokenizer"
+                )
+            return ids[:room]
+        enc = self.tokenizer(
+            text, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True
+        )
+        ids = enc["input_ids"]
+        if len(ids) <= room:
+            return ids
+        first, last = span
+        # A token that straddles the span's start (a space joined to the passage's first word) is passage.
+        inside = [
+            i
+            for i, ((s, e), special) in enumerate(zip(enc["offset_mapping"], enc["special_tokens_mask"]))
+            if not special and e > first and s < last
+        ]
+        if not inside:
+            return ids[:room]
+        start, end = inside[0], inside[-1] + 1
+        keep = room - start - (len(ids) - end)
+        return ids[: start + keep] + ids[end:] if keep >= 0 else ids[:room]
 
     def collate(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Pad to the longest sequence on the configured side."""
@@ -224,7 +295,7 @@ class Reranker(nn.Module):
     @torch.inference_mode()
     def score_pairs(self, query: str, passages: Sequence[Passage]) -> list[float]:
         """Scores for one query's passages (small inputs; use :mod:`score` for whole runs)."""
-        batch = self.collate(self.tokenize([self.format(query, p) for p in passages]))
+        batch = self.collate(self.encode([(query, p) for p in passages]))
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return self(**batch).float().tolist()
 

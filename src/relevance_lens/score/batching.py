@@ -2,7 +2,7 @@
 by length and cut into batches under a padded-token budget, so padding stays small and memory
 stays flat however many pairs there are.
 
-Texts are clipped before they are formatted (:func:`pair_texts`): a field far longer than
+Texts are clipped before they are formatted (:func:`clip_pairs`): a field far longer than
 ``max_length`` tokens is cut to a prefix that still holds more tokens than can be kept, so a
 10 MB passage or a 100k-token query costs what a ``max_length`` one costs, with the same token
 ids (the tokenizer truncates the pair anyway; it would first encode every token of it, and the
@@ -71,10 +71,10 @@ def clip_text(tokenizer, text: str, tokens: int) -> str:
     return text
 
 
-def pair_texts(reranker, items: Sequence[tuple[str, Passage]]) -> list[str]:
-    """The reranker's template filled for each (query text, passage), long fields clipped (:func:`clip_text`).
+def clip_pairs(reranker, items: Sequence[tuple[str, Passage]]) -> list[tuple[str, Passage]]:
+    """(query text, passage) items with long fields clipped (:func:`clip_text`).
 
-    Clipping leaves the token ids ``reranker.tokenize`` returns unchanged; a text that recurs
+    Clipping leaves the token ids ``reranker.encode`` returns unchanged; a text that recurs
     (a query across its candidates, a passage across queries) is clipped once.
     """
     tokens = reranker.settings.max_length
@@ -88,17 +88,22 @@ def pair_texts(reranker, items: Sequence[tuple[str, Passage]]) -> list[str]:
             clipped[text] = clip_text(reranker.tokenizer, text, tokens)
         return clipped[text]
 
-    texts = []
+    out = []
     for query, passage in items:
         if len(passage.title) > short or len(passage.text) > short:
             passage = Passage(passage.docid, clip(passage.title), clip(passage.text))
-        texts.append(reranker.format(clip(query), passage))
-    return texts
+        out.append((clip(query), passage))
+    return out
+
+
+def pair_texts(reranker, items: Sequence[tuple[str, Passage]]) -> list[str]:
+    """The reranker's template filled for each (query text, passage), long fields clipped (:func:`clip_pairs`)."""
+    return [reranker.format(query, passage) for query, passage in clip_pairs(reranker, items)]
 
 
 def encode_texts(reranker, items: Sequence[tuple[str, Passage]]) -> list[list[int]]:
-    """Token ids of (query text, passage) items: :func:`pair_texts`, then ``reranker.tokenize`` (truncation, EOS)."""
-    return reranker.tokenize(pair_texts(reranker, items))
+    """Token ids of (query text, passage) items: :func:`clip_pairs`, then ``reranker.encode`` (the cut, EOS)."""
+    return reranker.encode(clip_pairs(reranker, items))
 
 
 def batches(lengths: Sequence[int], order: Sequence[int], batch_tokens: int, max_batch: int) -> Iterator[list[int]]:

@@ -182,8 +182,8 @@ class GroupCollator:
         self.reranker = reranker
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        texts = [self.reranker.format(it["query"], p) for it in items for p in it["passages"]]
-        batch = self.reranker.collate(self.reranker.tokenize(texts))
+        pairs = [(it["query"], p) for it in items for p in it["passages"]]
+        batch = self.reranker.collate(self.reranker.encode(pairs))
         batch["group_size"] = torch.tensor(len(items[0]["passages"]))
         return batch
 
