@@ -543,6 +543,7 @@ _INPUTS = {
     ],
     "heads": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
     "attribute": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
+    "patch": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
 }
 
 

@@ -12,6 +12,7 @@ give the same scores.
 from __future__ import annotations
 
 import json
+import string
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -179,8 +180,56 @@ class Reranker(nn.Module):
 
     # ---------------------------------------------------------------- text -> tensors
     def format(self, query: str, passage: Passage) -> str:
+        return self.format_spans(query, passage)[0]
+
+    def format_spans(self, query: str, passage: Passage) -> tuple[str, tuple[int, int]]:
+        """The text :meth:`format` gives and the character span ``[start, end)`` of its passage fields
+        (from the first ``{title}`` or ``{text}`` to the end of the last; empty at the end of the query
+        part when the template has neither)."""
         title = passage.title.replace("-", " ").strip() if self.settings.tevatron_titles else passage.title
-        return self.settings.template.format(query=query, title=title, text=passage.text).strip()
+        values = {"query": query, "title": title, "text": passage.text}
+        formatter = string.Formatter()
+        text, start, end = "", None, None
+        for literal, name, spec, conversion in formatter.parse(self.settings.template):
+            text += literal
+            if name is None:
+                continue
+            text_start = len(text)
+            value = formatter.get_field(name, (), values)[0]  # as str.format reads it ({query[0]} too)
+            text += formatter.format_field(formatter.convert_field(value, conversion), spec or "")
+            if not name.startswith("query"):
+                start = text_start if start is None else start
+                end = len(text)
+        if start is None:
+            start = end = len(text)
+        lead = len(text) - len(text.lstrip())
+        stripped = text.strip()
+        clamp = lambda i: min(max(i - lead, 0), len(stripped))  # noqa: E731
+        return stripped, (clamp(start), clamp(end))
+
+    def token_spans(self, query: str, passage: Passage) -> tuple[list[int], int, int]:
+        """Token ids as ``tokenize([format(query, passage)])`` gives them, and the token range
+        ``[start, end)`` of the passage fields: before it the template's prefix and the query (BOS
+        included), after it the template's suffix and EOS. A token that straddles the boundary (a
+        space joined to the passage's first word) counts as passage. Needs a fast tokenizer's offsets."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise InputError(
+                f"model {self.settings.model}: its tokenizer gives no token offsets (not a fast tokenizer); "
+                "token positions need one"
+            )
+        text, (first, last) = self.format_spans(query, passage)
+        ids = self.tokenize([text])[0]
+        room = self.settings.max_length - (1 if self.settings.append_eos else 0)
+        enc = self.tokenizer(
+            [text], add_special_tokens=True, truncation=True, max_length=room, return_offsets_mapping=True
+        )
+        offsets = enc["offset_mapping"][0]
+        if list(enc["input_ids"][0]) != ids[: len(offsets)]:
+            raise InputError(f"model {self.settings.model}: token offsets disagree with the tokenized ids")
+        start = next((i for i, (_, e) in enumerate(offsets) if e > first), len(offsets))
+        inside = [i for i, (s, e) in enumerate(offsets) if e > first and s < last and e > s]
+        end = max(start, inside[-1] + 1 if inside else start)
+        return ids, start, end
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text: BOS as the tokenizer adds it, truncated, EOS appended."""
