@@ -16,6 +16,7 @@ from relevance_lens.dissect.settings import PatchSettings
 from relevance_lens.errors import InputError
 from relevance_lens.model.roles import architecture_of, blocks
 from relevance_lens.store import Store
+from studyfix import dry_run, no_weights_no_network  # noqa: F401  (a fixture)
 from tiny import FAMILIES
 
 
@@ -221,3 +222,11 @@ def test_cli_analyze_patch_on_a_model_folder(tmp_path):
     assert result.exit_code == 0, result.output
     assert "patch adapter resid" in result.output and "patch head-base resid" in result.output
     assert Store(db).has("r2-all", "patch", checkpoint="final")
+
+
+@pytest.mark.usefixtures("no_weights_no_network")
+def test_the_mechanisms_study_plans_patching_with_its_cost(tmp_path):
+    listed = dry_run("mechanisms", tmp_path / "w")
+    (cell,) = [c for c, _ in listed if c.what == "patch on dev10"]
+    # 2 models x (2 + 3 components x 4 positions x 30 layers) per pair, 4 pairs.
+    assert cell.cost == "724 sequence forwards x 4 pairs (at most)" and cell.work == 724 * 4

@@ -500,7 +500,9 @@ def report(
 
 # ---------------------------------------------------------------- analyze (dissection)
 
-analyze_app = typer.Typer(no_args_is_help=True, help="Dissect adapters: checkpoints, ablations, weights, lens.")
+analyze_app = typer.Typer(
+    no_args_is_help=True, help="Dissect adapters: checkpoints, ablations, weights, lens, heads, attributions, patching."
+)
 app.add_typer(analyze_app, name="analyze")
 
 # Every analysis of the registry becomes ``analyze NAME``: its inputs (below), its eval set and
