@@ -177,6 +177,14 @@ def test_patch_analysis_rows_rerun_and_report(tmp_path, monkeypatch):
     assert "residual stream" in section.body and "MLP output" in section.body
     assert len(section.tables) == 1 and len(section.tables[0].body) == 6  # runs x models x components
     assert "1.00 (L" in section.body  # resid at all positions peaks at 1
+    from relevance_lens.report.page import write_report
+
+    page = write_report(tmp_path / "r.sqlite", tmp_path / "report.html").read_text()
+    body = page.split('<section id="patch">', 1)[1].split("</section>", 1)[0]
+    assert 'class="note"' not in body and body.count("<img") == 2
+    # What `report --figures` writes as files (relevance_lens.report.paper, tested on its own).
+    assert [p.name for p in section.plots] == ["patch-resid-tiny-top-3-6-queries", "patch-mlp-tiny-top-3-6-queries"]
+    assert section.tables[0].name == "patch-tiny-top-3-6-queries"
 
 
 def test_a_model_whose_scores_tie_is_skipped_and_counted(tmp_path, monkeypatch):
