@@ -1,6 +1,6 @@
 """Forward hooks on the real transformers model, only ever through context managers.
 
-Two operations, both used by the ablation sweeps and the logit lens:
+Two operations used by the ablation sweeps and the logit lens:
 
 * :func:`record_block_inputs` caches each decoder block's input hidden state (the residual
   stream after the blocks below it) and the input of the final norm (the output of the last
