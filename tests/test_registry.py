@@ -24,6 +24,7 @@ OTHER = {
     "probe_split": "dev", "adapter_off": True, "versus": "bm25",
     "heads.sweeps": ["keep-head"], "layers": [1, 2],
     "baseline": "zero", "pairs": 3, "query_ids": ["q1"], "tolerance": 0.1, "attribute.steps": 8,
+    "components": ["resid", "mlp"], "positions": ["last", "all"], "ablated": ["drop-mlp"], "min_gap": 0.01,
 }  # fmt: skip
 
 SETTINGS = [(name, f) for name, entry in ANALYSES.items() for f in dataclasses.fields(entry.settings)]

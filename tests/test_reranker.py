@@ -177,3 +177,23 @@ def test_fused_q_only_changes_only_query_rows(tmp_path):
 def test_bad_template_is_refused():
     with pytest.raises(InputError, match="unknown field"):
         RerankerConfig(template="query: {question}")
+
+
+@pytest.mark.parametrize(
+    ("template", "passage_part"),
+    [
+        ("query: {query} document: {title} {text}", "paris paris is the capital"),
+        ("  {title}: {text} | query: {query}!  ", "paris: paris is the capital"),
+        ("q {query!r} p {text:>30} end", " " * 10 + "paris is the capital"),
+        ("query: {query}", ""),
+    ],
+)
+def test_format_spans_are_where_the_passage_is(template, passage_part):
+    reranker = tiny_reranker("llama", template=template)
+    passage = Passage("d", "paris", "paris is the capital")
+    text, (start, end) = reranker.format_spans("capital of france", passage)
+    assert text == template.format(query="capital of france", title="paris", text=passage.text).strip()
+    assert text == reranker.format("capital of france", passage) and text[start:end] == passage_part
+    ids, first, last = reranker.token_spans("capital of france", passage)
+    assert ids == reranker.tokenize([text])[0]
+    assert reranker.tokenizer.decode(ids[first:last]).strip() == passage_part.strip()

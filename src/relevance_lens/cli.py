@@ -502,7 +502,9 @@ def report(
 
 # ---------------------------------------------------------------- analyze (dissection)
 
-analyze_app = typer.Typer(no_args_is_help=True, help="Dissect adapters: checkpoints, ablations, weights, lens.")
+analyze_app = typer.Typer(
+    no_args_is_help=True, help="Dissect adapters: checkpoints, ablations, weights, lens, heads, attributions, patching."
+)
 app.add_typer(analyze_app, name="analyze")
 
 # Every analysis of the registry becomes ``analyze NAME``: its inputs (below), its eval set and
@@ -545,6 +547,7 @@ _INPUTS = {
     ],
     "heads": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
     "attribute": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
+    "patch": [("target", Path, ..., "Adapter folder (a checkpoint or final/).", "arg")],
 }
 
 

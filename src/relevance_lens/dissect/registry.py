@@ -22,6 +22,7 @@ from relevance_lens.dissect.settings import (
     CheckpointsSettings,
     HeadsSettings,
     LensSettings,
+    PatchSettings,
     WeightsSettings,
 )
 from relevance_lens.errors import InputError
@@ -154,6 +155,12 @@ def _attribute(inputs: Inputs, settings: AttributeSettings, ctx: Context) -> lis
     return attribute_runner(inputs, settings, ctx)
 
 
+def _patch(inputs: Inputs, settings: PatchSettings, ctx: Context) -> list[dict[str, Any]]:
+    from relevance_lens.dissect.patch import patch_runner
+
+    return patch_runner(inputs, settings, ctx)
+
+
 ANALYSES: dict[str, Analysis] = {
     a.name: a
     for a in (
@@ -204,6 +211,15 @@ ANALYSES: dict[str, Analysis] = {
             "final",
             True,
             "Token attributions (integrated gradients on input embeddings), fine-tuned vs base + head.",
+        ),
+        Analysis(
+            "patch",
+            PatchSettings,
+            _patch,
+            "final",
+            True,
+            "Activation patching, relevant into non-relevant passage: the score difference moved per layer x "
+            "token positions (residual stream, attention, MLP), fine-tuned vs base + head.",
         ),
     )
 }

@@ -217,3 +217,66 @@ class AttributeSettings:
             raise InputError(
                 f"steps {self.steps} / pairs {self.pairs} / tolerance {self.tolerance}: expected positive numbers"
             )
+
+
+#: What activation patching replaces (:mod:`relevance_lens.dissect.patch`): the residual stream (a
+#: block's output), the attention sublayer's output, the MLP sublayer's output.
+PATCH_COMPONENTS = ("resid", "attn", "mlp")
+#: Token position classes: template prefix + query, passage (+ template suffix), the scored last
+#: token, and all of them.
+PATCH_POSITIONS = ("query", "passage", "last", "all")
+#: ΔW-ablated models patching can run on besides the adapter and the base + head.
+PATCH_ABLATIONS = ("drop-mha", "drop-mlp")
+
+
+@dataclass
+class PatchSettings:
+    """``patch``: activation patching from a relevant passage's run into a non-relevant one's."""
+
+    pairs: int = field(
+        default=4,
+        metadata={
+            "help": "One pair from each of the first N scored queries with a relevant and a non-relevant passage "
+            "in the first stage's top-depth: the first-stage top of each."
+        },
+    )
+    components: list[str] = field(
+        default_factory=lambda: ["resid"],
+        metadata={
+            "help": f"What is patched: {', '.join(PATCH_COMPONENTS)} (block output, attention output, MLP output; "
+            "repeat the option).",
+            "flag": "--component",
+        },
+    )
+    positions: list[str] = field(
+        default_factory=lambda: list(PATCH_POSITIONS),
+        metadata={
+            "help": f"Token positions patched: {', '.join(PATCH_POSITIONS)} (repeat the option).",
+            "flag": "--position",
+        },
+    )
+    ablated: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": f"Also patch these ΔW-ablated models: {', '.join(PATCH_ABLATIONS)} (repeat the option).",
+            "flag": "--ablated",
+        },
+    )
+    min_gap: float = field(
+        default=1e-3,
+        metadata={"help": "Skip (and count) pairs whose two scores differ by less than this under a model."},
+    )
+
+    def __post_init__(self) -> None:
+        for name, given, allowed in (
+            ("component", self.components, PATCH_COMPONENTS),
+            ("position", self.positions, PATCH_POSITIONS),
+            ("ablated", self.ablated, PATCH_ABLATIONS),
+        ):
+            bad = [g for g in given if g not in allowed]
+            if bad or (name != "ablated" and not given):
+                raise InputError(
+                    f"patch {name} {', '.join(map(repr, bad)) or '(none)'}: expected some of {', '.join(allowed)}"
+                )
+        if self.pairs < 1 or not self.min_gap >= 0:
+            raise InputError(f"patch pairs {self.pairs} / min_gap {self.min_gap}: expected pairs >= 1 and min_gap >= 0")

@@ -1,6 +1,6 @@
 """Forward hooks on the real transformers model, only ever through context managers.
 
-Two operations, both used by the ablation sweeps and the logit lens:
+Two operations used by the ablation sweeps and the logit lens:
 
 * :func:`record_block_inputs` caches each decoder block's input hidden state (the residual
   stream after the blocks below it) and the input of the final norm (the output of the last
@@ -11,6 +11,9 @@ Two operations, both used by the ablation sweeps and the logit lens:
   and attention masks are still computed by the model itself, so nothing of its forward is
   reimplemented here.
 
+For activation patching, :func:`record_outputs` caches modules' outputs in one run and
+:func:`patch_outputs` writes them into another's at chosen positions of chosen batch rows.
+
 Naming: ``layer`` ``l`` in ``0..N`` is the residual stream *entering* block ``l``; ``l = N`` is
 the output of the last block, before the final norm. Every hook is removed, and every
 temporarily changed attribute restored, in ``finally``.
@@ -19,7 +22,7 @@ temporarily changed attribute restored, in ``finally``.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Hashable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -106,3 +109,59 @@ def start_at_layer(base_model: nn.Module, arch: Architecture, layer: int, hidden
         if slice_types:
             config.layer_types = layer_types
         handle.remove()
+
+
+def _output_tensor(output) -> torch.Tensor:
+    """A module's output hidden state: the output itself, or the first item of a block's tuple."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def record_outputs(modules: Mapping[Hashable, nn.Module]) -> Iterator[dict[Hashable, torch.Tensor]]:
+    """Cache ``{key: output}`` of each module during the forwards inside (detached; a later forward
+    overwrites an earlier one)."""
+    cache: dict[Hashable, torch.Tensor] = {}
+    handles = []
+
+    def saver(key: Hashable):
+        def hook(module, args, output):
+            cache[key] = _output_tensor(output).detach()
+
+        return hook
+
+    try:
+        for key, module in modules.items():
+            handles.append(module.register_forward_hook(saver(key)))
+        yield cache
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def patch_outputs(
+    modules: Mapping[Hashable, nn.Module],
+    sources: Mapping[Hashable, torch.Tensor],
+    masks: Mapping[Hashable, torch.Tensor],
+) -> Iterator[None]:
+    """During the forwards inside, each module's output takes ``sources[key]`` (``(1 or batch, seq,
+    hidden)``) wherever ``masks[key]`` (``(batch, seq)``, bool) is true, and keeps its own elsewhere."""
+    handles = []
+
+    def patcher(key: Hashable):
+        def hook(module, args, output):
+            own = _output_tensor(output)
+            mask = masks[key].to(own.device).unsqueeze(-1)
+            patched = torch.where(mask, sources[key].to(device=own.device, dtype=own.dtype), own)
+            return (patched,) + tuple(output[1:]) if isinstance(output, tuple) else patched
+
+        return hook
+
+    try:
+        for key, module in modules.items():
+            if key in masks:
+                handles.append(module.register_forward_hook(patcher(key)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -223,20 +223,34 @@ class Reranker(nn.Module):
         around it alone overflow, the text's end is cut as without spans. A template whose passage
         comes last cuts the same tokens either way.
         """
-        room = self.settings.max_length - (1 if self.settings.append_eos else 0)
+        room = self._room()
         if spans is None:
             ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=room)["input_ids"]
         else:
-            ids = [self._cut_passage(text, span, room) for text, span in zip(texts, spans, strict=True)]
-        if self.settings.append_eos:
-            eos = self.tokenizer.eos_token_id
-            if eos is None:
-                raise InputError(f"model {self.settings.model}: tokenizer has no EOS token; set append_eos false")
-            ids = [seq + [eos] for seq in ids]
-        return ids
+            ids = [self._cut_passage(text, span, room)[0] for text, span in zip(texts, spans, strict=True)]
+        return self._with_eos(ids)
 
-    def _cut_passage(self, text: str, span: tuple[int, int], room: int) -> list[int]:
-        """``text``'s ids, at most ``room``, the cut inside the passage span (see :meth:`tokenize`)."""
+    def token_spans(self, query: str, passage: Passage) -> tuple[list[int], int, int]:
+        """Token ids as :meth:`encode` gives them, and the token range ``[start, end)`` of the passage
+        fields: before it the template's prefix and the query (BOS included) where the query comes
+        first, after it the template's suffix (the query where it comes last) and EOS. A token that
+        straddles the boundary (a space joined to the passage's first word) counts as passage. Needs a
+        fast tokenizer's offsets."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise InputError(
+                f"model {self.settings.model}: its tokenizer gives no token offsets (not a fast tokenizer); "
+                "token positions need one"
+            )
+        text, span = self.format_spans(query, passage)
+        ids, start, end = self._cut_passage(text, span, self._room())
+        return self._with_eos([ids])[0], start, end
+
+    def _room(self) -> int:
+        return self.settings.max_length - (1 if self.settings.append_eos else 0)
+
+    def _cut_passage(self, text: str, span: tuple[int, int], room: int) -> tuple[list[int], int, int]:
+        """``text``'s ids, at most ``room``, the cut inside the passage span (see :meth:`tokenize`),
+        with the passage's token range in them."""
         if not getattr(self.tokenizer, "is_fast", False):
             ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
             if len(ids) > room and span[1] < len(text.rstrip()):
@@ -245,25 +259,36 @@ class Reranker(nn.Module):
                     "and its tokenizer gives no offsets (not a fast tokenizer) to cut the passage by; put the "
                     "passage last or use a fast tokenizer"
                 )
-            return ids[:room]
+            return ids[:room], 0, 0  # no offsets: no passage range (token_spans refuses this tokenizer)
         enc = self.tokenizer(
             text, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True
         )
-        ids = enc["input_ids"]
-        if len(ids) <= room:
-            return ids
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
         first, last = span
         # A token that straddles the span's start (a space joined to the passage's first word) is passage.
         inside = [
             i
-            for i, ((s, e), special) in enumerate(zip(enc["offset_mapping"], enc["special_tokens_mask"]))
+            for i, ((s, e), special) in enumerate(zip(offsets, enc["special_tokens_mask"]))
             if not special and e > first and s < last
         ]
         if not inside:
-            return ids[:room]
+            start = next((i for i, (_, e) in enumerate(offsets) if e > first), len(ids))
+            return ids[:room], min(start, room), min(start, room)
         start, end = inside[0], inside[-1] + 1
+        if len(ids) <= room:
+            return ids, start, end
         keep = room - start - (len(ids) - end)
-        return ids[: start + keep] + ids[end:] if keep >= 0 else ids[:room]
+        if keep < 0:  # the text around the passage alone overflows: the end cut
+            return ids[:room], min(start, room), min(end, room)
+        return ids[: start + keep] + ids[end:], start, start + keep
+
+    def _with_eos(self, ids: list[list[int]]) -> list[list[int]]:
+        if not self.settings.append_eos:
+            return ids
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise InputError(f"model {self.settings.model}: tokenizer has no EOS token; set append_eos false")
+        return [seq + [eos] for seq in ids]
 
     def collate(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Pad to the longest sequence on the configured side."""

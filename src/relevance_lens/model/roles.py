@@ -166,6 +166,22 @@ def blocks(base_model: nn.Module, arch: Architecture) -> nn.ModuleList:
     return base_model.get_submodule(arch.layers)
 
 
+#: The sublayer outputs activation patching reads, by the role whose module writes them: the
+#: attention output is o's output, the MLP output down's (before any post-norm, which acts per
+#: position, so patching either is the same).
+SUBLAYER_ROLES: dict[str, str] = {"attn": "o", "mlp": "down"}
+
+
+def component_module(base_model: nn.Module, arch: Architecture, layer: int, component: str) -> nn.Module:
+    """The module whose output is ``component`` of ``layer``: ``resid`` the block itself (its output,
+    the residual stream after it), ``attn`` and ``mlp`` the modules of :data:`SUBLAYER_ROLES`."""
+    if component == "resid":
+        return blocks(base_model, arch)[layer]
+    if component not in SUBLAYER_ROLES:
+        raise InputError(f"component {component!r}: expected resid or one of {', '.join(SUBLAYER_ROLES)}")
+    return role_module(base_model, arch, layer, SUBLAYER_ROLES[component])
+
+
 def num_layers(config) -> int:
     return int(getattr(config, "num_hidden_layers", None) or config.n_layer)
 

@@ -14,7 +14,8 @@ The page is assembled here; the store is read by :mod:`relevance_lens.report.res
 figures drawn by :mod:`relevance_lens.report.figures`, the tables built by
 :mod:`relevance_lens.report.tables`, and the sections written by :mod:`relevance_lens.report.train_sections`
 (training, ranks, targets), :mod:`relevance_lens.report.layer_sections` (ablations, ΔW, lens) and
-:mod:`relevance_lens.report.search_sections` (a recipe search's dev curves and its one test number).
+:mod:`relevance_lens.report.search_sections` (a recipe search's dev curves and its one test number);
+heads, attributions and activation patching by ``head_sections``, ``attribute_sections`` and ``patch_sections``.
 With ``figures``, the same sections' figures and tables are also written as files for a paper by
 :mod:`relevance_lens.report.paper`.
 """
@@ -41,6 +42,7 @@ from relevance_lens.report.layer_sections import (
     weights_section,
 )
 from relevance_lens.report.paper import write_figures
+from relevance_lens.report.patch_sections import patch_section
 from relevance_lens.report.results import Results, RunInfo, _eval_label, read_rows
 from relevance_lens.report.search_sections import search_section
 from relevance_lens.report.tables import Section, _table_raw, mark
@@ -122,6 +124,7 @@ SECTIONS: tuple[Callable[[Results], Section], ...] = (
     weights_section,
     lens_section,
     attribute_section,
+    patch_section,
     config_section,
 )
 

@@ -384,6 +384,13 @@ def _analysis_cost(
         passes = len([s for s in steps if s <= train["max_steps"]]) + 1 + (0 if head_only else 1)  # + final, + baseline
     elif name == "ablate":
         passes = sum(len(_variants(s, spec, train, info)) + 2 for s in spec.sweeps) if info.layers else None
+    elif name == "patch":  # per pair: source + target, then each (component, position) batch's rows, one per layer
+        models = 1 if head_only else 2 + len(set(spec.ablated))
+        if queries is None or not info.layers:
+            return "? sequence forwards", 0
+        per_pair = models * (2 + len(spec.components) * len(spec.positions) * info.layers)
+        n = min(spec.pairs, queries)
+        return f"{per_pair} sequence forwards x {n} pairs (at most)", per_pair * n
     elif name in ("heads", "attribute"):  # per head unit / IG step: ModelInfo has no head count, so left open
         passes = None
     else:  # lens
