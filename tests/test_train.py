@@ -115,7 +115,7 @@ def _cli(*args, env=None):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(collection, tmp_path):
-    settings = _config(collection, tmp_path / "x", max_steps=60, save_steps=[10, 20, 30, 40, 50], lora_dropout=0.1)
+    settings = _config(collection, tmp_path / "x", max_steps=30, save_steps=[5, 10, 15, 20, 25], lora_dropout=0.1)
     settings.pop("output")
     toml = _write_toml(tmp_path / "train.toml", settings)
     straight = tmp_path / "straight"
