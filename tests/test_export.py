@@ -59,13 +59,17 @@ def hf_scores(folder, pairs):
         (TEMPLATE, ("query: ", " document: ", "{title} {text}", "")),
         ("  Q: {query}\nP: {text} ", ("Q: ", "\nP: ", "{text}", "")),
         ("{query} [SEP] {title}.", ("", " [SEP] ", "{title}", ".")),
+        ("document: {title} {text} query: {query}", ("document: ", " query: ", "{title} {text}", "", False)),
+        ("{text} {query}", ("", " ", "{text}", "", False)),
     ],
 )
 def test_templates_split_into_a_pair(template, parts):
     assert PairTemplate.parse(template) == PairTemplate(*parts)
 
 
-@pytest.mark.parametrize("template", ["{text} {query}", "document: {title} {text}", "{query} {title} x {text}"])
+@pytest.mark.parametrize(
+    "template", ["{text} {query} {title}", "document: {title} {text}", "{query} {title} x {text}", "{query}{query}{text}"]
+)
 def test_templates_a_pair_cannot_carry_are_refused(template):
     with pytest.raises(InputError, match="export needs"):
         PairTemplate.parse(template)
@@ -77,13 +81,14 @@ def test_passage_string_fills_the_passage_slot():
 
 
 @pytest.mark.parametrize("max_length", [256, 48])
-def test_pair_tokenizer_gives_our_token_ids(max_length):
-    reranker = tiny_reranker("llama", max_length=max_length)
+@pytest.mark.parametrize("template", [TEMPLATE, "document: {title} {text} query: {query}"])
+def test_pair_tokenizer_gives_our_token_ids(max_length, template):
+    reranker = tiny_reranker("llama", max_length=max_length, template=template)
     tokenizer = export_tokenizer(reranker)
     assert tokenization_problem(reranker, tokenizer) is None
     query, passage = "sort", Passage("d", "Python", "use sorted or list sort " * 20)  # truncated at both lengths
-    ours = reranker.tokenize([reranker.format(query, passage)])[0]
-    theirs = tokenizer(query, passage_text(passage, TEMPLATE), truncation=True)["input_ids"]
+    ours = reranker.encode([(query, passage)])[0]
+    theirs = tokenizer(query, passage_text(passage, template), truncation=True)["input_ids"]
     assert theirs == ours and len(ours) == max_length and theirs[-1] == tokenizer.eos_token_id
     assert tokenizer.pad_token_id != tokenizer.eos_token_id and tokenizer.padding_side == "right"
 

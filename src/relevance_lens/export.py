@@ -91,28 +91,29 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class PairTemplate:
-    """``template`` cut around its query and passage slots: ``prefix{query}middle{passage}suffix``."""
+    """``template`` cut around its query and passage slots: ``prefix{query}middle{passage}suffix``,
+    or with ``query_first`` false ``prefix{passage}middle{query}suffix``."""
 
     prefix: str
     middle: str
     passage: str
     suffix: str
+    query_first: bool = True
 
     @classmethod
     def parse(cls, template: str) -> PairTemplate:
         slot = next((s for s in PASSAGE_SLOTS if s in template), None)
         if template.count("{query}") != 1 or slot is None or template.count(slot) != 1:
             raise InputError(
-                f"template {template!r}: export needs one {{query}} followed by one passage slot "
+                f"template {template!r}: export needs one {{query}} and one passage slot "
                 f"({', '.join(PASSAGE_SLOTS)}), since the libraries pass (query, passage) pairs"
             )
-        head, suffix = template.split(slot)
-        if "{query}" not in head or any(f in head.split("{query}")[1] + suffix for f in ("{title}", "{text}")):
-            raise InputError(
-                f"template {template!r}: export needs the query before the passage slot and no other field"
-            )
-        prefix, middle = head.split("{query}")
-        return cls(prefix.lstrip(), middle, slot, suffix.rstrip())  # the formatted text is stripped
+        head, tail = template.split(slot)
+        query_first = "{query}" in head
+        prefix, middle, suffix = (*head.split("{query}"), tail) if query_first else (head, *tail.split("{query}"))
+        if any(f in prefix + middle + suffix for f in ("{title}", "{text}")):
+            raise InputError(f"template {template!r}: export needs the query, the passage slot and no other field")
+        return cls(prefix.lstrip(), middle, slot, suffix.rstrip(), query_first)  # the formatted text is stripped
 
 
 def passage_text(passage: Passage, template: str) -> str:
@@ -182,13 +183,20 @@ def _pair_tokenizer(reranker: Reranker, *, prepend_space: bool):
         steps.append(backend.normalizer)
     backend.normalizer = normalizers.Sequence(steps)
     specials, pair, single = [], [], []
-    for name, piece in (("lead", lead), ("query", ids(prefix)), ("document", ids(middle)), ("end", end)):
+    # Each fixed piece is named for the slot it precedes: $A is the query, $B the passage.
+    first, second = (("query", "$A:0"), ("document", "$B:0"))[:: 1 if parts.query_first else -1]
+    for name, piece, slot in (
+        ("lead", lead, None),
+        (first[0], ids(prefix), first[1]),
+        (second[0], ids(middle), second[1]),
+        ("end", end, None),
+    ):
         if piece:
             token = f"<relevance-lens-{name}>"  # no colon: TemplateProcessing reads "x:1" as a type id
             specials.append({"id": token, "ids": piece, "tokens": tokenizer.convert_ids_to_tokens(piece)})
             pair.append(token)
             single += [token] if name in ("lead", "end") else []
-        pair += ["$A:0"] if name == "query" else ["$B:0"] if name == "document" else []
+        pair += [slot] if slot else []
     single.insert(1 if lead else 0, "$A:0")
     backend.post_processor = processors.TemplateProcessing(
         single=" ".join(single), pair=" ".join(pair), special_tokens=specials
@@ -225,7 +233,7 @@ def tokenization_problem(reranker: Reranker, tokenizer, probes: Sequence[tuple[s
 
 
 def cut_like_ours(tokenizer, query: str, passage: str) -> bool:
-    """Whether the pair fits, or ``longest_first`` truncation cuts only the passage's end, as we cut the text's.
+    """Whether the pair fits, or ``longest_first`` truncation cuts only the passage's end, as we cut it.
 
     The libraries truncate a pair longest-first: tokens come off the longer of query and passage
     until it fits. That cuts only the passage while the query is under half the room left.
@@ -389,12 +397,13 @@ def model_card(reranker: Reranker, adapter: Path, config: ExportConfig) -> str:
         f"own special tokens and **an EOS token appended**{'' if settings.append_eos else ' (off for this adapter)'}, "
         f"at most {settings.max_length} tokens (EOS included); the final hidden state of that last token goes "
         "through the linear head. This folder's tokenizer does the same for a pair: its pair template inserts "
-        f"`{parts.prefix.strip()}` before the query and `{parts.middle.strip()}` before the passage and appends "
+        f"`{parts.prefix.strip()}` before the {'query' if parts.query_first else 'passage'} and "
+        f"`{parts.middle.strip()}` before the {'passage' if parts.query_first else 'query'} and appends "
         f"EOS, so the passage you pass fills `{parts.passage}`{untitled}.",
         "Padding is on the right with a token other than EOS (transformers scores the last non-pad token). "
-        "Tokenizing a single text is not the intended use. Long pairs: relevance-lens cuts the end of the whole "
-        "text; the libraries truncate `longest_first`, the same cut unless the query is longer than what is left "
-        "of the passage.",
+        "Tokenizing a single text is not the intended use. Long pairs: relevance-lens cuts the end of the "
+        "passage; the libraries truncate `longest_first`, the same cut unless the query is longer than what is "
+        "left of the passage.",
         "",
     ]
     lines += _training_section(run)

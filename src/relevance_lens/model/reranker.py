@@ -187,7 +187,9 @@ class Reranker(nn.Module):
         (from the first ``{title}`` or ``{text}`` to the end of the last; empty at the end of the query
         part when the template has neither)."""
         title = passage.title.replace("-", " ").strip() if self.settings.tevatron_titles else passage.title
-        values = {"query": query, "title": title, "text": passage.text}
+        # Fields lose trailing whitespace, as the whole text does: a field in the middle of the
+        # template ends as it would at the end (the exported pair tokenizer can only strip each part).
+        values = {"query": query.rstrip(), "title": title.rstrip(), "text": passage.text.rstrip()}
         formatter = string.Formatter()
         text, start, end = "", None, None
         for literal, name, spec, conversion in formatter.parse(self.settings.template):
