@@ -68,7 +68,8 @@ def test_templates_split_into_a_pair(template, parts):
 
 
 @pytest.mark.parametrize(
-    "template", ["{text} {query} {title}", "document: {title} {text}", "{query} {title} x {text}", "{query}{query}{text}"]
+    "template",
+    ["{text} {query} {title}", "document: {title} {text}", "{query} {title} x {text}", "{query}{query}{text}"],
 )
 def test_templates_a_pair_cannot_carry_are_refused(template):
     with pytest.raises(InputError, match="export needs"):
