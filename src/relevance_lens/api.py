@@ -111,7 +111,7 @@ def train(config: TrainConfig, *, resume: bool = False, evaluate: bool = True) -
     from relevance_lens.train.trainer import train as run_training
 
     run_dir = run_training(config, resume=resume, progress=False)
-    if evaluate and config.eval_split and config.data != "files" and os.environ.get("RANK", "0") == "0":
+    if evaluate and config.eval_split and config.data in ("faq", "faq+weak") and os.environ.get("RANK", "0") == "0":
         evaluate_final(run_dir, config.eval_split, config.eval_depth, progress=False)
     return run_dir
 

@@ -251,11 +251,14 @@ def train(
     config: Optional[Path] = typer.Option(None, help="TOML file with training settings (flags override it)."),
     model: Optional[str] = typer.Option(None, help="Base model (default smollm2-135m)."),
     output: Optional[Path] = typer.Option(None, help="Run folder."),
-    data: Optional[str] = typer.Option(None, help="faq | faq+weak | files."),
+    data: Optional[str] = typer.Option(None, help="faq | faq+weak | files | dataset (implied by --dataset)."),
+    dataset: Optional[str] = DATASET_OPTION,
     queries: Optional[Path] = typer.Option(None, help="Queries TSV, JSONL, CSV or Parquet (data=files)."),
     qrels: Optional[Path] = typer.Option(None, help="Qrels (data=files)."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus TSV, JSONL, CSV or Parquet (data=files)."),
-    negatives_run: Optional[Path] = typer.Option(None, help="Run to draw hard negatives from (data=files)."),
+    negatives_run: Optional[Path] = typer.Option(
+        None, help="Run to draw hard negatives from (data=files; with --dataset: instead of its scoreddocs)."
+    ),
     tevatron: Optional[Path] = typer.Option(
         None, help="Tevatron train JSONL (data=files); its v2 schema (positive_document_ids) needs --corpus too."
     ),
@@ -298,6 +301,7 @@ def train(
         model=model,
         output=str(output) if output else None,
         data=data,
+        dataset=dataset,
         queries=_str(queries),
         qrels=_str(qrels),
         corpus=_str(corpus),
@@ -331,7 +335,7 @@ def train(
     run_dir = run_training(settings, resume=resume, wait=wait or 0)
     import os
 
-    if settings.eval_split and settings.data != "files" and os.environ.get("RANK", "0") == "0":
+    if settings.eval_split and settings.data in ("faq", "faq+weak") and os.environ.get("RANK", "0") == "0":
         result = evaluate_final(run_dir, settings.eval_split, settings.eval_depth)
         from rich.table import Table
 

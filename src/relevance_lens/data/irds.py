@@ -1,8 +1,8 @@
 """Collections named by ir_datasets id (``msmarco-passage/trec-dl-2019/judged``).
 
-The ``bm25``, ``rerank`` and ``evaluate`` commands and the study's eval sets read queries,
-qrels, the first stage (scoreddocs, in the dataset's own order) and passages through these
-functions, so an id means the same data everywhere. ir_datasets is optional
+The ``bm25``, ``rerank``, ``evaluate`` and ``train`` commands and the study's eval sets read
+queries, qrels, the first stage (scoreddocs, in the dataset's own order; for training also
+docpairs) and passages through these functions, so an id means the same data everywhere. ir_datasets is optional
 (``pip install 'relevance-lens[datasets]'``); passages are fetched by id from its docs store,
 so only the ones scored are read.
 """
@@ -42,9 +42,9 @@ def dataset_queries(dataset: Any) -> dict[str, str]:
     return {q.query_id: q.text for q in dataset.queries_iter()}
 
 
-def dataset_qrels(dataset: Any, dataset_id: str) -> dict[str, dict[str, int]]:
+def dataset_qrels(dataset: Any, dataset_id: str, purpose: str = "to evaluate against") -> dict[str, dict[str, int]]:
     if not dataset.has_qrels():
-        raise InputError(f"ir_datasets {dataset_id}: has no qrels (relevance judgements) to evaluate against")
+        raise InputError(f"ir_datasets {dataset_id}: has no qrels (relevance judgements) {purpose}")
     qrels: dict[str, dict[str, int]] = {}
     for q in dataset.qrels_iter():
         qrels.setdefault(q.query_id, {})[q.doc_id] = int(q.relevance)
@@ -61,6 +61,25 @@ def dataset_run(dataset: Any, dataset_id: str, query_ids: Iterable[str] | None =
     for s in dataset.scoreddocs_iter():
         if wanted is None or s.query_id in wanted:
             run.setdefault(s.query_id, {}).setdefault(s.doc_id, float(s.score))
+    return run
+
+
+def dataset_docpair_run(
+    dataset: Any, query_ids: Iterable[str], exclude: dict[str, dict[str, int]], depth: int
+) -> dict[str, dict[str, float]]:
+    """Training negatives from the dataset's docpairs (MS MARCO triples: ``doc_id_a`` preferred to
+    ``doc_id_b``) as a run: each query's first ``depth`` distinct ``doc_id_b`` not judged relevant in
+    ``exclude``, in the file's order (scores descending from 0, so every cut keeps that order).
+    Holds at most ``depth`` passages a query while streaming, not the whole file."""
+    wanted = set(query_ids)
+    run: dict[str, dict[str, float]] = {}
+    for pair in dataset.docpairs_iter():
+        qid, docid = pair.query_id, pair.doc_id_b
+        if qid not in wanted or exclude.get(qid, {}).get(docid, 0) > 0:
+            continue
+        docs = run.setdefault(qid, {})
+        if len(docs) < depth and docid not in docs:
+            docs[docid] = -float(len(docs))
     return run
 
 

@@ -138,6 +138,8 @@ def _train_values(values: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"training settings {values}: {exc}") from None
     resolved = asdict(config)
     del resolved["output"]
+    if resolved["dataset"] is None:  # a setting newer than stored runs: left out unset, so their names stay
+        del resolved["dataset"]
     return resolved
 
 

@@ -200,6 +200,10 @@ def _preflight(study: Study, cells: list[Cell]) -> None:
         if train.get("data") == "files":
             keys = ("tevatron", "corpus") if train.get("tevatron") else ("queries", "qrels", "corpus", "negatives_run")
             missing += [f"{k} {train[k]}" for k in keys if train.get(k) and not Path(train[k]).is_file()]
+        if train.get("data") == "dataset":
+            need_ir_datasets()
+            run = train.get("negatives_run")
+            missing += [f"negatives_run {run}"] if run and not Path(run).is_file() else []
         ev = cell.config.get("eval") or {}
         missing += [
             f"eval {ev['name']} {k} {ev[k]}"

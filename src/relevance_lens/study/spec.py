@@ -26,7 +26,7 @@ from relevance_lens.dissect.registry import ANALYSES
 from relevance_lens.errors import InputError
 from relevance_lens.evaluate.metrics import binary_relevance_level, parse_metrics
 from relevance_lens.score.config import ScoreConfig
-from relevance_lens.train.config import TrainConfig
+from relevance_lens.train.config import TrainConfig, imply_data
 
 STUDIES_DIR = Path(__file__).parent.parent / "studies"
 #: Training settings a study sets through its grid (or its evals), never through [train].
@@ -419,7 +419,7 @@ def _train_table(table: Any, where: str) -> dict[str, Any]:
     for key, value in table.items():
         if not _has_type(value, hints[key]):
             raise InputError(f"{where}: {key} = {value!r}: expected {_type_name(hints[key])}")
-    return dict(table)
+    return imply_data(dict(table))
 
 
 def _check(study: Study) -> None:

@@ -24,13 +24,28 @@ class TrainConfig:
     output: str = field(default="runs/train", metadata={"help": "Run folder (checkpoint-<step>/ and final/ go here)."})
     # data
     data: str = field(
-        default="faq+weak", metadata={"help": "'faq' (embedded), 'faq+weak' (with man-page pairs), or 'files'."}
+        default="faq+weak",
+        metadata={
+            "help": "'faq' (embedded), 'faq+weak' (with man-page pairs), 'files', or 'dataset' (an ir_datasets id; "
+            "implied by dataset = ID when data is not given)."
+        },
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "ir_datasets id to train from (data=dataset), e.g. msmarco-passage/train/judged: its queries, "
+            "qrels, negatives from its scoreddocs (else docpairs, or --negatives-run), and only the passages used."
+        },
     )
     queries: str | None = field(default=None, metadata={"help": "Queries TSV, JSONL, CSV or Parquet (data=files)."})
     qrels: str | None = field(default=None, metadata={"help": "Qrels (data=files)."})
     corpus: str | None = field(default=None, metadata={"help": "Corpus TSV, JSONL, CSV or Parquet (data=files)."})
     negatives_run: str | None = field(
-        default=None, metadata={"help": "First-stage run to draw hard negatives from (data=files)."}
+        default=None,
+        metadata={
+            "help": "First-stage run to draw hard negatives from (data=files; with data=dataset, instead of "
+            "the dataset's scoreddocs)."
+        },
     )
     tevatron: str | None = field(
         default=None,
@@ -126,6 +141,22 @@ class TrainConfig:
         default=None, metadata={"help": "FSDP options string passed to the Trainer (GPU clusters)."}
     )
 
+    def _check_dataset(self) -> None:
+        """data=dataset takes queries, qrels and passages from the id: refuse the files it replaces."""
+        if self.data == "dataset" and not self.dataset:
+            raise InputError("data=dataset needs --dataset ID (an ir_datasets id, e.g. msmarco-passage/train/judged)")
+        if self.dataset and self.data != "dataset":
+            raise InputError(
+                f"--dataset {self.dataset} with data {self.data!r}: training from an ir_datasets id is data = "
+                '"dataset"; leave data out (it is then implied) or drop --dataset'
+            )
+        given = [n for n in ("queries", "qrels", "corpus", "tevatron") if self.dataset and getattr(self, n)]
+        if given:
+            raise InputError(
+                f"--dataset {self.dataset}: replaces --{', --'.join(given)}; give one or the other "
+                "(--negatives-run may replace its scoreddocs)"
+            )
+
     def lora(self) -> LoraSettings:
         return LoraSettings(
             rank=self.rank, alpha=self.alpha, dropout=self.lora_dropout, targets=self.targets, layers=self.layers
@@ -168,8 +199,9 @@ class TrainConfig:
             raise InputError(f"--compile {self.compile}: expected auto, on or off")
         if self.short_groups not in ("skip", "error"):
             raise InputError(f"short_groups {self.short_groups!r}: expected skip or error")
-        if self.data not in ("faq", "faq+weak", "files"):
-            raise InputError(f"data {self.data!r}: expected faq, faq+weak or files")
+        if self.data not in ("faq", "faq+weak", "files", "dataset"):
+            raise InputError(f"data {self.data!r}: expected faq, faq+weak, files or dataset")
+        self._check_dataset()
         if self.data == "files" and not self.tevatron:
             missing = [n for n in ("queries", "qrels", "corpus", "negatives_run") if not getattr(self, n)]
             if missing:
@@ -192,6 +224,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
             raise InputError(f"{path}: invalid TOML ({exc})") from None
         values = values.get("train", values)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    imply_data(values)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -203,3 +236,10 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
     config = TrainConfig(**values)
     config.validate()
     return config
+
+
+def imply_data(values: dict[str, Any]) -> dict[str, Any]:
+    """``dataset = ID`` without ``data`` means ``data = "dataset"`` (in a file, flags or a study's [train])."""
+    if values.get("dataset") and "data" not in values:
+        values["data"] = "dataset"
+    return values

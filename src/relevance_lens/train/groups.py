@@ -56,13 +56,15 @@ class TrainGroups:
         return short
 
 
-def _from_run(queries, qrels, run, corpus, depth: int, fingerprints: dict[str, str]) -> TrainGroups:
+def _from_run(
+    queries, qrels, run, corpus, depth: int, fingerprints: dict[str, str], source: str = "the negatives run"
+) -> TrainGroups:
     positives, negatives, kept = {}, {}, {}
     for qid, text in queries.items():
         pos = sorted(d for d, rel in qrels.get(qid, {}).items() if rel > 0)
         if not pos:
             continue  # an unjudged query cannot teach anything
-        ranked = top_candidates(run.get(qid, {}), depth, qid=qid, source="the negatives run")
+        ranked = top_candidates(run.get(qid, {}), depth, qid=qid, source=source)
         positives[qid] = pos
         # Query and passage ids may share one space (MS MARCO): compare docids with docids only.
         judged = set(pos)
@@ -72,7 +74,7 @@ def _from_run(queries, qrels, run, corpus, depth: int, fingerprints: dict[str, s
 
 
 def load_groups(config: TrainConfig) -> TrainGroups:
-    """Training groups as the config says: embedded FAQ, files, or Tevatron JSONL."""
+    """Training groups as the config says: embedded FAQ, files, Tevatron JSONL or an ir_datasets id."""
     if config.data in ("faq", "faq+weak"):
         # Imported here: the FAQ loader pulls in ir_measures, which a GPU image need not have.
         from relevance_lens.data.faq import load_faq
@@ -86,6 +88,8 @@ def load_groups(config: TrainConfig) -> TrainGroups:
             for attr in ("queries", "positives", "negatives", "corpus", "fingerprints"):
                 getattr(merged, attr).update(getattr(g, attr))
         return merged
+    if config.data == "dataset":
+        return _from_dataset(config)
     if config.tevatron:
         return _from_tevatron(Path(config.tevatron), config.corpus)
     queries = read_queries(config.queries)
@@ -94,6 +98,45 @@ def load_groups(config: TrainConfig) -> TrainGroups:
     run = read_run(config.negatives_run, queries=queries, corpus=corpus)
     fps = {n: fingerprint(getattr(config, n)) for n in ("queries", "qrels", "corpus", "negatives_run")}
     return _from_run(queries, qrels, run, corpus, config.negatives_depth, fps)
+
+
+def _from_dataset(config: TrainConfig) -> TrainGroups:
+    """Groups from an ir_datasets id: its queries and qrels; negatives from ``negatives_run`` if
+    given, else its scoreddocs (top ``negatives_depth``, ties in the dataset's order), else its
+    docpairs; then only the passages the groups use are fetched from its docs store."""
+    # Imported here: ir_datasets is optional (relevance-lens[datasets]).
+    from relevance_lens.data.irds import (
+        dataset_docpair_run,
+        dataset_passages,
+        dataset_qrels,
+        dataset_queries,
+        dataset_run,
+        load_dataset,
+    )
+
+    name = config.dataset
+    data = load_dataset(name)
+    queries = dataset_queries(data)
+    qrels = dataset_qrels(data, name, purpose="to train on")
+    judged = [q for q in queries if any(rel > 0 for rel in qrels.get(q, {}).values())]
+    fps = {"ir_datasets": name}
+    if config.negatives_run:
+        run, source = read_run(config.negatives_run, queries=queries), f"run {config.negatives_run}"
+        fps["negatives_run"] = fingerprint(config.negatives_run)
+    elif data.has_scoreddocs():
+        run, source = dataset_run(data, name, query_ids=judged), f"ir_datasets {name} scoreddocs"
+    elif data.has_docpairs():
+        run, source = dataset_docpair_run(data, judged, qrels, config.negatives_depth), f"ir_datasets {name} docpairs"
+    else:
+        raise InputError(
+            f"ir_datasets {name}: has neither scoreddocs nor docpairs to draw training negatives from; "
+            "give a first-stage run with --negatives-run"
+        )
+    fps["negatives"] = source
+    groups = _from_run(queries, qrels, run, {}, config.negatives_depth, fps, source=source)
+    used = {d for q in groups.queries for d in groups.positives[q] + groups.negatives[q]}
+    groups.corpus = dataset_passages(data, name, used)
+    return groups
 
 
 def _from_tevatron(path: Path, corpus_path: str | None = None) -> TrainGroups:
