@@ -113,7 +113,15 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_steps: int = field(default=50, metadata={"help": "Optimizer steps."})
     max_length: int = field(default=96, metadata={"help": "Tokens per query-passage pair."})
-    template: str = field(default="query: {query} document: {title} {text}", metadata={"help": "Input template."})
+    template: str = field(
+        default="document: {title} {text} query: {query}",
+        metadata={
+            "help": "Input template; fields {query}, {title}, {text}. The query last: then the frozen model's scored "
+            "state already reads relevance (a linear probe on it ranks held-out FAQ groups at top-1 0.47 against "
+            "0.16 with the query first) and the loss leaves ln G within 10 steps (README: the default recipe). "
+            "RankLLaMA's order is 'query: {query} document: {title} {text}'."
+        },
+    )
     append_eos: bool = field(
         default=True, metadata={"help": "Append EOS and score its state (Tevatron); false: score the last text token."}
     )
