@@ -115,6 +115,9 @@ def train_config(args, output: Path, compile: str = "off"):
         logging_steps=10_000,
         warmup_steps=0,
         compile=compile,
+        # The peers split a pair as (query part, the rest): RankLLaMA's query-first order, the same
+        # tokens as the default's query-last one, so the same work.
+        template="query: {query} document: {title} {text}",
     )
 
 

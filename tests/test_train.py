@@ -356,3 +356,25 @@ def test_append_eos_setting_reaches_the_saved_reranker(collection, tmp_path):
     run_dir = train(load_config(None, **settings), progress=False)
     saved = json.loads((run_dir / "final" / "reranker.json").read_text())
     assert saved["reranker"]["append_eos"] is False
+
+
+@pytest.mark.slow
+def test_the_default_template_gives_the_frozen_embedded_model_a_reading_of_relevance():
+    """Why the default recipe's loss leaves ln G within ~10 steps (README: the default recipe,
+    measured): with the query after the passage, the frozen SmolLM2-135M's scored state already
+    ranks, so a linear probe fitted on 32 training groups ranks 32 held-out ones well above chance.
+    With RankLLaMA's query-first order the same probe is at chance (held-out loss above ln 8)."""
+    from relevance_lens.train.groups import GroupCollator
+    from relevance_lens.train.probe import probe_features
+    from relevance_lens.train.trainer import build_model
+
+    config = load_config(None, output="unused")
+    groups = load_groups(config)
+    dataset = GroupDataset(groups, config.group_size, 1, config.seed)
+    reranker = build_model(config)  # LoRA's B is zero: the frozen model
+    features = probe_features(reranker, dataset, GroupCollator(reranker), 64)
+    held_out = features[32:] @ fit_group_probe(features[:32], 0.1)
+    target = torch.zeros(len(held_out), dtype=torch.long)
+    loss = float(torch.nn.functional.cross_entropy(held_out, target))
+    top1 = float((held_out.argmax(-1) == 0).float().mean())
+    assert loss < math.log(config.group_size) and top1 >= 0.25, (loss, top1)  # chance: ln 8 = 2.08, 1/8
