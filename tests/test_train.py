@@ -4,7 +4,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from relevance_lens.train.groups import GroupDataset, load_groups
 from relevance_lens.train.probe import fit_group_probe
 from relevance_lens.train.rundir import complete_checkpoints
 from relevance_lens.train.trainer import train
-from trainfix import tiny_collection, tiny_train_settings
+from trainfix import tiny_collection, tiny_train_settings, torchrun, write_toml
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +96,6 @@ def test_random_negatives_come_from_the_corpus_never_a_positive(collection, rand
     assert [p.docid for p in again[3]["passages"]] == [p.docid for p in dataset[3]["passages"]]
 
 
-def _write_toml(path: Path, settings: dict) -> Path:
-    lines = []
-    for key, value in settings.items():
-        if value is None:  # TOML has no null: leave the setting at its default
-            if key == "eval_split":
-                lines.append('eval_split = "none"')
-            continue
-        lines.append(f"{key} = {json.dumps(value)}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def _cli(*args, env=None):
     return [sys.executable, "-m", "relevance_lens", *args]
 
@@ -117,7 +104,7 @@ def _cli(*args, env=None):
 def test_sigkill_then_resume_matches_uninterrupted(collection, tmp_path):
     settings = _config(collection, tmp_path / "x", max_steps=30, save_steps=[5, 10, 15, 20, 25], lora_dropout=0.1)
     settings.pop("output")
-    toml = _write_toml(tmp_path / "train.toml", settings)
+    toml = write_toml(tmp_path / "train.toml", settings)
     straight = tmp_path / "straight"
     subprocess.run(_cli("train", "--config", str(toml), "--output", str(straight)), check=True, capture_output=True)
 
@@ -145,13 +132,6 @@ def test_sigkill_then_resume_matches_uninterrupted(collection, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs gloo")
-def _free_port() -> int:
-    """A port nothing listens on now (a fixed one can be taken by another run on the machine)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path):
     one = train(
         load_config(None, **_config(collection, tmp_path / "one", max_steps=8, queries_per_device=4, save_steps=[])),
@@ -169,25 +149,10 @@ def test_two_processes_match_one_with_the_same_global_batch(collection, tmp_path
     )
     settings = _config(collection, tmp_path / "x", max_steps=8, queries_per_device=2, save_steps=[])
     settings.pop("output")
-    toml = _write_toml(tmp_path / "train.toml", settings)
+    toml = write_toml(tmp_path / "train.toml", settings)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "relevance_lens",
-            "train",
-            "--config",
-            str(toml),
-            "--output",
-            str(tmp_path / "two"),
-        ],
+        torchrun(2, "-m", "relevance_lens", "train", "--config", str(toml), "--output", str(tmp_path / "two")),
         capture_output=True,
         env=env,
     )
@@ -279,7 +244,7 @@ def test_schedule_names_map_to_the_trainers_schedules(collection, tmp_path, sche
 
 
 def test_unknown_setting_in_config_file(tmp_path):
-    toml = _write_toml(tmp_path / "t.toml", {"rnak": 4})
+    toml = write_toml(tmp_path / "t.toml", {"rnak": 4})
     with pytest.raises(InputError, match="unknown training setting"):
         load_config(toml)
 

@@ -1,5 +1,8 @@
 """A tiny training collection written to files (queries, qrels, corpus, negatives run)."""
 
+import json
+import socket
+import sys
 from pathlib import Path
 
 from relevance_lens.data.formats import Passage, write_corpus, write_qrels, write_queries, write_run
@@ -62,3 +65,32 @@ def tiny_train_settings(collection: dict, output, **overrides) -> dict:
     )
     settings.update(overrides)
     return settings
+
+
+def write_toml(path: Path, settings: dict) -> Path:
+    """``settings`` as a flat training TOML file (what ``train --config`` reads)."""
+    lines = []
+    for key, value in settings.items():
+        if value is None:  # TOML has no null: leave the setting at its default
+            if key == "eval_split":
+                lines.append('eval_split = "none"')
+            continue
+        lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def free_port() -> int:
+    """A port nothing listens on now (a fixed one can be taken by another run on the machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, *target: str) -> list[str]:
+    """The command line running ``target`` (``-m MODULE`` or a script, then its arguments) in ``nproc`` processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] + [
+        "--master_port",
+        str(free_port()),
+        *target,
+    ]

@@ -327,13 +327,22 @@ class Reranker(nn.Module):
         return self(**batch).float().tolist()
 
     # ---------------------------------------------------------------- save / load
-    def save(self, directory: str | Path, extra: dict | None = None, *, manifest: bool = True) -> None:
+    def save(
+        self,
+        directory: str | Path,
+        extra: dict | None = None,
+        *,
+        manifest: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """Write a PEFT adapter folder (when LoRA is attached) + the score head + config, then its manifest.
 
         ``reranker.json`` comes first and promises a ``manifest.json``, which comes last (see
         :mod:`relevance_lens.model.manifest`), so a save cut short anywhere is seen as incomplete.
         ``manifest=False`` leaves the manifest to a caller that adds files of its own (the
-        Trainer's checkpoints: optimizer, RNG and trainer state).
+        Trainer's checkpoints: optimizer, RNG and trainer state). ``state_dict``: this module's
+        full, unsharded state dict (its own keys) to write instead of its parameters, which under
+        FSDP hold one process's shard each (the Trainer gathers it on every process).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -347,9 +356,10 @@ class Reranker(nn.Module):
         with atomic_write(directory / CONFIG_FILE) as fh:
             json.dump(record, fh, indent=2, sort_keys=True)
         if hasattr(self.backbone, "peft_config"):
-            self.backbone.save_pretrained(directory)
+            self.backbone.save_pretrained(directory, state_dict=_submodule(state_dict, "backbone"))
             follow_umask(*directory.rglob("*.safetensors"))  # PEFT writes through safetensors: 0600
-        head = {k: v.detach().to("cpu").contiguous() for k, v in self.score.state_dict().items()}
+        head = self.score.state_dict() if state_dict is None else _submodule(state_dict, "score")
+        head = {k: v.detach().to("cpu").contiguous() for k, v in head.items()}
         with atomic_write(directory / HEAD_FILE, "wb") as fh:
             fh.write(safetensors_bytes(head, metadata={"format": "pt", "role": "relevance score head"}))
         if manifest:
@@ -549,6 +559,13 @@ def _adapter_json(directory: Path) -> dict:
     if not isinstance(record, dict):
         raise InputError(f"{path}: expected a JSON object, found {type(record).__name__}")
     return record
+
+
+def _submodule(state_dict: dict[str, torch.Tensor] | None, name: str) -> dict[str, torch.Tensor] | None:
+    """The entries of submodule ``name`` in a module's state dict, keyed as that submodule's own."""
+    if state_dict is None:
+        return None
+    return {k[len(name) + 1 :]: v for k, v in state_dict.items() if k.startswith(name + ".")}
 
 
 def _refuse_pickle(directory: Path) -> None:

@@ -146,7 +146,11 @@ class TrainConfig:
     logging_steps: int = field(default=5, metadata={"help": "Log loss every N steps (TensorBoard in RUNDIR/logs)."})
     deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed config JSON (GPU clusters)."})
     fsdp: str | None = field(
-        default=None, metadata={"help": "FSDP options string passed to the Trainer (GPU clusters)."}
+        default=None,
+        metadata={
+            "help": "FSDP options string passed to the Trainer (GPU clusters, under torchrun or accelerate launch; "
+            "refused elsewhere: accelerate would train without sharding on CPU processes)."
+        },
     )
 
     def _check_dataset(self) -> None:

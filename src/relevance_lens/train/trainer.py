@@ -95,9 +95,12 @@ def _make_trainer_class():
             if not self.args.should_save:
                 return
             reranker = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-            _require_finite_weights(reranker, self.state.global_step)
+            # Under FSDP the parameters are shards; the Trainer gathered the full state dict on every process.
+            full = state_dict if self.is_fsdp_enabled else None
+            _require_finite_weights(reranker, self.state.global_step, full)
             # The manifest waits for the Trainer's own files: _save_checkpoint writes it after them.
-            reranker.save(output_dir, extra={"run": self.run_record, "step": self.state.global_step}, manifest=False)
+            extra = {"run": self.run_record, "step": self.state.global_step}
+            reranker.save(output_dir, extra=extra, manifest=False, state_dict=full)
             kill_point("train.checkpoint")
 
         def _save_checkpoint(self, model, trial):
@@ -158,10 +161,16 @@ def _require_finite_loss(loss: torch.Tensor, step: int, run_dir: str) -> None:
         )
 
 
-def _require_finite_weights(reranker: Reranker, step: int) -> None:
-    """Refuse to save trained weights holding NaN/inf (a non-finite gradient can cause them with a finite loss)."""
+def _require_finite_weights(reranker: Reranker, step: int, state_dict: dict | None = None) -> None:
+    """Refuse to save trained weights holding NaN/inf (a non-finite gradient can cause them with a finite loss).
+
+    ``state_dict``: the full weights to check instead of the parameters (FSDP's are shards).
+    """
     for name, param in reranker.named_parameters():
-        if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
+        if not param.requires_grad:
+            continue
+        value = param if state_dict is None else state_dict[name]
+        if not bool(torch.isfinite(value.detach()).all()):
             raise InputError(
                 f"training step {step}: trained weight {name} is not finite; stopped without saving it, "
                 "earlier checkpoints are kept. Lower --lr or use --precision fp32, in a new --output"
@@ -251,6 +260,11 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
     from transformers import TrainingArguments, set_seed
 
     config.validate()
+    if config.fsdp and "LOCAL_RANK" not in os.environ:  # the Trainer's own test, which fails with a ValueError
+        raise InputError(
+            f"fsdp {config.fsdp!r}: FSDP shards across launched processes and this one was not launched by torchrun "
+            "or accelerate launch; launch it so on GPUs, or leave fsdp unset"
+        )
     run_dir = Path(config.output)
     groups = load_groups(config)
     if not groups.queries:
@@ -328,6 +342,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
             data_collator=GroupCollator(reranker),
             callbacks=[_schedule_callback(config)],
         )
+        _require_fsdp_engaged(config, trainer)
         quiet_trainer(trainer, progress)
         trainer.run_record = record
         trainer.head_lr = config.head_lr
@@ -335,9 +350,26 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
             _restore(trainer, latest)  # killed after its last checkpoint: nothing left to train
         else:
             trainer.train(resume_from_checkpoint=str(latest) if latest else None)
+    # FSDP: the full weights are gathered by every process (a collective), then written by the first.
+    full = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if trainer.args.should_save:
-        _finish(trainer, reranker, run_dir, record, time.perf_counter() - started, config)
+        _finish(trainer, reranker, run_dir, record, time.perf_counter() - started, full)
     return run_dir
+
+
+def _require_fsdp_engaged(config: TrainConfig, trainer) -> None:
+    """Refuse ``fsdp`` where accelerate leaves it off: it would train with plain data parallelism instead.
+
+    accelerate enables FSDP only when each process drives an accelerator (``AcceleratorState``
+    sets ``DistributedType.FSDP`` for MULTI_GPU/XPU/NPU/... runs, never for MULTI_CPU or a single
+    process) and otherwise drops the plugin without a word.
+    """
+    if config.fsdp and not trainer.is_fsdp_enabled:
+        raise InputError(
+            f"fsdp {config.fsdp!r}: accelerate did not enable FSDP here (distributed type "
+            f"{trainer.accelerator.distributed_type.value}; it needs one GPU per process under torchrun or accelerate "
+            f"launch) and would train without sharding; leave fsdp unset, in a new --output (not {config.output})"
+        )
 
 
 def _restore(trainer, checkpoint: Path) -> None:
@@ -367,12 +399,12 @@ def _tensorboard_dir(path: Path):
             os.environ["TENSORBOARD_LOGGING_DIR"] = before
 
 
-def _finish(trainer, reranker: Reranker, run_dir: Path, record: dict, seconds: float, config: TrainConfig) -> None:
+def _finish(trainer, reranker: Reranker, run_dir: Path, record: dict, seconds: float, full: dict | None) -> None:
     final = run_dir / FINAL
     tmp = run_dir / f"{FINAL}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    _require_finite_weights(reranker, trainer.state.global_step)
-    reranker.save(tmp, extra={"run": record, "step": trainer.state.global_step})
+    _require_finite_weights(reranker, trainer.state.global_step, full)
+    reranker.save(tmp, extra={"run": record, "step": trainer.state.global_step}, state_dict=full)
     kill_point("train.final")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

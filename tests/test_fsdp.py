@@ -1,0 +1,106 @@
+"""FSDP training: 2 sharded processes train the model 1 process does, and their checkpoints score like it.
+
+accelerate runs FSDP only on accelerators (tests/cpu_fsdp.py has the line that decides it): here the
+Trainer's FSDP2 path runs on CPU (gloo) through that launcher, and plain ``train`` refuses ``fsdp``
+on CPU rather than silently training without sharding.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import test_train
+from relevance_lens.data.formats import read_corpus, read_queries, read_run
+from relevance_lens.errors import InputError
+from relevance_lens.score.config import ScoreConfig, load_for_scoring
+from relevance_lens.score.rerank import rerank
+from relevance_lens.train.config import load_config
+from relevance_lens.train.trainer import train
+from trainfix import torchrun, write_toml
+
+LAUNCHER = Path(__file__).with_name("cpu_fsdp.py")
+# The tiny collection and training settings of test_train.py (its module-scoped fixture, used here too).
+collection, _config = test_train.collection, test_train._config
+
+
+def _scores(files: dict, adapter: Path) -> dict[tuple[str, str], float]:
+    """Every candidate's score with ``adapter`` loaded as ``rerank --adapter ADAPTER --dtype fp32`` loads it."""
+    config = ScoreConfig(depth=100, keep_tail=False, dtype="fp32", device="cpu")
+    reranker = load_for_scoring(adapter=adapter, config=config)
+    queries, corpus = read_queries(files["queries"]), read_corpus(files["corpus"])
+    run = rerank(reranker, queries, corpus, read_run(files["negatives_run"]), config, progress=False)
+    return {(qid, docid): score for qid, docs in run.items() for docid, score in docs.items()}
+
+
+def _tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{name}:{key}": tuple(value.shape)
+        for name in ("adapter_model.safetensors", "score_head.safetensors")
+        for key, value in load_file(folder / name).items()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs gloo")
+def test_two_fsdp_processes_score_like_one_with_the_same_global_batch(collection, tmp_path):
+    steps = dict(max_steps=8, save_steps=[4])
+    one = train(
+        load_config(None, **_config(collection, tmp_path / "one", queries_per_device=4, **steps)), progress=False
+    )
+    # The same global batch as 2 micro-batches in one process: only the order of float sums differs. How far that
+    # moves the scores is this CPU's rounding noise, and sets the tolerance (as for the weights in test_train.py).
+    accum = _config(collection, tmp_path / "accum", queries_per_device=2, grad_accum=2, **steps)
+    accum = train(load_config(None, **accum), progress=False)
+    settings = _config(collection, tmp_path / "x", queries_per_device=2, fsdp="full_shard", **steps)
+    settings.pop("output")
+    toml = write_toml(tmp_path / "train.toml", settings)
+    command = torchrun(2, str(LAUNCHER), "train", "--config", str(toml), "--output", str(tmp_path / "two"))
+    done = subprocess.run(command, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = tmp_path / "two"
+    record = json.loads((two / "run.json").read_text())
+    assert record["resolved"]["world_size"] == 2 and record["resolved"]["global_batch_queries"] == 4
+    assert record["config"]["fsdp"] == "full_shard"
+    assert (two / "checkpoint-4" / "pytorch_model_fsdp.bin").is_file()  # the Trainer's FSDP path wrote it
+    # Complete tensors, not one process's shard (the head's single row would be on one process only).
+    for step in ("checkpoint-4", "final"):
+        assert _tensor_shapes(two / step) == _tensor_shapes(one / step), step
+
+    a, b, c = (_scores(collection, run / "final") for run in (one, two, accum))
+    assert a.keys() == b.keys() == c.keys() and len(a) > 10
+    scale = max(abs(s) for s in a.values())
+    noise = max(abs(a[k] - c[k]) for k in a)
+    assert noise <= 1e-2 * scale, f"micro-batches alone moved the scores by {noise}"
+    tolerance = 10 * max(noise, torch.finfo(torch.float32).eps * scale)
+    worst = max(abs(a[k] - b[k]) for k in a)
+    assert worst <= tolerance, f"FSDP scores differ by {worst} (tolerance {tolerance}, scale {scale})"
+    # The check has teeth: 4 steps of training move the scores far beyond the tolerance, so a checkpoint
+    # a step off, or one holding a stale or partial weight, would not pass.
+    halfway = _scores(collection, one / "checkpoint-4")
+    assert max(abs(a[k] - halfway[k]) for k in a) > 100 * tolerance
+
+
+def test_fsdp_in_a_process_not_launched_by_torchrun_is_refused(collection, tmp_path):
+    settings = _config(collection, tmp_path / "run", max_steps=1, save_steps=[], fsdp="full_shard")
+    with pytest.raises(InputError, match="fsdp 'full_shard': .* not launched by torchrun"):
+        train(load_config(None, **settings), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs gloo")
+def test_fsdp_on_cpu_processes_is_refused_not_run_as_ddp(collection, tmp_path):
+    """Without tests/cpu_fsdp.py accelerate would drop FSDP and train with DDP under an fsdp run.json."""
+    settings = _config(collection, tmp_path / "x", max_steps=1, save_steps=[], fsdp="full_shard")
+    settings.pop("output")
+    toml = write_toml(tmp_path / "train.toml", settings)
+    command = torchrun(2, "-m", "relevance_lens", "train", "--config", str(toml), "--output", str(tmp_path / "run"))
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "accelerate did not enable FSDP here (distributed type MULTI_CPU" in " ".join(done.stderr.split())
+    assert not (tmp_path / "run" / "final").exists()
