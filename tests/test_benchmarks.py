@@ -257,3 +257,37 @@ def test_sweep_stops_before_timing_when_a_mode_disagrees(tiny_folder, tmp_path, 
             ["--model", str(tiny_folder), *TINY_ARGS, "--rounds", "1", "--no-memory", "--results", str(tmp_path)]
         )
     assert not timed and not (tmp_path / "sweep.json").exists()
+
+
+@pytest.mark.slow
+def test_mechanisms_patch_smoke(tiny_folder, tmp_path):
+    import bench_mechanisms
+
+    record = bench_mechanisms.main(
+        ["--model", str(tiny_folder), "--parts", "patch", "--max-length", "400", "--pairs", "2"]
+        + ["--patch-queries", "6", "--depth", "5", "--results", str(tmp_path)]
+    )
+    patch = record["patch"]
+    layers, pairs = patch["layers"], patch["pairs"]
+    assert pairs >= 1 and set(patch["models"]) == {"fine-tuned", "base + head"}
+    for model in patch["models"].values():
+        assert model["sequence_forwards"] == pairs * (2 + 3 * 4 * layers)
+        assert model["padded_tokens"] >= model["sequence_forwards"] * min(patch["sequence_tokens"])
+    assert "heads" not in record and "patch" in (tmp_path / "mechanisms.md").read_text()
+
+
+def test_mechanisms_counts_forwards_at_the_reranker():
+    import torch
+
+    import bench_mechanisms
+
+    reranker = tiny_reranker("llama").eval()
+    batches = [reranker.collate([[5, 6, 7], [5, 6]]), reranker.collate([[8, 9]])]
+    counter = bench_mechanisms.ForwardCounter(reranker)
+    with torch.no_grad():
+        for batch in batches:
+            reranker(**batch)
+        counter.close()
+        reranker(**batches[1])  # not counted: the hook is gone
+    assert counter.sequences == 3
+    assert counter.tokens == sum(b["input_ids"].numel() for b in batches) >= 3 + 2 + 2
