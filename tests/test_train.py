@@ -343,3 +343,17 @@ def test_the_default_template_gives_the_frozen_embedded_model_a_reading_of_relev
     loss = float(torch.nn.functional.cross_entropy(held_out, target))
     top1 = float((held_out.argmax(-1) == 0).float().mean())
     assert loss < math.log(config.group_size) and top1 >= 0.25, (loss, top1)  # chance: ln 8 = 2.08, 1/8
+
+
+@pytest.mark.slow
+def test_the_default_recipe_leaves_ln_g_within_ten_steps(tmp_path):
+    """The behaviour the query-last default exists for (README: the default recipe, measured): on the
+    embedded model and data, the mean loss of steps 6-10 is already clearly below ln G, chance for a group
+    of G. Ten steps with the default schedule (its lr decays to 0 by step 10, less than the 50-step
+    run has there), so the bar is conservative. Measured: 1.76 (bf16, Intel AMX); the query-first order
+    sat at ln 8 = 2.08 for 25-45 steps."""
+    config = load_config(None, output=str(tmp_path / "run"), max_steps=10, save_steps=[10], logging_steps=5)
+    run_dir = train(config, progress=False)
+    log = json.loads((run_dir / "train_summary.json").read_text())["log"]
+    losses = {e["step"]: e["loss"] for e in log if "loss" in e}
+    assert losses[10] < math.log(config.group_size) - 0.15, losses
