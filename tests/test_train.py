@@ -291,6 +291,24 @@ def test_auto_compile_skips_runs_too_small_to_pay_back(collection, tmp_path):
     assert not compiled and "would not pay back" in why
 
 
+def test_auto_compile_counts_a_head_only_step_as_one_forward(collection, tmp_path, monkeypatch):
+    import relevance_lens.train.trainer as trainer
+    from relevance_lens.model.compile import can_compile
+
+    if can_compile(torch.device("cpu")):
+        pytest.skip(can_compile(torch.device("cpu")))
+    lora = load_config(None, **_config(collection, tmp_path / "lora", max_steps=3))
+    head = load_config(None, **_config(collection, tmp_path / "head", max_steps=3, targets="none"))
+    work = {}
+    for name, config in (("lora", lora), ("head", head)):
+        monkeypatch.setattr(trainer, "COMPILE_MIN_FLOPS", 0.0)
+        compiled, why = trainer.compile_decision(config, trainer.build_model(config))
+        work[name] = float(why.split(": ")[1].split(" FLOPs")[0])
+    # 6N against 2N; the LoRA run's blocks also hold LoRA's own weights (~12% of a tiny model's), and the reason
+    # prints two significant digits.
+    assert 2.9 <= work["lora"] / work["head"] < 4.0, work
+
+
 def test_compile_setting_is_checked(collection, tmp_path):
     with pytest.raises(InputError, match="--compile sometimes: expected auto, on or off"):
         load_config(None, **_config(collection, tmp_path / "run", compile="sometimes"))

@@ -228,9 +228,13 @@ def compile_decision(config: TrainConfig, reranker: Reranker) -> tuple[bool, str
         if config.compile == "on":
             raise InputError(f"--compile on: cannot compile here ({blocker}); use --compile auto or off")
         return False, blocker
-    params = sum(p.numel() for block in blocks(reranker.base_model, reranker.architecture) for p in block.parameters())
+    block_params = [p for block in blocks(reranker.base_model, reranker.architecture) for p in block.parameters()]
+    params = sum(p.numel() for p in block_params)
     tokens = config.max_steps * config.grad_accum * config.queries_per_device * config.group_size * config.max_length
-    work = 6.0 * params * tokens
+    # Head only: the backward never enters the blocks, so a step is one forward (2N), not 6N; the demo's
+    # 20-step head-only run paid a cold compile for work that never paid it back.
+    per_token = 6.0 if any(p.requires_grad for p in block_params) else 2.0
+    work = per_token * params * tokens
     if config.compile == "auto" and work < COMPILE_MIN_FLOPS:
         return (
             False,
