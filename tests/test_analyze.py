@@ -3,9 +3,10 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from dissectfix import one_thread, randomize_lora, tiny_evalset  # noqa: F401
+from dissectfix import DISSECT_FAMILIES, bare_reranker, lora_reranker, one_thread, randomize_lora, tiny_evalset  # noqa: F401
 from relevance_lens.cli import app
 from relevance_lens.data.formats import write_corpus, write_qrels, write_queries, write_run
 from relevance_lens.dissect import analyses as analyze
@@ -17,6 +18,7 @@ from relevance_lens.dissect.analyses import (
     describe_adapter,
 )
 from relevance_lens.dissect.evalset import encode_evalset, ir_metrics, mean
+from relevance_lens.dissect.switch import switch_off
 from relevance_lens.errors import InputError
 from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.model.reranker import Reranker
@@ -201,3 +203,35 @@ def test_cli_analyze_commands(fake_run, tmp_path):
         app, ["analyze", "lens", str(fake_run["run"] / "final"), "--split", "dev", "--queries", str(files["queries"])]
     )
     assert isinstance(result.exception, InputError) and "not both" in str(result.exception)
+
+
+@pytest.mark.parametrize("family", DISSECT_FAMILIES)
+@pytest.mark.parametrize("targets", ["all", "q"])
+def test_checkpoint_scores_through_merged_weights_equal_the_lora_layers(family, targets):
+    """The checkpoint evaluation's fast path (W + ΔW, LoRA bypassed) against the plain LoRA forward,
+    in fp32: summation order only. The LoRA layers are live again afterwards, the weights untouched."""
+    reranker = lora_reranker(family, targets=targets)
+    before = {k: v.clone() for k, v in reranker.state_dict().items()}
+    encoded = encode_evalset(reranker, tiny_evalset(depth=3), max_batch=6)
+    plain = PlainScorer(reranker).score_encoded(encoded)
+    fast, merged = analyze.checkpoint_scores(reranker, encoded, FP32)
+    assert merged
+    assert fast == pytest.approx(plain, abs=1e-4 * max(1.0, max(abs(x) for x in plain)))
+    assert all(torch.equal(before[k], v) for k, v in reranker.state_dict().items())
+    assert PlainScorer(reranker).score_encoded(encoded) == plain
+    with switch_off(reranker, frozenset()):  # the check has teeth: the update moves the scores
+        assert PlainScorer(reranker).score_encoded(encoded) != pytest.approx(plain, abs=1e-3)
+
+
+def test_checkpoint_scores_take_the_plain_path_when_asked_or_without_lora():
+    reranker = lora_reranker("llama")
+    encoded = encode_evalset(reranker, tiny_evalset(depth=3))
+    plain = PlainScorer(reranker).score_encoded(encoded)
+    for config in (
+        ScoreConfig(depth=3, dtype="fp32", fast=False),
+        ScoreConfig(depth=3, dtype="fp32", merge_lora=False),
+    ):
+        assert analyze.checkpoint_scores(reranker, encoded, config) == (plain, False)
+    head_only = bare_reranker("llama")
+    encoded = encode_evalset(head_only, tiny_evalset(depth=3))
+    assert analyze.checkpoint_scores(head_only, encoded, FP32) == (PlainScorer(head_only).score_encoded(encoded), False)

@@ -29,7 +29,7 @@ from relevance_lens.dissect.ablate import build_variants, sweep
 from relevance_lens.dissect.evalset import EvalSet, encode_evalset, ir_metrics, mean
 from relevance_lens.dissect.lens import lens_curve
 from relevance_lens.dissect.settings import DEFAULT_METRICS, LensConfig, SweepConfig
-from relevance_lens.dissect.switch import lora_parts, switch_off
+from relevance_lens.dissect.switch import MergedSwitch, lora_modules, lora_parts, merge_blocker, merge_fits, switch_off
 from relevance_lens.dissect.weights import compare, load_adapter_weights, role_stats
 from relevance_lens.errors import InputError
 from relevance_lens.evaluate.stats import paired_randomization
@@ -236,10 +236,36 @@ def _score_folders(
         key = _weights_identity(item.folder)
         if key not in seen:  # final/ is a copy of the last checkpoint: scored once
             with adapter_loaded(reranker, item.folder, score):
-                run = run_from_scores(encoded.pairs, PlainScorer(reranker).score_encoded(encoded))
+                run = run_from_scores(encoded.pairs, checkpoint_scores(reranker, encoded, score)[0])
             seen[key] = {m: fn(run) for m, fn in fns.items()}
         out.append(seen[key])
     return out
+
+
+def checkpoint_scores(reranker: Reranker, encoded, score: ScoreConfig) -> tuple[list[float], bool]:
+    """Scores of one loaded checkpoint on pre-encoded pairs, and whether they came from merged weights.
+
+    Merged (``score.fast`` and ``score.merge_lora``, an adapter PEFT can merge, and one more copy of
+    the adapted weights fits in memory): the forwards run on ``W + ΔW`` through
+    :class:`~relevance_lens.dissect.switch.MergedSwitch`, so a checkpoint costs what the base model
+    costs, not the base plus two small matmuls per LoRA module (about half as much again on a CPU).
+    The LoRA layers come back on exit: the next checkpoint loads into the same base. Scores equal
+    the LoRA path's up to the rounding of ``W + ΔW`` (tests/test_analyze.py holds them together).
+    """
+    plain = PlainScorer(reranker)
+    usable = (
+        score.fast
+        and score.merge_lora
+        and hasattr(reranker.backbone, "peft_config")
+        and merge_blocker(reranker) is None
+        and merge_fits(reranker)
+    )
+    if not usable:
+        return plain.score_encoded(encoded), False
+    switch = MergedSwitch(reranker)
+    everything = frozenset((layer, role) for _, layer, roles in lora_modules(reranker).values() for role in roles)
+    with switch.active(), switch(everything):
+        return plain.score_encoded(encoded), True
 
 
 def _weights_identity(folder: Path) -> tuple[str, ...]:
