@@ -5,7 +5,8 @@
     python benchmarks/profile_training.py --compile off --optim fused
 
 The step is ``train``'s: the model from :func:`relevance_lens.train.trainer.build_model` (frozen
-bf16 weights, fp32 LoRA and head), decoder blocks compiled as ``compile=on`` does, bf16 autocast,
+bf16 weights, fp32 LoRA and head), the attention ``train`` picks (``--attention``), decoder blocks
+compiled as ``compile=on`` does, bf16 autocast,
 the group loss, gradient clipping at 1.0 and fused AdamW (the Trainer's ``adamw_torch_fused``)
 on the training benchmark's groups in order. First ``--warmup`` steps (compilation), then
 ``--steps`` steps timed by phase (forward, backward, optimizer) without the profiler, then
@@ -123,6 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--compile", choices=["on", "off"], default="on")
     parser.add_argument(
+        "--attention",
+        choices=["auto", "sdpa", "eager"],
+        default="auto",
+        help="Training attention (train --attention): auto is what train picks for this device and length.",
+    )
+    parser.add_argument(
         "--optim",
         choices=["default", "foreach", "fused"],
         default="fused",
@@ -140,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = train_config(argparse.Namespace(**{**vars(args), "steps": args.steps_total}), args.work / "unused")
     torch.manual_seed(args.seed)
     model = rl_train.build_model(config).train()
+    config.attention = args.attention
+    args.attention_used = rl_train.set_attention(model, rl_train.attention_decision(config, model)[0])
     if args.compile == "on":
         compile_blocks(model)
     params = [p for p in model.parameters() if p.requires_grad]

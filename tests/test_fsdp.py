@@ -103,4 +103,4 @@ def test_fsdp_on_cpu_processes_is_refused_not_run_as_ddp(collection, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode != 0
     assert "accelerate did not enable FSDP here (distributed type MULTI_CPU" in " ".join(done.stderr.split())
-    assert not (tmp_path / "run" / "final").exists()
+    assert not (tmp_path / "run").exists(), "a refused run leaves no folder (no run.json claiming FSDP)"

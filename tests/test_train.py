@@ -283,6 +283,54 @@ def test_compiled_blocks_train_the_same_model(collection, tmp_path):
         assert torch.allclose(a[key], b[key], atol=1e-4, rtol=1e-3), key
 
 
+def test_eager_attention_trains_the_same_model_as_sdpa(collection, tmp_path):
+    """attention=eager (auto's choice on a CPU at short lengths) is a fast path: the same losses and weights
+    as SDPA, up to float rounding (fp32 here)."""
+    runs = {}
+    for mode in ("sdpa", "eager"):
+        settings = _config(
+            collection, tmp_path / mode, max_steps=6, save_steps=[], attention=mode, lora_dropout=0.0, precision="fp32"
+        )
+        runs[mode] = train(load_config(None, **settings), progress=False)
+        resolved = json.loads((runs[mode] / "run.json").read_text())["resolved"]
+        assert resolved["attention"]["implementation"] == mode
+    losses = {
+        m: [e["loss"] for e in json.loads((r / "train_summary.json").read_text())["log"] if "loss" in e]
+        for m, r in runs.items()
+    }
+    assert len(losses["eager"]) == 6 and losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-4, abs=1e-5)
+    a, b = _trained_weights(runs["sdpa"]), _trained_weights(runs["eager"])
+    assert a.keys() == b.keys() and any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-4, rtol=1e-3), key
+
+
+@pytest.mark.parametrize(
+    ("attention", "max_length", "device", "expected"),
+    [
+        ("auto", 96, "cpu", "eager"),
+        ("auto", 256, "cpu", "eager"),
+        ("auto", 257, "cpu", "sdpa"),
+        ("auto", 96, "cuda", "sdpa"),
+        ("sdpa", 96, "cpu", "sdpa"),
+        ("eager", 4096, "cuda", "eager"),
+    ],
+)
+def test_attention_decision(collection, tmp_path, attention, max_length, device, expected):
+    from types import SimpleNamespace
+
+    from relevance_lens.train.trainer import attention_decision
+
+    config = load_config(None, **_config(collection, tmp_path / "r", attention=attention, max_length=max_length))
+    chosen, why = attention_decision(config, SimpleNamespace(device=torch.device(device)))
+    assert chosen == expected and attention in why
+
+
+def test_attention_setting_is_checked(collection, tmp_path):
+    with pytest.raises(InputError, match="--attention flash: expected auto, sdpa or eager"):
+        load_config(None, **_config(collection, tmp_path / "r", attention="flash")).validate()
+
+
 def test_auto_compile_skips_runs_too_small_to_pay_back(collection, tmp_path):
     from relevance_lens.train.trainer import build_model, compile_decision
 

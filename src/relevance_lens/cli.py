@@ -286,6 +286,9 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed."),
     eval_split: Optional[str] = typer.Option(None, help="FAQ split for the final evaluation ('none' to skip)."),
     compile: Optional[str] = typer.Option(None, "--compile", help="torch.compile the decoder blocks: auto | on | off."),
+    attention: Optional[str] = typer.Option(
+        None, "--attention", help="Training attention: auto (eager on CPU at short lengths) | sdpa | eager."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint."),
     wait: Optional[float] = typer.Option(
         None, "--wait", help="If another process is training this --output, wait up to SECONDS (default: fail)."
@@ -329,6 +332,7 @@ def train(
         seed=seed,
         eval_split=None if eval_split == "none" else eval_split,
         compile=compile,
+        attention=attention,
     )
     if eval_split == "none":
         settings.eval_split = None

@@ -133,6 +133,14 @@ class TrainConfig:
             "help": "torch.compile each decoder block: auto (when the run's work pays the compile back), on or off."
         },
     )
+    attention: str = field(
+        default="auto",
+        metadata={
+            "help": "Attention kernel for training: auto, sdpa or eager (matmul + softmax). auto: eager on a CPU "
+            "while the saved attention probabilities stay small (max_length <= 256), where SDPA's CPU flash "
+            "backward took 40% of a step (benchmarks/README.md), else sdpa."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed for init, negatives, order and dropout."})
     # checkpoints
     save_steps: list[int] = field(
@@ -209,6 +217,8 @@ class TrainConfig:
             raise InputError(f"--save-steps {self.save_steps}: expected positive step numbers")
         if self.compile not in ("auto", "on", "off"):
             raise InputError(f"--compile {self.compile}: expected auto, on or off")
+        if self.attention not in ("auto", "sdpa", "eager"):
+            raise InputError(f"--attention {self.attention}: expected auto, sdpa or eager")
         if self.short_groups not in ("skip", "error"):
             raise InputError(f"short_groups {self.short_groups!r}: expected skip or error")
         if self.data not in ("faq", "faq+weak", "files", "dataset"):

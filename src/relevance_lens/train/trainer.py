@@ -212,6 +212,38 @@ def build_model(config: TrainConfig) -> Reranker:
     return make_trainable(Reranker.from_pretrained(config.model, config=config.reranker(), dtype=dtype), config)
 
 
+#: ``attention="auto"`` trains with eager attention on a CPU up to this ``max_length``. SDPA's CPU
+#: kernel is a flash kernel whose backward ran 8x slower than the forward: 40% of the default
+#: recipe's compiled step on the 2-core AMX Xeon (benchmarks/README.md, profile_training.py).
+#: Eager attention keeps the probabilities for the backward instead (groups x heads x L² per
+#: layer: ~30 MB a layer for SmolLM2 at 32 x 128), which grows with L²: above this, sdpa.
+EAGER_ATTENTION_MAX_LENGTH = 256
+
+
+def attention_decision(config: TrainConfig, reranker: Reranker) -> tuple[str, str]:
+    """Which attention implementation to train with, and why (``config.attention``)."""
+    if config.attention != "auto":
+        return config.attention, f"attention={config.attention}"
+    if reranker.device.type != "cpu":
+        return "sdpa", "attention=auto: sdpa on an accelerator"
+    if config.max_length > EAGER_ATTENTION_MAX_LENGTH:
+        return "sdpa", f"attention=auto: max_length {config.max_length} > {EAGER_ATTENTION_MAX_LENGTH} (eager's memory)"
+    return "eager", "attention=auto: eager on CPU (SDPA's CPU flash backward is the slow part of a short step)"
+
+
+def set_attention(reranker: Reranker, implementation: str) -> str:
+    """Switch the base model's attention; returns the one in use (a family without it keeps its own)."""
+    base = reranker.base_model
+    current = getattr(base.config, "_attn_implementation", None)
+    if current != implementation and hasattr(base, "set_attn_implementation"):
+        try:
+            base.set_attn_implementation(implementation)
+        except (ValueError, ImportError) as exc:
+            name = type(base).__name__
+            logging.getLogger(__name__).warning(f"{name}: no {implementation} attention ({exc}); kept {current}")
+    return str(getattr(base.config, "_attn_implementation", implementation))
+
+
 def compile_decision(config: TrainConfig, reranker: Reranker) -> tuple[bool, str]:
     """Whether to ``torch.compile`` the decoder blocks for training, and why.
 
@@ -283,9 +315,12 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
             f"--output {run_dir}: folder exists and is not empty; pass --resume to continue it or choose a new folder"
         )
     _check_same_run(run_dir, config) if resume else None
+    existed = run_dir.exists()
 
     set_seed(config.seed)
     reranker = build_model(config)
+    attention, attention_why = attention_decision(config, reranker)
+    attention = set_attention(reranker, attention)
     compiled, why = compile_decision(config, reranker)
     if compiled:
         compile_blocks(reranker)
@@ -296,16 +331,12 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
     record = _run_record(config, groups, world, global_batch, epochs)
     record["resolved"]["skipped_short_queries"] = dropped
     record["resolved"]["compiled_blocks"] = {"on": compiled, "why": why}
+    record["resolved"]["attention"] = {"implementation": attention, "why": attention_why}
     record["resolved"]["threads"] = {"at_start": fit(), "cores": threads.cores_available()}
     if config.head_init == "probe" and not (resume and existing):
         record["resolved"]["probe"] = init_head_by_probe(
             reranker, dataset, GroupCollator(reranker), config.probe_groups, config.probe_l2
         )
-    if int(os.environ.get("RANK", "0")) == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(run_dir / RUN_FILE) as fh:
-            json.dump(record, fh, indent=2, sort_keys=True)
-
     args = TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=config.queries_per_device,
@@ -346,7 +377,18 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
             data_collator=GroupCollator(reranker),
             callbacks=[_schedule_callback(config)],
         )
-        _require_fsdp_engaged(config, trainer)
+        # Refused before anything is written: a run folder holding an fsdp run.json would claim a sharding
+        # that never happened. The Trainer has made the (empty) folder already: take it away again.
+        try:
+            _require_fsdp_engaged(config, trainer)
+        except InputError:
+            if not existed:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        if int(os.environ.get("RANK", "0")) == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(run_dir / RUN_FILE) as fh:
+                json.dump(record, fh, indent=2, sort_keys=True)
         quiet_trainer(trainer, progress)
         trainer.run_record = record
         trainer.head_lr = config.head_lr
@@ -442,8 +484,9 @@ def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
         return
     before = json.loads(path.read_text())["config"]
     now = asdict(config)
-    # Compiling changes how blocks run, not what they compute: a resumed run may switch it.
-    changed = sorted(k for k in now if k not in ("output", "compile") and before.get(k) != now[k])
+    # Compiling and the attention kernel change how blocks run, not what they compute: a resumed run may
+    # switch them (and a run saved before the attention setting existed resumes).
+    changed = sorted(k for k in now if k not in ("output", "compile", "attention") and before.get(k) != now[k])
     if changed:
         raise InputError(
             f"--resume {run_dir}: settings differ from the saved run ({', '.join(changed)}); "
