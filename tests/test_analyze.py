@@ -18,7 +18,7 @@ from relevance_lens.dissect.analyses import (
     describe_adapter,
 )
 from relevance_lens.dissect.evalset import encode_evalset, ir_metrics, mean
-from relevance_lens.dissect.switch import switch_off
+from relevance_lens.dissect.switch import lora_modules, switch_off
 from relevance_lens.errors import InputError
 from relevance_lens.model.lora import LoraSettings, attach_lora
 from relevance_lens.model.reranker import Reranker
@@ -208,19 +208,42 @@ def test_cli_analyze_commands(fake_run, tmp_path):
 @pytest.mark.parametrize("family", DISSECT_FAMILIES)
 @pytest.mark.parametrize("targets", ["all", "q"])
 def test_checkpoint_scores_through_merged_weights_equal_the_lora_layers(family, targets):
-    """The checkpoint evaluation's fast path (W + ΔW, LoRA bypassed) against the plain LoRA forward,
-    in fp32: summation order only. The LoRA layers are live again afterwards, the weights untouched."""
+    """The checkpoint evaluation's fast path (W + ΔW in the base weights, LoRA taken out) against the
+    plain LoRA forward, in fp32: summation order only. The base weights are the base's again after."""
     reranker = lora_reranker(family, targets=targets)
-    before = {k: v.clone() for k, v in reranker.state_dict().items()}
+    weights = [module.get_base_layer().weight for module, _, _ in lora_modules(reranker).values()]
+    before = [w.detach().clone() for w in weights]
     encoded = encode_evalset(reranker, tiny_evalset(depth=3), max_batch=6)
     plain = PlainScorer(reranker).score_encoded(encoded)
-    fast, merged = analyze.checkpoint_scores(reranker, encoded, FP32)
-    assert merged
-    assert fast == pytest.approx(plain, abs=1e-4 * max(1.0, max(abs(x) for x in plain)))
-    assert all(torch.equal(before[k], v) for k, v in reranker.state_dict().items())
-    assert PlainScorer(reranker).score_encoded(encoded) == plain
     with switch_off(reranker, frozenset()):  # the check has teeth: the update moves the scores
-        assert PlainScorer(reranker).score_encoded(encoded) != pytest.approx(plain, abs=1e-3)
+        bare = PlainScorer(reranker).score_encoded(encoded)
+    assert bare != pytest.approx(plain, abs=1e-3)
+    fast, merged = analyze.checkpoint_scores(reranker, encoded, FP32)
+    assert merged and not hasattr(reranker.backbone, "peft_config")
+    assert fast == pytest.approx(plain, abs=1e-4 * max(1.0, max(abs(x) for x in plain)))
+    assert all(torch.equal(w, b) for w, b in zip(weights, before))
+    assert PlainScorer(reranker).score_encoded(encoded) == pytest.approx(bare, abs=1e-5)  # the bare base again
+
+
+@pytest.mark.slow
+def test_compiled_checkpoint_scoring_equals_eager_for_every_checkpoint():
+    """Blocks compiled once serve every checkpoint (weights swapped under them): each checkpoint's
+    scores equal its uncompiled merged scores."""
+    compiled = ScoreConfig(depth=3, dtype="fp32", device="cpu", compile="on")
+    base = bare_reranker("llama")
+    encoded = encode_evalset(base, tiny_evalset(depth=3), max_batch=6)
+    results = {}
+    for seed in (1, 2):
+        for config in (FP32, compiled):
+            reranker = base if config is compiled else bare_reranker("llama")
+            attach_lora(reranker, LoraSettings(rank=2, targets="all", dropout=0.0))
+            randomize_lora(reranker, seed=seed)
+            results[seed, config.compile] = analyze.checkpoint_scores(reranker, encoded, config)[0]
+    assert getattr(base, "_blocks_compiled", False)
+    for seed in (1, 2):
+        scale = max(1.0, max(abs(x) for x in results[seed, "auto"]))
+        assert results[seed, "on"] == pytest.approx(results[seed, "auto"], abs=1e-4 * scale), seed
+    assert results[1, "on"] != pytest.approx(results[2, "on"], abs=1e-3)
 
 
 def test_checkpoint_scores_take_the_plain_path_when_asked_or_without_lora():

@@ -355,9 +355,9 @@ def test_embedded_studies_dry_run_without_dequantizing(tmp_path):
     demo = st.expand(st.load_study("demo"))
     assert [c.what for c in demo if c.kind == "analyze" and "-head-" not in c.run] == [
         "checkpoints on dev",
-        "ablate on dev30",
+        "ablate on dev20",
         "weights",
-        "lens on dev30",
+        "lens on dev20",
     ]
 
 

@@ -29,14 +29,16 @@ from relevance_lens.dissect.ablate import build_variants, sweep
 from relevance_lens.dissect.evalset import EvalSet, encode_evalset, ir_metrics, mean
 from relevance_lens.dissect.lens import lens_curve
 from relevance_lens.dissect.settings import DEFAULT_METRICS, LensConfig, SweepConfig
-from relevance_lens.dissect.switch import MergedSwitch, lora_modules, lora_parts, merge_blocker, merge_fits, switch_off
+from relevance_lens.dissect.switch import _delta, lora_modules, lora_parts, merge_blocker, merge_fits, switch_off
 from relevance_lens.dissect.weights import compare, load_adapter_weights, role_stats
 from relevance_lens.errors import InputError
 from relevance_lens.evaluate.stats import paired_randomization
+from relevance_lens.model.compile import can_compile, compile_blocks
 from relevance_lens.model.reranker import CONFIG_FILE, HEAD_FILE, Reranker, read_saved_config
 from relevance_lens.model.roles import ROLES
 from relevance_lens.score.batching import run_from_scores
 from relevance_lens.score.config import ScoreConfig, load_for_scoring, prepare
+from relevance_lens.score.fast import COMPILE_MIN_TOKENS
 from relevance_lens.score.scorer import PlainScorer
 from relevance_lens.store import Store, config_hash, normalize
 from relevance_lens.train.rundir import FINAL, RUN_FILE, is_run_member, run_checkpoints, step_of
@@ -228,29 +230,36 @@ def _score_folders(
     encoded = encode_evalset(reranker, evalset, score.batch_tokens, score.max_batch)
     out = []
     seen: dict[tuple[str, ...], dict[str, dict[str, float]]] = {}
-    for item in items:
+    keys = [_weights_identity(item.folder) for item in items]
+    tokens = len(set(keys)) * sum(len(ids) for ids in encoded.ids)  # what compile=auto weighs
+    for item, key in zip(items, keys):
         if item.model != items[0].model:
             raise InputError(
                 f"{item.folder}: base model {item.model!r} differs from {items[0].model!r} of the other checkpoints"
             )
-        key = _weights_identity(item.folder)
         if key not in seen:  # final/ is a copy of the last checkpoint: scored once
             with adapter_loaded(reranker, item.folder, score):
-                run = run_from_scores(encoded.pairs, checkpoint_scores(reranker, encoded, score)[0])
+                scores, _ = checkpoint_scores(reranker, encoded, score, compile_tokens=tokens)
+                run = run_from_scores(encoded.pairs, scores)
             seen[key] = {m: fn(run) for m, fn in fns.items()}
         out.append(seen[key])
     return out
 
 
-def checkpoint_scores(reranker: Reranker, encoded, score: ScoreConfig) -> tuple[list[float], bool]:
+def checkpoint_scores(
+    reranker: Reranker, encoded, score: ScoreConfig, *, compile_tokens: int = 0
+) -> tuple[list[float], bool]:
     """Scores of one loaded checkpoint on pre-encoded pairs, and whether they came from merged weights.
 
     Merged (``score.fast`` and ``score.merge_lora``, an adapter PEFT can merge, and one more copy of
-    the adapted weights fits in memory): the forwards run on ``W + ΔW`` through
-    :class:`~relevance_lens.dissect.switch.MergedSwitch`, so a checkpoint costs what the base model
-    costs, not the base plus two small matmuls per LoRA module (about half as much again on a CPU).
-    The LoRA layers come back on exit: the next checkpoint loads into the same base. Scores equal
-    the LoRA path's up to the rounding of ``W + ΔW`` (tests/test_analyze.py holds them together).
+    the adapted weights fits in memory): each adapted weight is pointed at ``W + ΔW`` (PEFT's
+    ``get_delta_weight``, rounded once, as :class:`~relevance_lens.dissect.switch.MergedSwitch`
+    does) and the LoRA layers are taken out (PEFT's ``unload``), so the forwards run the plain base
+    model: a checkpoint costs what the base costs, not two more small matmuls per LoRA module, and
+    every checkpoint of a run runs the same modules, so blocks compiled once (``compile_tokens``:
+    the tokens the whole evaluation will score, for ``score.compile="auto"``) serve them all. The
+    base weights come back on exit. Scores equal the LoRA path's up to the rounding of ``W + ΔW``
+    (tests/test_analyze.py holds them together).
     """
     plain = PlainScorer(reranker)
     usable = (
@@ -262,10 +271,31 @@ def checkpoint_scores(reranker: Reranker, encoded, score: ScoreConfig) -> tuple[
     )
     if not usable:
         return plain.score_encoded(encoded), False
-    switch = MergedSwitch(reranker)
-    everything = frozenset((layer, role) for _, layer, roles in lora_modules(reranker).values() for role in roles)
-    with switch.active(), switch(everything):
+    with torch.inference_mode(False), torch.no_grad():
+        slots = [
+            (module.get_base_layer().weight, (module.get_base_layer().weight.float() + _delta(module).float()))
+            for module, _, _ in lora_modules(reranker).values()
+        ]
+    reranker.backbone = reranker.backbone.unload()
+    _compile_for_scoring(reranker, score, compile_tokens)
+    bases = [weight.data for weight, _ in slots]
+    try:
+        for weight, merged in slots:
+            weight.data = merged.to(weight.dtype)
         return plain.score_encoded(encoded), True
+    finally:
+        for (weight, _), base in zip(slots, bases):
+            weight.data = base
+
+
+def _compile_for_scoring(reranker: Reranker, score: ScoreConfig, tokens: int) -> None:
+    """Compile the blocks once (a plain model's: LoRA taken out) when ``score.compile`` says the work pays."""
+    if getattr(reranker, "_blocks_compiled", False) or score.compile == "off" or can_compile(reranker.device):
+        return
+    if score.compile == "auto" and tokens < COMPILE_MIN_TOKENS:
+        return
+    compile_blocks(reranker)
+    reranker._blocks_compiled = True
 
 
 def _weights_identity(folder: Path) -> tuple[str, ...]:
