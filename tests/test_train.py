@@ -309,6 +309,7 @@ def test_eager_attention_trains_the_same_model_as_sdpa(collection, tmp_path):
     ("attention", "max_length", "device", "expected"),
     [
         ("auto", 96, "cpu", "eager"),
+        ("auto", 96, "cpu/head-only", "sdpa"),
         ("auto", 256, "cpu", "eager"),
         ("auto", 257, "cpu", "sdpa"),
         ("auto", 96, "cuda", "sdpa"),
@@ -321,8 +322,10 @@ def test_attention_decision(collection, tmp_path, attention, max_length, device,
 
     from relevance_lens.train.trainer import attention_decision
 
-    config = load_config(None, **_config(collection, tmp_path / "r", attention=attention, max_length=max_length))
-    chosen, why = attention_decision(config, SimpleNamespace(device=torch.device(device)))
+    head_only = {"targets": "none"} if device.endswith("/head-only") else {}
+    settings = _config(collection, tmp_path / "r", attention=attention, max_length=max_length, **head_only)
+    reranker = SimpleNamespace(device=torch.device(device.split("/")[0]))
+    chosen, why = attention_decision(load_config(None, **settings), reranker)
     assert chosen == expected and attention in why
 
 

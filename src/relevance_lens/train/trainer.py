@@ -224,6 +224,8 @@ def attention_decision(config: TrainConfig, reranker: Reranker) -> tuple[str, st
     """Which attention implementation to train with, and why (``config.attention``)."""
     if config.attention != "auto":
         return config.attention, f"attention={config.attention}"
+    if config.targets == "none":
+        return "sdpa", "attention=auto: sdpa for a head-only run (no backward through attention)"
     if reranker.device.type != "cpu":
         return "sdpa", "attention=auto: sdpa on an accelerator"
     if config.max_length > EAGER_ATTENTION_MAX_LENGTH:
