@@ -271,17 +271,19 @@ def checkpoint_scores(
     )
     if not usable:
         return plain.score_encoded(encoded), False
+    # One module at a time in fp32, kept in the weight's dtype: one more copy of the adapted weights,
+    # what merge_fits checked.
     with torch.inference_mode(False), torch.no_grad():
-        slots = [
-            (module.get_base_layer().weight, (module.get_base_layer().weight.float() + _delta(module).float()))
-            for module, _, _ in lora_modules(reranker).values()
-        ]
+        slots = []
+        for module, _, _ in lora_modules(reranker).values():
+            weight = module.get_base_layer().weight
+            slots.append((weight, (weight.float() + _delta(module).float()).to(weight.dtype)))
     reranker.backbone = reranker.backbone.unload()
     _compile_for_scoring(reranker, score, compile_tokens)
     bases = [weight.data for weight, _ in slots]
     try:
         for weight, merged in slots:
-            weight.data = merged.to(weight.dtype)
+            weight.data = merged
         return plain.score_encoded(encoded), True
     finally:
         for (weight, _), base in zip(slots, bases):
