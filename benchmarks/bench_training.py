@@ -297,6 +297,14 @@ def main(argv: list[str] | None = None) -> dict:
         default=True,
         help="Also time train() with compile=off (eager decoder blocks).",
     )
+    parser.add_argument(
+        "--compile",
+        choices=["on", "off"],
+        default="on",
+        help="How relevance-lens's own row trains: on (what compile=auto picks for the default recipe) or off "
+        "(the smoke test: a cold compile of the tiny model would be most of its time, and test_train holds "
+        "compiled blocks to eager ones).",
+    )
     parser.add_argument("--probe", choices=[*SYSTEMS], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps <= args.warmup:
@@ -305,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     items = groups_for(train_config(args, work / "unused"), args.steps)
 
     runners = {
-        OURS: lambda t: run_ours(args, t, "on"),
+        OURS: lambda t: run_ours(args, t, args.compile),
         "CrossEncoderTrainer": lambda t: run_cross_encoder(args, items, work, t),
         EAGER: lambda t: run_ours(args, t, "off"),
     }
@@ -359,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = list(best.values())
     if args.memory:
         names = ("model", "queries", "group_size", "max_length", "rank", "alpha", "lora_dropout", "precision")
+        names += ("compile",)
         same = common.flags(args, names, steps=2, warmup=1, work=work)
         for row in rows:
             row["peak_rss_bytes"], _ = common.run_probe(Path(__file__), row["system"], *same)
@@ -381,6 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "precision",
                 "seed",
                 "lora_dropout",
+                "compile",
             )
         }
         | {"sequences_per_step": args.queries * args.group_size, "load_average_end": common.load_average()},

@@ -150,26 +150,3 @@ def test_compiled_blocks_equal_plain():
     scorer = FastScorer(reranker, fp32(compile="on"))
     assert scorer.plan.compiled and not scorer.plan.share_prefix
     assert_close(scorer.score(ITEMS), slow)
-
-
-@pytest.mark.slow
-def test_compiled_blocks_train_like_eager():
-    """Compiled blocks in training (the proposal for train.build_model): same loss and LoRA gradients (fp32)."""
-    from relevance_lens.model.compile import compile_blocks
-    from relevance_lens.train.groups import group_loss
-
-    def loss_and_grads(compiled: bool):
-        reranker = lora_reranker("llama").train()
-        if compiled:
-            compile_blocks(reranker)
-        batch = reranker.collate(reranker.tokenize([reranker.format(q, p) for q, p in ITEMS[:12]]))
-        loss = group_loss(reranker(**batch), 4)
-        loss.backward()
-        return float(loss), {n: p.grad for n, p in reranker.named_parameters() if p.grad is not None}
-
-    eager_loss, eager = loss_and_grads(False)
-    compiled_loss, compiled = loss_and_grads(True)
-    assert abs(eager_loss - compiled_loss) <= 1e-5
-    assert eager.keys() == compiled.keys() and eager
-    for name in eager:
-        assert torch.allclose(eager[name], compiled[name], atol=1e-5, rtol=1e-4), name

@@ -418,7 +418,9 @@ def test_a_killed_life_ends_as_the_uninterrupted_one(fp32):
 
 
 #: The slow tier: lives killed at one seeded reach of every kill point plus EXTRA more, per seed.
-SLOW_SEEDS, EXTRA = (1, 2, 3, 4), 4
+#: Two lives (17 and 18 kills): each already kills at every point; seeds 3 and 4 (36 more kills) only drew
+#: other reaches of the same points, for ~45 s of the suite.
+SLOW_SEEDS, EXTRA = (1, 2), 4
 
 
 def slow_kills(ref: Reference, seed: int) -> list[Kill]:
