@@ -39,6 +39,7 @@ import flops  # noqa: E402
 import relevance_lens.train.trainer as rl_train  # noqa: E402
 from bench_training import groups_for, train_config  # noqa: E402
 from common import load_average, machine  # noqa: E402
+from relevance_lens.model.backbone import set_attention  # noqa: E402
 from relevance_lens.model.compile import compile_blocks  # noqa: E402
 from relevance_lens.train.groups import GroupCollator, group_loss  # noqa: E402
 
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     model = rl_train.build_model(config).train()
     config.attention = args.attention
-    args.attention_used = rl_train.set_attention(model, rl_train.attention_decision(config, model)[0])
+    args.attention_used = set_attention(model, rl_train.attention_decision(config, model)[0])
     if args.compile == "on":
         compile_blocks(model)
     params = [p for p in model.parameters() if p.requires_grad]

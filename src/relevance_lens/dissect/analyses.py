@@ -29,7 +29,7 @@ from relevance_lens.dissect.ablate import build_variants, sweep
 from relevance_lens.dissect.evalset import EvalSet, encode_evalset, ir_metrics, mean
 from relevance_lens.dissect.lens import lens_curve
 from relevance_lens.dissect.settings import DEFAULT_METRICS, LensConfig, SweepConfig
-from relevance_lens.dissect.switch import _delta, lora_modules, lora_parts, merge_blocker, merge_fits, switch_off
+from relevance_lens.dissect.switch import lora_modules, lora_parts, merge_blocker, merge_fits, merged_weight, switch_off
 from relevance_lens.dissect.weights import compare, load_adapter_weights, role_stats
 from relevance_lens.errors import InputError
 from relevance_lens.evaluate.stats import paired_randomization
@@ -274,10 +274,9 @@ def checkpoint_scores(
     # One module at a time in fp32, kept in the weight's dtype: one more copy of the adapted weights,
     # what merge_fits checked.
     with torch.inference_mode(False), torch.no_grad():
-        slots = []
-        for module, _, _ in lora_modules(reranker).values():
-            weight = module.get_base_layer().weight
-            slots.append((weight, (weight.float() + _delta(module).float()).to(weight.dtype)))
+        slots = [
+            (module.get_base_layer().weight, merged_weight(module)) for module, _, _ in lora_modules(reranker).values()
+        ]
     reranker.backbone = reranker.backbone.unload()
     _compile_for_scoring(reranker, score, compile_tokens)
     bases = [weight.data for weight, _ in slots]

@@ -159,6 +159,12 @@ def _delta(module) -> torch.Tensor:
     return sum(module.get_delta_weight(name) for name in module.active_adapters if name in module.lora_B)
 
 
+def merged_weight(module) -> torch.Tensor:
+    """``W + ΔW`` of one LoRA-wrapped module: summed in fp32, rounded once to ``W``'s dtype."""
+    base = module.get_base_layer().weight.data
+    return (base.float() + _delta(module).float()).to(base.dtype)
+
+
 class MergedSwitch:
     """Switch parts of ΔW on and off by pointing each adapted module at ``W`` or ``W + ΔW``.
 
@@ -177,9 +183,7 @@ class MergedSwitch:
         with torch.inference_mode(False), torch.no_grad():
             for module, layer, roles in lora_modules(reranker).values():
                 weight = module.get_base_layer().weight
-                base = weight.data
-                merged = (base.float() + _delta(module).float()).to(base.dtype)
-                self.slots.append(_Slot(module, weight, layer, roles, base, merged))
+                self.slots.append(_Slot(module, weight, layer, roles, weight.data, merged_weight(module)))
 
     @contextmanager
     def active(self) -> Iterator[MergedSwitch]:

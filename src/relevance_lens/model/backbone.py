@@ -205,6 +205,23 @@ def load_backbone(
     return backbone, tokenizer
 
 
+def set_attention(reranker, implementation: str) -> str:
+    """Switch the base model's attention (``sdpa``, ``eager``...); returns the one in use.
+
+    A family transformers has no such implementation for keeps its own, with a warning.
+    """
+    import warnings
+
+    base = reranker.base_model
+    current = getattr(base.config, "_attn_implementation", None)
+    if current != implementation and hasattr(base, "set_attn_implementation"):
+        try:
+            base.set_attn_implementation(implementation)
+        except (ValueError, ImportError) as exc:
+            warnings.warn(f"{type(base).__name__}: no {implementation} attention ({exc}); kept {current}", stacklevel=2)
+    return str(getattr(base.config, "_attn_implementation", current))
+
+
 def bf16_supported(device: torch.device | str = "cpu") -> bool:
     """True where bf16 matmuls are fast: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
     device = torch.device(device)

@@ -40,6 +40,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from relevance_lens.model.backbone import set_attention
 from relevance_lens.model.compile import can_compile, compile_blocks
 from relevance_lens.model.reranker import Reranker, pool_last
 from relevance_lens.score.batching import batches, encode_texts, require_finite
@@ -97,14 +98,7 @@ def merged_in_place(reranker: Reranker, *, merge: bool = True) -> Reranker:
 
 def use_sdpa(reranker: Reranker) -> str:
     """Switch the backbone's attention to SDPA where transformers supports it; returns the one in use."""
-    base = reranker.base_model
-    current = getattr(base.config, "_attn_implementation", None)
-    if current != "sdpa" and hasattr(base, "set_attn_implementation"):
-        try:
-            base.set_attn_implementation("sdpa")
-        except (ValueError, ImportError) as exc:  # a family without SDPA keeps its own attention
-            warnings.warn(f"{type(base).__name__}: SDPA unavailable ({exc}); keeping {current}", stacklevel=2)
-    return str(getattr(base.config, "_attn_implementation", current))
+    return set_attention(reranker, "sdpa")
 
 
 # ---------------------------------------------------------------- shared prefixes

@@ -33,7 +33,7 @@ from relevance_lens.errors import InputError
 from relevance_lens.evaluate.metrics import evaluate
 from relevance_lens.faults import kill_point
 from relevance_lens.locks import exclusive, lock_file
-from relevance_lens.model.backbone import bf16_supported
+from relevance_lens.model.backbone import bf16_supported, set_attention
 from relevance_lens.model.compile import can_compile, compile_blocks
 from relevance_lens.model.manifest import write_manifest
 from relevance_lens.model.reranker import HEAD_FILE, Reranker
@@ -231,19 +231,6 @@ def attention_decision(config: TrainConfig, reranker: Reranker) -> tuple[str, st
     if config.max_length > EAGER_ATTENTION_MAX_LENGTH:
         return "sdpa", f"attention=auto: max_length {config.max_length} > {EAGER_ATTENTION_MAX_LENGTH} (eager's memory)"
     return "eager", "attention=auto: eager on CPU (SDPA's CPU flash backward is the slow part of a short step)"
-
-
-def set_attention(reranker: Reranker, implementation: str) -> str:
-    """Switch the base model's attention; returns the one in use (a family without it keeps its own)."""
-    base = reranker.base_model
-    current = getattr(base.config, "_attn_implementation", None)
-    if current != implementation and hasattr(base, "set_attn_implementation"):
-        try:
-            base.set_attn_implementation(implementation)
-        except (ValueError, ImportError) as exc:
-            name = type(base).__name__
-            logging.getLogger(__name__).warning(f"{name}: no {implementation} attention ({exc}); kept {current}")
-    return str(getattr(base.config, "_attn_implementation", implementation))
 
 
 def compile_decision(config: TrainConfig, reranker: Reranker) -> tuple[bool, str]:
