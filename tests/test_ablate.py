@@ -159,6 +159,8 @@ def test_parts_of_an_adapter(family, targets, expected_roles):
         ("bottom-up", 4, ("L0-0", 7)),
         ("top-down", 4, ("L0-3", 28)),
         ("roles", 16, ("-q", 24)),
+        ("drop-role", 9, ("-q", 24)),
+        ("keep-role", 9, ("q", 4)),
         ("drop-layer-role", 28, ("-L0.q", 27)),
         ("keep-layer-role", 28, ("L0.q", 1)),
     ],
@@ -169,6 +171,16 @@ def test_sweep_builders(name, count, first):
     assert len(variants) == count
     assert (variants[0].name, len(variants[0].keep)) == first
     assert all(v.keep <= parts for v in variants)
+
+
+@pytest.mark.parametrize("roles", [("q", "k", "v", "o", "gate", "up", "down"), ("q", "up"), ("q", "k")])
+def test_roles_is_drop_role_plus_keep_role(roles):
+    """The two halves of the roles sweep together are the whole sweep, variant for variant."""
+    parts = frozenset((l, r) for l in range(3) for r in roles)
+    whole = {(v.name, v.keep) for v in build_variants("roles", parts, 3)}
+    halves = [{(v.name, v.keep) for v in build_variants(n, parts, 3)} for n in ("drop-role", "keep-role")]
+    assert halves[0] | halves[1] == whole
+    assert not {n for n, _ in halves[0]} & {n for n, _ in halves[1]} - {"mha", "mlp"}
 
 
 def test_unknown_sweep_and_empty_adapter_are_refused():

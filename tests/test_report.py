@@ -257,6 +257,25 @@ def test_missing_sections_become_notes(tmp_path, keep):
     assert "drop-layer-role" in _section(text, "layer-heatmap")  # the note says how to fill it
 
 
+@pytest.mark.parametrize("sweep,kept", [("drop-role", False), ("keep-role", True)])
+def test_roles_section_reads_each_role_sweep(tmp_path, sweep, kept):
+    """A study that runs only the removed (or only the kept-alone) half of the roles sweep still gets the section."""
+    rows = []
+    for r in synthetic_rows():
+        if r["analysis"] == "ablate:roles":
+            if r["variant"] != "full" and r["variant"].startswith("-") == kept:
+                continue
+            r = {**r, "analysis": f"ablate:{sweep}", "config_json": {**r["config_json"], "sweep": sweep}}
+        rows.append(r)
+    store = tmp_path / "r.sqlite"
+    Store(store).append(rows)
+    body = _section(render(read_rows(store), "t"), "roles")
+    assert 'class="note"' not in body and "data:image/png;base64," in body
+    cells = re.findall(r"<tr><td>[^<]*</td><td>[^<]*</td><td>(\w+)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", body)
+    assert cells, body[:500]
+    assert all((removed == "-") == kept and (alone == "-") != kept for _, removed, alone in cells), cells
+
+
 def test_missing_or_foreign_store_fails(tmp_path):
     with pytest.raises(InputError, match="no such results store"):
         write_report(tmp_path / "nothing.sqlite", tmp_path / "r.html")

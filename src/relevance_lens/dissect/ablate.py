@@ -124,16 +124,38 @@ def _with_roles(parts: frozenset[Part], roles: Sequence[str]) -> frozenset[Part]
     return frozenset(p for p in parts if p[1] in roles)
 
 
-def by_role(parts: frozenset[Part], n_layers: int) -> list[Variant]:
-    """Each role removed (``-q``) and kept alone (``q``) in every layer; MHA only; MLP only."""
-    roles = [r for r in ROLES if any(p[1] == r for p in parts)]
-    variants = [Variant(f"-{r}", parts - _with_roles(parts, [r]), role=r) for r in roles]
-    variants += [Variant(r, _with_roles(parts, [r]), role=r) for r in roles]
+def _role_groups(parts: frozenset[Part], variants: list[Variant]) -> list[Variant]:
+    """MHA only and MLP only (the study's attention-vs-MLP question), unless equal to a variant or to all."""
+    groups = []
     for group, members in (("mha", MHA_ROLES), ("mlp", MLP_ROLES)):
         keep = _with_roles(parts, members)
-        if keep and all(keep != v.keep for v in variants) and keep != parts:  # no group equal to one role or all
-            variants.append(Variant(group, keep))
-    return variants
+        if keep and all(keep != v.keep for v in variants + groups) and keep != parts:
+            groups.append(Variant(group, keep))
+    return groups
+
+
+def _roles_in(parts: frozenset[Part]) -> list[str]:
+    return [r for r in ROLES if any(p[1] == r for p in parts)]
+
+
+def drop_each_role(parts: frozenset[Part], n_layers: int) -> list[Variant]:
+    """Each role removed in every layer (``-q``: the study's "which projections can be dropped"); MHA only; MLP only."""
+    variants = [Variant(f"-{r}", parts - _with_roles(parts, [r]), role=r) for r in _roles_in(parts)]
+    return variants + _role_groups(parts, variants)
+
+
+def keep_each_role(parts: frozenset[Part], n_layers: int) -> list[Variant]:
+    """Each role kept alone in every layer (``q``); MHA only; MLP only."""
+    variants = [Variant(r, _with_roles(parts, [r]), role=r) for r in _roles_in(parts)]
+    return variants + _role_groups(parts, variants)
+
+
+def by_role(parts: frozenset[Part], n_layers: int) -> list[Variant]:
+    """Each role removed (``-q``) and kept alone (``q``) in every layer; MHA only; MLP only."""
+    roles = _roles_in(parts)
+    variants = [Variant(f"-{r}", parts - _with_roles(parts, [r]), role=r) for r in roles]
+    variants += [Variant(r, _with_roles(parts, [r]), role=r) for r in roles]
+    return variants + _role_groups(parts, variants)
 
 
 def drop_each_layer_role(parts: frozenset[Part], n_layers: int) -> list[Variant]:
@@ -161,6 +183,8 @@ SWEEPS: dict[str, Builder] = {
     "bottom-up": bottom_up,
     "top-down": top_down,
     "roles": by_role,
+    "drop-role": drop_each_role,
+    "keep-role": keep_each_role,
     "drop-layer-role": drop_each_layer_role,
     "keep-layer-role": keep_each_layer_role,
 }

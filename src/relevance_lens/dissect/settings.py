@@ -21,6 +21,8 @@ SWEEP_NAMES = (
     "bottom-up",
     "top-down",
     "roles",
+    "drop-role",
+    "keep-role",
     "drop-layer-role",
     "keep-layer-role",
 )

@@ -27,6 +27,9 @@ from relevance_lens.report.results import Results, _eval_label, _metrics
 from relevance_lens.report.tables import Parts, Section, Table, _fmt, mark
 from relevance_lens.train.rundir import FINAL
 
+#: The sweeps whose variants are whole roles (``-q`` removed, ``q`` kept alone, ``mha``, ``mlp``).
+ROLE_SWEEPS = ("roles", "drop-role", "keep-role")
+
 
 def _sweep_rows(res: Results, sweeps: Iterable[str]) -> dict[str, list[dict]]:
     return {s: res.get(f"ablate:{s}") for s in sweeps if res.get(f"ablate:{s}")}
@@ -111,9 +114,10 @@ def _sweep_figure(res: Results, cells: list[dict], sweep: str, name: str, style:
 
 
 def roles_section(res: Results) -> Section:
-    """Per role: removing it (Δ vs full) and keeping it alone (Δ vs base)."""
+    """Per role: removing it (Δ vs full) and keeping it alone (Δ vs base), from any of the role sweeps."""
     parts = Parts()
-    for ev, ev_rows in res.evals(res.get("ablate:roles")).items():
+    rows = [r for sweep_rows in _sweep_rows(res, ROLE_SWEEPS).values() for r in sweep_rows]
+    for ev, ev_rows in res.evals(rows).items():
         metric = (_metrics(ev_rows) or ["?"])[0]
         runs = sorted({r["run"] for r in ev_rows if r["variant"] and r["variant"] not in ("full", "base")})
         if not runs:
@@ -155,7 +159,7 @@ def roles_section(res: Results) -> Section:
     return parts.section(
         "roles",
         "Which projections matter (role ablations)",
-        "No role ablations in this store: add roles to [analyses.ablate] sweeps.",
+        "No role ablations in this store: add roles (or drop-role, keep-role) to [analyses.ablate] sweeps.",
     )
 
 
