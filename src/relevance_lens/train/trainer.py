@@ -110,6 +110,11 @@ def _make_trainer_class():
                 write_manifest(Path(self._get_output_dir(trial=trial)) / checkpoint_name(self.state.global_step))
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            if self.is_fsdp_enabled and model is not None:
+                # The Trainer passes the sharded model (FSDP2: DTensor parameters, which refuse plain tensors): its
+                # own FSDP loading puts the full state dict it saved beside ours (pytorch_model_fsdp.bin) into them.
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+                return
             load_trainable(self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint))
 
     return RerankTrainer
