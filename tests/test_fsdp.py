@@ -7,6 +7,7 @@ on CPU rather than silently training without sharding.
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -83,6 +84,26 @@ def test_two_fsdp_processes_score_like_one_with_the_same_global_batch(collection
     # a step off, or one holding a stale or partial weight, would not pass.
     halfway = _scores(collection, one / "checkpoint-4")
     assert max(abs(a[k] - halfway[k]) for k in a) > 100 * tolerance
+
+    # Resume under FSDP: the run cut back to checkpoint-4 (as if killed after it) and resumed by 2 sharded
+    # processes trains steps 5-8 only and ends with the uninterrupted run's losses and scores.
+    cut = tmp_path / "cut"
+    shutil.copytree(two / "checkpoint-4", cut / "checkpoint-4")
+    shutil.copy(two / "run.json", cut / "run.json")
+    command = torchrun(2, str(LAUNCHER), "train", "--config", str(toml), "--output", str(cut), "--resume")
+    done = subprocess.run(command, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = {
+        run.name: {
+            e["step"]: e["loss"] for e in json.loads((run / "train_summary.json").read_text())["log"] if "loss" in e
+        }
+        for run in (two, cut)
+    }
+    assert sorted(losses["cut"]) == sorted(losses["two"]) == list(range(1, 9))  # steps 1-4 from the checkpoint's log
+    assert [losses["cut"][s] for s in range(5, 9)] == pytest.approx([losses["two"][s] for s in range(5, 9)], rel=1e-5)
+    resumed = _scores(collection, cut / "final")
+    worst = max(abs(b[k] - resumed[k]) for k in b)
+    assert worst <= tolerance, f"resumed FSDP scores differ by {worst} (tolerance {tolerance})"
 
 
 def test_fsdp_in_a_process_not_launched_by_torchrun_is_refused(collection, tmp_path):
