@@ -7,6 +7,7 @@ on CPU rather than silently training without sharding.
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -84,12 +85,103 @@ def test_two_fsdp_processes_score_like_one_with_the_same_global_batch(collection
     halfway = _scores(collection, one / "checkpoint-4")
     assert max(abs(a[k] - halfway[k]) for k in a) > 100 * tolerance
 
+    # Resume under FSDP: the run cut back to checkpoint-4 (as if killed after it) and resumed by 2 sharded
+    # processes trains steps 5-8 only and ends with the uninterrupted run's losses and scores.
+    cut = tmp_path / "cut"
+    shutil.copytree(two / "checkpoint-4", cut / "checkpoint-4")
+    shutil.copy(two / "run.json", cut / "run.json")
+    command = torchrun(2, str(LAUNCHER), "train", "--config", str(toml), "--output", str(cut), "--resume")
+    done = subprocess.run(command, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = {
+        run.name: {
+            e["step"]: e["loss"] for e in json.loads((run / "train_summary.json").read_text())["log"] if "loss" in e
+        }
+        for run in (two, cut)
+    }
+    assert sorted(losses["cut"]) == sorted(losses["two"]) == list(range(1, 9))  # steps 1-4 from the checkpoint's log
+    assert [losses["cut"][s] for s in range(5, 9)] == pytest.approx([losses["two"][s] for s in range(5, 9)], rel=1e-5)
+    resumed = _scores(collection, cut / "final")
+    worst = max(abs(b[k] - resumed[k]) for k in b)
+    assert worst <= tolerance, f"resumed FSDP scores differ by {worst} (tolerance {tolerance})"
+
 
 def test_fsdp_in_a_process_not_launched_by_torchrun_is_refused(collection, tmp_path):
     settings = _config(collection, tmp_path / "run", max_steps=1, save_steps=[], fsdp="full_shard")
     with pytest.raises(InputError, match="fsdp 'full_shard': .* not launched by torchrun"):
         train(load_config(None, **settings), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "env, passed",
+    [
+        ({"FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}, "FSDP_STATE_DICT_TYPE=SHARDED_STATE_DICT"),
+        ({"FSDP_STATE_DICT_TYPE": "3"}, "FSDP_STATE_DICT_TYPE=3"),  # torch's StateDictType by number
+        ({"FSDP_STATE_DICT_TYPE": "LOCAL_STATE_DICT", "FSDP_VERSION": "1"}, "FSDP_STATE_DICT_TYPE=LOCAL_STATE_DICT"),
+        ({"FSDP_VERSION": "2"}, "FSDP_STATE_DICT_TYPE unset with FSDP_VERSION=2 (accelerate's default: SHARDED"),
+    ],
+)
+def test_an_fsdp_state_dict_that_would_drop_the_adapter_is_refused(collection, tmp_path, monkeypatch, env, passed):
+    """accelerate launch with such an FSDP config: checkpoints would hold the Trainer's shards, not our adapter."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.delenv("FSDP_STATE_DICT_TYPE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = _config(collection, tmp_path / "run", max_steps=1, save_steps=[])
+    with pytest.raises(InputError) as exc:
+        train(load_config(None, **settings), progress=False)
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith(passed), message
+    assert "expected FULL_STATE_DICT" in message and "fsdp_state_dict_type: FULL_STATE_DICT" in message
+    assert list(tmp_path.iterdir()) == [], "a refused run leaves nothing behind (no folder, lock or run.json)"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ACCELERATE_USE_FSDP": "true", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT", "FSDP_VERSION": "2"},
+        {"ACCELERATE_USE_FSDP": "true", "FSDP_STATE_DICT_TYPE": "1"},
+        {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"},  # FSDP1's default is the full state dict
+        {"FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"},  # no FSDP: the setting is never read
+    ],
+)
+def test_full_state_dicts_and_runs_without_fsdp_pass_the_check(collection, tmp_path, monkeypatch, env):
+    from relevance_lens.train.trainer import _require_full_state_dict
+
+    for key in ("ACCELERATE_USE_FSDP", "FSDP_STATE_DICT_TYPE", "FSDP_VERSION"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    _require_full_state_dict(load_config(None, **_config(collection, tmp_path / "run")))
+
+
+def test_the_shipped_accelerate_config_saves_full_state_dicts(monkeypatch):
+    """configs/accelerate_fsdp.yaml, read as ``accelerate launch --config_file`` reads it: FSDP2 with full state
+    dicts, in the environment accelerate gives the processes, from which its FSDP plugin is made."""
+    import yaml
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from torch.distributed.fsdp import StateDictType
+
+    import relevance_lens
+    from relevance_lens.train.trainer import _require_full_state_dict
+
+    path = Path(relevance_lens.__file__).parent / "configs" / "accelerate_fsdp.yaml"
+    shipped = yaml.safe_load(path.read_text())
+    assert shipped["distributed_type"] == "FSDP"
+    assert shipped["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert shipped["fsdp_config"]["fsdp_version"] == 2
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "relevance_lens", "train"])
+    args = _validate_launch_command(args)[0]  # fills the arguments from the file, as accelerate launch does
+    env = {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith(("FSDP_", "ACCELERATE_USE_FSDP"))}
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()  # what the Trainer's Accelerator makes from that environment
+    assert plugin.fsdp_version == 2 and plugin.state_dict_type == StateDictType.FULL_STATE_DICT
+    _require_full_state_dict(load_config(None))  # and train lets it through
 
 
 @pytest.mark.slow

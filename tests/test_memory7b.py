@@ -3,7 +3,7 @@
 Loading reads weights in the scoring dtype; fast scoring of a model loaded for one run merges
 LoRA in place (no backbone copy); head-only training never enters the frozen base's backward;
 the group order is shuffled once per epoch, not once per item. The memory itself is measured
-by ``benchmarks/bench_load.py`` (never asserted here).
+by ``benchmarks/bench_load.py`` (its bar not asserted here: a tiny model's peak is the interpreter's).
 """
 
 from __future__ import annotations
@@ -247,6 +247,22 @@ def test_bench_load_smoke_compares_both_loadings(tmp_path):
     assert rows["mistral-7b-v0.1 (whole)"]["dtypes"] == ["bfloat16"]
     assert rows["mistral-7b-v0.1, first 2 layers (ours)"]["dtypes"] == ["bfloat16"]
     assert not (tmp_path / "work").exists(), "the model folders were left behind"
+    # The issue's bar (peak RSS <= 1.2x the bf16 weights) cannot be asserted on the tiny shape: its weights are
+    # ~0.3 MB and the peak (~400 MB) is the interpreter, torch and transformers (measured: ratio ~1500x, the same
+    # for both loadings within 1 MB). benchmarks/results/load-mistral-7b-v0.1.* holds the real-size measurement.
+    # What holds at any size: the record's verdict is its ratio against 1.2, the loaded weights are held as bf16
+    # (2 bytes a parameter), and our loading's peak is not above the fp32-then-cast one's beyond process noise.
+    assert record["target_ratio"] == 1.2
+    whole = rows["mistral-7b-v0.1 (whole)"]
+    assert record["ratio"] == whole["ratio"] == pytest.approx(whole["peak_rss_bytes"] / whole["bf16_bytes"])
+    assert record["meets_target"] == (record["ratio"] <= 1.2)
+    for row in rows.values():
+        assert row["held_bytes"] == row["bf16_bytes"], row["path"]
+    ours, cast = (rows[f"mistral-7b-v0.1, first 2 layers ({path})"] for path in ("ours", "fp32-then-cast"))
+    assert ours["peak_rss_bytes"] <= cast["peak_rss_bytes"] + 16 * 2**20, (
+        ours["peak_rss_bytes"],
+        cast["peak_rss_bytes"],
+    )
 
 
 def test_model_configs_are_the_published_shapes():

@@ -4,6 +4,7 @@ studies resolve without weights or network; bad study files fail before any trai
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -337,6 +338,27 @@ def test_paper_dry_run_estimates_gpu_hours(tmp_path):
     assert "at 989 TFLOP/s x 40% utilisation" in out and "unknown size" not in out
     assert 100 < hours < 10_000  # 39 LoRA runs of 7B models on 2 x 10^8 tokens each: hundreds of hours
     assert GpuRate(tflops=989 / 2).hours(train.flops) == pytest.approx(2 * GpuRate().hours(train.flops))
+    # The GPU-hours column: each cell's FLOPs / (989 TFLOP/s x 0.4 x 3600 s), as printed (2 significant digits
+    # below 10 h, whole hours above), and the printed cells add up to the printed total within their rounding.
+    rows = [[part.strip() for part in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    assert [(int(r[0]), r[1], r[2]) for r in rows] == [(i, c.run, c.what) for i, (c, _) in enumerate(listed, 1)]
+    printed, slack = 0.0, 0.0
+    for (cell, _), row in zip(listed, rows):
+        shown = row[4]
+        if cell.flops == 0:  # reads weights, no forward pass
+            assert shown == "-", row
+            continue
+        value = float(shown.replace(",", ""))
+        half_unit = 0.5 * 10.0 ** -(len(shown.split(".")[1]) if "." in shown else 0)
+        exact = cell.flops / (989e12 * 0.4 * 3600)
+        assert abs(value - exact) <= half_unit * (1 + 1e-9), (row, exact)
+        if cell.kind == "train":
+            assert value > 0, row
+        printed, slack = printed + value, slack + half_unit
+    total = float(
+        out.split(f"estimated GPU-hours of the {len(listed)} cells not done: ")[1].split()[0].replace(",", "")
+    )
+    assert abs(printed - total) <= slack + 0.5 * 10 ** (math.floor(math.log10(total)) - 2), (printed, total)
 
 
 @pytest.mark.parametrize("tflops, mfu, message", [(0, 0.4, "--gpu-tflops 0"), (989, 1.5, "--mfu 1.5")])

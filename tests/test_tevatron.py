@@ -93,6 +93,53 @@ def test_both_schemas_give_the_same_training_groups(schemas, tmp_path):
     assert "corpus" in v2.fingerprints
 
 
+def _trained(run_dir):
+    """A finished run's per-step losses and its final LoRA and head weights."""
+    from safetensors.torch import load_file
+
+    log = json.loads((run_dir / "train_summary.json").read_text())["log"]
+    weights = {
+        f"{name}:{key}": value
+        for name in ("adapter_model.safetensors", "score_head.safetensors")
+        for key, value in load_file(run_dir / "final" / name).items()
+    }
+    return [entry["loss"] for entry in log if "loss" in entry], weights
+
+
+def test_both_schemas_train_the_same_model(schemas, tmp_path, monkeypatch):
+    """``train`` on either schema (v2 with its --corpus): a final adapter and head, the same groups, and with one
+    seed the same losses and weights, bit for bit (one thread: the same float sums in the same order)."""
+    from relevance_lens.train.trainer import train
+    from trainfix import tiny_train_settings
+
+    monkeypatch.setenv("RELEVANCE_LENS_THREADS", "1")
+    model = str(save_tiny("llama", tmp_path / "model"))
+    # 2 queries of 1 positive and 2 negatives: groups of 3, both queries in each step.
+    settings = dict(group_size=3, max_steps=2, save_steps=[1], logging_steps=1, lr=1e-2)
+    given = {
+        "old": {"tevatron": str(schemas["old"])},
+        "v2": {"tevatron": str(schemas["v2"]), "corpus": str(schemas["corpus"])},
+    }
+    runs = {
+        schema: train(
+            TrainConfig(**tiny_train_settings({"model": model, **files}, tmp_path / schema, **settings)), progress=False
+        )
+        for schema, files in given.items()
+    }
+    records = {schema: json.loads((run / "run.json").read_text()) for schema, run in runs.items()}
+    assert records["v2"]["config"]["corpus"] == str(schemas["corpus"]) and records["old"]["config"]["corpus"] is None
+    assert records["old"]["resolved"]["train_queries"] == records["v2"]["resolved"]["train_queries"] == len(OLD)
+    (old_losses, old_weights), (v2_losses, v2_weights) = _trained(runs["old"]), _trained(runs["v2"])
+    assert len(old_losses) == 2 and old_losses == v2_losses
+    assert any(k.startswith("adapter_model") for k in old_weights) and any(
+        k.startswith("score_head") for k in old_weights
+    )
+    assert old_weights.keys() == v2_weights.keys()
+    for key, value in old_weights.items():
+        assert torch.equal(value, v2_weights[key]), key
+    assert any(float(v.abs().max()) > 0 for k, v in old_weights.items() if "lora_B" in k)  # training moved B off zero
+
+
 def _refused(path, *needles, corpus=None):
     with pytest.raises(InputError) as exc:
         read_tevatron(path, corpus)

@@ -110,6 +110,11 @@ def _make_trainer_class():
                 write_manifest(Path(self._get_output_dir(trial=trial)) / checkpoint_name(self.state.global_step))
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            if self.is_fsdp_enabled and model is not None:
+                # The Trainer passes the sharded model (FSDP2: DTensor parameters, which refuse plain tensors): its
+                # own FSDP loading puts the full state dict it saved beside ours (pytorch_model_fsdp.bin) into them.
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+                return
             load_trainable(self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint))
 
     return RerankTrainer
@@ -272,6 +277,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, w
     ``wait`` seconds (None: as long as the holder lives). Under torchrun rank 0 holds it for all.
     """
     config.validate()  # a mistake fails before any lock file is written
+    _require_full_state_dict(config)
     if os.environ.get("RANK", "0") != "0":
         with share_cores():
             return _train(config, resume=resume, progress=progress)
@@ -370,6 +376,9 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
         # that never happened. The Trainer has made the (empty) folder already: take it away again.
         try:
             _require_fsdp_engaged(config, trainer)
+            if trainer.is_fsdp_enabled:  # whatever set it: the type the Trainer will save with
+                plugin = trainer.accelerator.state.fsdp_plugin
+                _require_full_state_dict(config, {"FSDP_STATE_DICT_TYPE": plugin.state_dict_type.name})
         except InputError:
             if not existed:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -404,6 +413,43 @@ def _require_fsdp_engaged(config: TrainConfig, trainer) -> None:
             f"fsdp {config.fsdp!r}: accelerate did not enable FSDP here (distributed type "
             f"{trainer.accelerator.distributed_type.value}; it needs one GPU per process under torchrun or accelerate "
             f"launch) and would train without sharding; leave fsdp unset, in a new --output (not {config.output})"
+        )
+
+
+#: torch's ``StateDictType`` by number, as accelerate also accepts it in ``FSDP_STATE_DICT_TYPE``.
+_STATE_DICT_TYPES = {"1": "FULL_STATE_DICT", "2": "LOCAL_STATE_DICT", "3": "SHARDED_STATE_DICT"}
+
+
+def _require_full_state_dict(config: TrainConfig, env: dict[str, str] | None = None) -> None:
+    """Refuse an FSDP state-dict type under which checkpoints would lack the adapter and the score head.
+
+    The Trainer hands a checkpoint to our ``_save`` (the adapter folder) only with ``FULL_STATE_DICT``;
+    with a sharded or local one it writes its own shards alone. ``fsdp`` set here passes the full type
+    itself; without it, ``accelerate launch`` with an FSDP config (``ACCELERATE_USE_FSDP``) makes the
+    plugin from its environment, where FSDP2 defaults to ``SHARDED_STATE_DICT`` (accelerate 1.16,
+    ``FullyShardedDataParallelPlugin.set_state_dict_type``). ``env``: the plugin's own setting, once it exists.
+    """
+    if env is None:
+        if config.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+            return
+        env = dict(os.environ)
+    given = env.get("FSDP_STATE_DICT_TYPE")
+    version = env.get("FSDP_VERSION", "1")
+    kind = (
+        _STATE_DICT_TYPES.get(given, given.upper())
+        if given
+        else ("FULL_STATE_DICT" if version == "1" else "SHARDED_STATE_DICT")
+    )
+    if kind != "FULL_STATE_DICT":
+        passed = (
+            f"FSDP_STATE_DICT_TYPE={given}"
+            if given
+            else f"FSDP_STATE_DICT_TYPE unset with FSDP_VERSION={version} (accelerate's default: {kind})"
+        )
+        raise InputError(
+            f"{passed}: expected FULL_STATE_DICT, as with {kind} the Trainer saves only its own shards and "
+            "checkpoint-N/ would lack the LoRA adapter and score head; set fsdp_state_dict_type: FULL_STATE_DICT in "
+            "the accelerate config (configs/accelerate_fsdp.yaml has it)"
         )
 
 
