@@ -196,3 +196,24 @@ def test_fsdp_on_cpu_processes_is_refused_not_run_as_ddp(collection, tmp_path):
     assert done.returncode != 0
     assert "accelerate did not enable FSDP here (distributed type MULTI_CPU" in " ".join(done.stderr.split())
     assert not (tmp_path / "run").exists(), "a refused run leaves no folder (no run.json claiming FSDP)"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gpt2"])
+def test_transformer_based_wrap_finds_the_decoder_blocks(family):
+    """FSDP's TRANSFORMER_BASED_WRAP (the shipped config's policy) shards block by block, LoRA attached or not."""
+    from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from relevance_lens.model.lora import LoraSettings, attach_lora
+    from relevance_lens.model.roles import blocks
+    from tiny import tiny_reranker
+
+    reranker = tiny_reranker(family)
+    block_class = type(blocks(reranker.base_model, reranker.architecture)[0])
+    for lora in (False, True):  # the bare reranker, then with LoRA attached
+        if lora:
+            attach_lora(reranker, LoraSettings(rank=2, alpha=4.0, targets="all"))
+        plugin = FullyShardedDataParallelPlugin(auto_wrap_policy=transformer_auto_wrap_policy)
+        plugin.set_auto_wrap_policy(reranker)
+        assert plugin.transformer_cls_names_to_wrap == [block_class.__name__], lora
+        assert plugin.auto_wrap_policy.keywords["transformer_layer_cls"] == {block_class}, lora

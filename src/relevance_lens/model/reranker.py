@@ -126,6 +126,19 @@ class Reranker(nn.Module):
         # Taken now, before LoRA is attached or the model sharded: what every saved adapter records.
         self.base_identity = base_identity(config.model, source.path if source else None, backbone)
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The backbone's decoder block classes (read through PEFT's wrappers).
+
+        accelerate's FSDP ``TRANSFORMER_BASED_WRAP`` reads this from the model it wraps: without it
+        the Reranker named no block class, and every block stayed in one FSDP unit, gathered whole.
+        """
+        for module in self.backbone.modules():
+            names = getattr(module, "_no_split_modules", None)
+            if names:
+                return list(names)
+        return []
+
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(
