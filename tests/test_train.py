@@ -257,6 +257,7 @@ def test_unknown_setting_in_config_file(tmp_path):
         ('lr = "big"', "lr = 'big': expected a number"),
         ("save_steps = 5", "save_steps = 5: expected a list of integers"),
         ("[train]\nseed = true", "seed = True: expected an integer"),
+        ("train = 5", "train = 5: expected a [train] table of settings"),
     ],
 )
 def test_wrongly_typed_values_in_a_config_file_are_one_line_errors(tmp_path, line, message):

@@ -295,6 +295,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
                 "(or a [train] table); leave out --config for the defaults"
             )
         values = values.get("train", values)
+        if not isinstance(values, dict):
+            raise InputError(f"{path}: train = {values!r}: expected a [train] table of settings")
         hints = typing.get_type_hints(TrainConfig)  # flags arrive typed; a file's values are checked here
         for key, value in values.items():
             if key in hints and not fits_type(value, hints[key]):
