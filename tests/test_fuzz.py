@@ -39,7 +39,7 @@ from relevance_lens.data import formats
 from relevance_lens.errors import InputError
 from relevance_lens.model.reranker import CONFIG_FILE, RerankerConfig, read_saved_config
 from relevance_lens.study import spec as study_spec
-from relevance_lens.train.config import TrainConfig
+from relevance_lens.train.config import TrainConfig, fits_type
 
 # Derandomized and without an example database: the same examples on every machine, no
 # .hypothesis/ folder left in the checkout.
@@ -194,7 +194,7 @@ def _check_study_types(study: study_spec.Study) -> None:
     assert all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in study.spec.ranks)
     hints = typing.get_type_hints(TrainConfig)
     for table in (study.train, study.baseline_train):
-        assert all(study_spec._has_type(value, hints[key]) for key, value in table.items()), table
+        assert all(fits_type(value, hints[key]) for key, value in table.items()), table
     assert all(isinstance(ev, study_spec.EvalSpec) for ev in study.evals.values())
 
 

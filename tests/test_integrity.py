@@ -224,3 +224,54 @@ def test_the_dequantized_model_cache_follows_the_umask(tmp_path, monkeypatch):
     found = modes(tmp_path / "cache" / "key")
     assert any(name.endswith(".safetensors") for name in found)
     assert found == {name: 0o640 for name in found}
+
+
+def tree_modes(root: Path) -> dict[str, int]:
+    """Every file and folder under ``root`` (``root`` too), by path relative to its parent."""
+    return {
+        str(p.relative_to(root.parent)) + ("/" if p.is_dir() else ""): stat.S_IMODE(p.stat().st_mode)
+        for p in [root, *root.rglob("*")]
+    }
+
+
+def follows(found: dict[str, int], mask: int) -> dict[str, int]:
+    """What ``found`` would be if every entry followed ``mask`` as open() and mkdir() do."""
+    return {name: (0o777 if name.endswith("/") else 0o666) & ~mask for name in found}
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077], ids=oct)
+def test_runs_the_store_and_the_report_follow_the_umask(collection, tmp_path, mask):
+    from typer.testing import CliRunner
+
+    from relevance_lens.cli import app
+    from relevance_lens.report.page import write_report
+
+    out = tmp_path / "out"
+    inputs = ["--queries", collection["queries"], "--corpus", collection["corpus"]]
+    with umask(mask):
+        bm25 = CliRunner().invoke(app, ["bm25", *inputs, "--output", str(out / "bm25.trec"), "--depth", "3"])
+        assert bm25.exit_code == 0, bm25.output
+        rerank = ["rerank", "--model", collection["model"], *inputs, "--run", str(out / "bm25.trec")]
+        rerank += ["--output", str(out / "rr.trec"), "--depth", "2", "--dtype", "fp32"]
+        reranked = CliRunner().invoke(app, rerank)
+        assert reranked.exit_code == 0, reranked.output
+        Store(out / "results.sqlite").append([{"run": "r", "analysis": "train", "metric": "steps", "value": 2}])
+        write_report(out / "results.sqlite", out / "report.html")
+    found = tree_modes(out)
+    assert {"out/bm25.trec", "out/rr.trec", "out/results.sqlite", "out/report.html"} <= set(found)
+    assert found == follows(found, mask)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077], ids=oct)
+def test_a_training_run_and_its_checkpoints_follow_the_umask(collection, tmp_path, mask):
+    with umask(mask):
+        run_dir = train(tiny_run(collection, tmp_path / "run", max_steps=2, save_steps=[1]), progress=False)
+    found = tree_modes(run_dir)
+    checkpoint = {name for name in found if name.startswith("run/checkpoint-1/")}
+    # The Trainer's own files (optimizer, scheduler, RNG state, arguments) as well as ours.
+    assert {f"run/checkpoint-1/{n}" for n in (ADAPTER, HEAD_FILE, MANIFEST, "optimizer.pt", "trainer_state.json")} <= (
+        checkpoint
+    )
+    assert found == follows(found, mask)
+    lock = tmp_path / ".run.lock"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o666 & ~mask

@@ -249,6 +249,25 @@ def test_unknown_setting_in_config_file(tmp_path):
         load_config(toml)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('rank = "8"', "rank = '8': expected an integer"),
+        ("max_steps = 2.5", "max_steps = 2.5: expected an integer"),
+        ('lr = "big"', "lr = 'big': expected a number"),
+        ("save_steps = 5", "save_steps = 5: expected a list of integers"),
+        ("[train]\nseed = true", "seed = True: expected an integer"),
+        ("train = 5", "train = 5: expected a [train] table of settings"),
+    ],
+)
+def test_wrongly_typed_values_in_a_config_file_are_one_line_errors(tmp_path, line, message):
+    toml = tmp_path / "t.toml"
+    toml.write_text(line + "\n")
+    with pytest.raises(InputError) as caught:
+        load_config(toml)
+    assert str(caught.value) == f"{toml}: {message}"
+
+
 def test_resume_with_changed_settings_is_refused(collection, tmp_path):
     train(load_config(None, **_config(collection, tmp_path / "run", max_steps=5, save_steps=[])), progress=False)
     with pytest.raises(InputError, match="settings differ.*rank"):

@@ -618,7 +618,8 @@ def _analysis_command(name: str) -> None:
             other=values.pop("other", None),
             model=values.pop("model", None),
         )
-        context = Context(store=Store(values.pop("store")), force=values.pop("force"), console=out)
+        store, force = values.pop("store"), values.pop("force")
+        score = None
         if entry.uses_eval:
             inputs.metrics = values.pop("metric")
             depth = values.pop("depth")
@@ -631,12 +632,14 @@ def _analysis_command(name: str) -> None:
                 depth=depth,
                 max_queries=values.pop("max_queries"),
             )
-            context.score = ScoreConfig(
+            score = ScoreConfig(
                 depth=depth,
                 dtype=values.pop("dtype"),
                 device=values.pop("device"),
                 batch_tokens=values.pop("batch_tokens"),
             )
+        # The store is opened (and created) only once the inputs are read: a bad file leaves nothing behind.
+        context = Context(store=Store(store), score=score, force=force, console=out)
         run_analysis(name, inputs, settings, context)
 
     command.__signature__ = inspect.Signature(params)

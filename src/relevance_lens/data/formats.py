@@ -294,6 +294,15 @@ def _is_jsonl(path: PathLike) -> bool:
     return name.endswith((".jsonl", ".json"))
 
 
+def _none_found(path: PathLike, what: str, expected: str) -> InputError:
+    """An empty file (or blank lines only): one line, not an empty result that looks like data.
+
+    An empty run would be reranked into an empty run and an empty query file scored as no
+    queries; either reads as "found nothing" downstream instead of "wrong file".
+    """
+    return at(path, None, f"no {what} (empty file, or blank lines only); expected {expected}")
+
+
 def _preview(line: str) -> str:
     """A short, quoted rendering of a line for error messages."""
     shown = line if len(line) <= _PREVIEW_CHARS else line[:_PREVIEW_CHARS] + "..."
@@ -371,7 +380,8 @@ def read_queries(path: PathLike, columns: QueryColumns | None = None) -> dict[st
             :class:`~relevance_lens.data.tables.QueryColumns`); only for tables.
 
     Raises:
-        InputError: malformed line or row, missing column, empty query text, or duplicate query id.
+        InputError: malformed line or row, missing column, empty query text, duplicate query id,
+            or no query at all.
     """
     records = _query_records(path, columns)
     queries: dict[str, str] = {}
@@ -382,6 +392,8 @@ def read_queries(path: PathLike, columns: QueryColumns | None = None) -> dict[st
             raise at(path, _located(path, lineno), f"duplicate query id {qid!r}{also}; query ids must be unique")
         first[qid] = lineno
         queries[qid] = _require_text(path, _located(path, lineno), f"text for query {qid!r}", text)
+    if not queries:
+        raise _none_found(path, "queries", "one query a line (qid<TAB>text, or a JSON object) or table row")
     return queries
 
 
@@ -465,7 +477,7 @@ def read_corpus(path: PathLike, columns: CorpusColumns | None = None) -> dict[st
 
     Raises:
         InputError: malformed line or row, missing column, passage with neither title nor text,
-            or duplicate docid.
+            duplicate docid, or no passage at all.
     """
     if is_table(path):
         records = _passage_table(path, columns or CorpusColumns())
@@ -483,6 +495,8 @@ def read_corpus(path: PathLike, columns: CorpusColumns | None = None) -> dict[st
             )
         first[passage.docid] = lineno
         corpus[passage.docid] = passage
+    if not corpus:
+        raise _none_found(path, "passages", "one passage a line (docid<TAB>text, or a JSON object) or table row")
     return corpus
 
 
@@ -570,7 +584,7 @@ def read_run(
         corpus: when given, every docid must be one of its keys.
 
     Raises:
-        InputError: malformed line, duplicate (qid, docid), or an unknown id.
+        InputError: malformed line, duplicate (qid, docid), an unknown id, or no result at all.
     """
     run: dict[str, dict[str, float]] = {}
     for lineno, qid, docid, value in _run_entries(path, queries, corpus):
@@ -578,6 +592,8 @@ def read_run(
         if docid in docs:
             raise _duplicate_run_entry(path, lineno, qid, docid)
         docs[docid] = value
+    if not run:
+        raise _none_found(path, "results", _RUN_LINE)
     return run
 
 
@@ -605,6 +621,9 @@ def _run_entries(
             raise at(path, lineno, f"score {score!r} is not a finite number")
         _check_known(path, lineno, qid, docid, queries, corpus)
         yield lineno, qid, docid, value
+
+
+_RUN_LINE = "one 'qid Q0 docid rank score tag' line per result"
 
 
 def _duplicate_run_entry(path: PathLike, lineno: int, qid: str, docid: str) -> InputError:
@@ -651,6 +670,8 @@ class RunSpool:
             self._where[qid][-1] = (offset, count + 1)
             # repr round-trips a float exactly.
             self._spool.write(f"{docid}\t{value!r}\t{lineno}\n")
+        if not self._where:
+            raise _none_found(self.path, "results", _RUN_LINE)
         self._spool.flush()
 
     def __iter__(self) -> Iterator[str]:
@@ -703,7 +724,7 @@ def read_qrels(
         corpus: when given, every docid must be one of its keys.
 
     Raises:
-        InputError: malformed line, duplicate (qid, docid), or an unknown id.
+        InputError: malformed line, duplicate (qid, docid), an unknown id, or no judgement at all.
     """
     qrels: dict[str, dict[str, int]] = {}
     for lineno, line in _lines(path, MAX_ID_LINE, "one 'qid iteration docid relevance' judgement"):
@@ -726,6 +747,8 @@ def read_qrels(
                 path, lineno, f"duplicate judgement for query {qid!r} and docid {docid!r}; each pair may appear once"
             )
         docs[docid] = value
+    if not qrels:
+        raise _none_found(path, "judgements", "one 'qid iteration docid relevance' line per judgement")
     return qrels
 
 
@@ -874,7 +897,8 @@ def read_tevatron(path: PathLike, corpus: Mapping[str, Passage] | None = None) -
 
     Raises:
         InputError: invalid JSON, missing fields, empty text, a group without positives, a v2
-            line without a corpus or with an id the corpus lacks, media queries, or duplicates.
+            line without a corpus or with an id the corpus lacks, media queries, duplicates, or
+            no group at all.
     """
     groups: list[TrainGroup] = []
     seen_queries: dict[str, int] = {}
@@ -900,6 +924,8 @@ def read_tevatron(path: PathLike, corpus: Mapping[str, Passage] | None = None) -
         if not group.positives:
             raise at(path, lineno, f"query {query_id!r} has no positive passages; a training group needs at least one")
         groups.append(group)
+    if not groups:
+        raise _none_found(path, "training groups", "one JSON object a line: a query and its positive passages")
     return groups
 
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +25,7 @@ from relevance_lens.dissect.registry import ANALYSES
 from relevance_lens.errors import InputError
 from relevance_lens.evaluate.metrics import binary_relevance_level, parse_metrics
 from relevance_lens.score.config import ScoreConfig
-from relevance_lens.train.config import TrainConfig, imply_data
+from relevance_lens.train.config import TrainConfig, fits_type, imply_data, type_name
 
 STUDIES_DIR = Path(__file__).parent.parent / "studies"
 #: Training settings a study sets through its grid (or its evals), never through [train].
@@ -173,43 +172,6 @@ def find_study(name_or_path: str | Path) -> Path:
     raise InputError(f"study {name_or_path}: no such file; expected a study TOML file or a packaged study ({names})")
 
 
-def _has_type(value: Any, hint: Any) -> bool:
-    """Whether a TOML value fits a dataclass field's type (bools are not numbers; ints are floats)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, a) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if origin is list:
-        return (
-            isinstance(value, list) and all(_has_type(v, args[0]) for v in value) if args else isinstance(value, list)
-        )
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _type_name(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " (or leave it out)"
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is list:
-        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
-        return f"a list of {plural.get(args[0], _type_name(args[0]))}" if args else "a list"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
-
-
 def _build(cls, table: Any, where: str, extra: Sequence[str] = ()):
     """A spec dataclass from a TOML table; unknown keys and wrong types are refused.
 
@@ -229,12 +191,14 @@ def _build(cls, table: Any, where: str, extra: Sequence[str] = ()):
             raise InputError(
                 f"{where}: {key} = {value!r}: expected a list, e.g. {key} = {json.dumps(default or ['...'])}"
             )
-        if not _has_type(value, hints[key]):
-            raise InputError(f"{where}: {key} = {value!r}: expected {_type_name(hints[key])}")
+        if not fits_type(value, hints[key]):
+            raise InputError(f"{where}: {key} = {value!r}: expected {type_name(hints[key])}")
+    missing = [f for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in table]
+    if missing:  # said here: the dataclass's own TypeError names its __init__, not the table
+        wanted = "; ".join(f"{f.name} = ... ({type_name(hints[f.name])})" for f in missing)
+        raise InputError(f"{where}: missing {', '.join(f.name for f in missing)}; add {wanted} to the table")
     try:
         return cls(**table)
-    except TypeError as exc:  # a required key is missing
-        raise InputError(f"{where}: {exc}") from None
     except InputError as exc:  # a settings dataclass refused a value
         raise InputError(f"{where}: {exc}") from None
 
@@ -243,6 +207,11 @@ def load_study(path: str | Path) -> Study:
     """Parse and check a study file: every mistake is one InputError before anything runs."""
     path = find_study(path)
     raw = _read_toml(path)
+    if not raw:
+        raise InputError(
+            f'{path}: no settings (empty file, or comments only); expected at least a [study] table with name = "..." '
+            'and models = ["smollm2-135m"]'
+        )
     unknown = sorted(set(raw) - set(TABLES))
     if unknown:
         raise InputError(f"{path}: unknown table(s) {', '.join(unknown)}; expected some of {', '.join(TABLES)}")
@@ -299,8 +268,8 @@ def _search(table: Any, train: dict[str, Any], where: str) -> SearchSpec:
                 f"{where}: {key} = {values!r}: expected a non-empty list of values to try, e.g. {key} = [...]"
             )
         for value in values:
-            if not _has_type(value, hints[key]):
-                raise InputError(f"{where}: {key} = {values!r}: expected each value to be {_type_name(hints[key])}")
+            if not fits_type(value, hints[key]):
+                raise InputError(f"{where}: {key} = {values!r}: expected each value to be {type_name(hints[key])}")
         if len({json.dumps(v) for v in values}) != len(values):
             raise InputError(f"{where}: {key} = {values!r}: a value is listed twice; list each once")
         if key in train:
@@ -417,8 +386,8 @@ def _train_table(table: Any, where: str) -> dict[str, Any]:
         )
     hints = typing.get_type_hints(TrainConfig)
     for key, value in table.items():
-        if not _has_type(value, hints[key]):
-            raise InputError(f"{where}: {key} = {value!r}: expected {_type_name(hints[key])}")
+        if not fits_type(value, hints[key]):
+            raise InputError(f"{where}: {key} = {value!r}: expected {type_name(hints[key])}")
     return imply_data(dict(table))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,44 @@ class TrainConfig:
         self.reranker()  # validates the template and length
 
 
+def fits_type(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a dataclass field's type (bools are not numbers; ints are floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(fits_type(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin is list:
+        return (
+            isinstance(value, list) and all(fits_type(v, args[0]) for v in value) if args else isinstance(value, list)
+        )
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def type_name(hint: Any) -> str:
+    """How an error names what a field takes: "an integer", "a list of strings", "one of 'a', 'b'"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args if a is not type(None)) + " (or leave it out)"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(args[0], type_name(args[0]))}" if args else "a list"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """Defaults <- TOML file <- overrides (flags). Unknown keys are refused."""
     values: dict[str, Any] = {}
@@ -243,9 +283,24 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
             values.update(tomllib.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise InputError(f"--config {path}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"--config {path}: is a directory; expected a TOML file") from None
         except tomllib.TOMLDecodeError as exc:
             raise InputError(f"{path}: invalid TOML ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 text (byte offset {exc.start}); TOML files are UTF-8") from None
+        if not values:  # an empty --config is a wrong file, not a wish for every default
+            raise InputError(
+                f"{path}: no settings (empty file, or comments only); expected lines such as rank = 8 "
+                "(or a [train] table); leave out --config for the defaults"
+            )
         values = values.get("train", values)
+        if not isinstance(values, dict):
+            raise InputError(f"{path}: train = {values!r}: expected a [train] table of settings")
+        hints = typing.get_type_hints(TrainConfig)  # flags arrive typed; a file's values are checked here
+        for key, value in values.items():
+            if key in hints and not fits_type(value, hints[key]):
+                raise InputError(f"{path}: {key} = {value!r}: expected {type_name(hints[key])}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     imply_data(values)
     known = {f.name for f in fields(TrainConfig)}

@@ -276,31 +276,36 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, w
     it): a second process on the same folder fails at once naming the holder, or waits up to
     ``wait`` seconds (None: as long as the holder lives). Under torchrun rank 0 holds it for all.
     """
-    config.validate()  # a mistake fails before any lock file is written
+    config.validate()  # a mistake fails before any lock file is written,
     _require_full_state_dict(config)
+    data = _training_data(config)  # and so does a bad, empty or too small data file
     if os.environ.get("RANK", "0") != "0":
         with share_cores():
-            return _train(config, resume=resume, progress=progress)
+            return _train(config, data, resume=resume, progress=progress)
     hint = "wait for it to finish (or stop it), or pass --wait SECONDS"
     with exclusive(lock_file(config.output), f"--output {config.output}", wait, hint), share_cores():
         with library_warnings_to(Path(config.output) / "logs" / "libraries.log"):
-            return _train(config, resume=resume, progress=progress)
+            return _train(config, data, resume=resume, progress=progress)
 
 
-def _train(config: TrainConfig, *, resume: bool, progress: bool) -> Path:
+def _training_data(config: TrainConfig) -> tuple[TrainGroups, list[str]]:
+    """The training groups, checked, and the queries skipped as too short for ``group_size``."""
+    groups = load_groups(config)
+    if not groups.queries:
+        raise InputError("no training query has a judged positive passage; check the qrels against the queries")
+    return groups, groups.check(config.group_size - config.random_negatives, config.short_groups)
+
+
+def _train(config: TrainConfig, data: tuple[TrainGroups, list[str]], *, resume: bool, progress: bool) -> Path:
     from transformers import TrainingArguments, set_seed
 
-    config.validate()
+    groups, dropped = data
     if config.fsdp and "LOCAL_RANK" not in os.environ:  # the Trainer's own test, which fails with a ValueError
         raise InputError(
             f"fsdp {config.fsdp!r}: FSDP shards across launched processes and this one was not launched by torchrun "
             "or accelerate launch; launch it so on GPUs, or leave fsdp unset"
         )
     run_dir = Path(config.output)
-    groups = load_groups(config)
-    if not groups.queries:
-        raise InputError("no training query has a judged positive passage; check the qrels against the queries")
-    dropped = groups.check(config.group_size - config.random_negatives, config.short_groups)
     corrupted: list[str] = []  # resume falls back past these, and says so below
     existing = complete_checkpoints(run_dir, on_corrupt=corrupted.append) if resume else []
     # Rank 0 alone checks: under torchrun the other ranks may start after it has written run.json.
