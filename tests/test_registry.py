@@ -23,7 +23,7 @@ OTHER = {
     "permutations": 123, "seed": 7, "side": "right", "probe": "ridge", "l2": 0.5, "steps": 17,
     "probe_split": "dev", "adapter_off": True, "versus": "bm25",
     "heads.sweeps": ["keep-head"], "layers": [1, 2],
-    "baseline": "zero", "pairs": 3, "query_ids": ["q1"], "tolerance": 0.1, "attribute.steps": 8,
+    "baseline": "zero", "pairs": 3, "query_ids": ["q1"], "tolerance": 0.1, "attribute.steps": 8, "max_steps": 64,
     "components": ["resid", "mlp"], "positions": ["last", "all"], "ablated": ["drop-mlp"], "min_gap": 0.01,
 }  # fmt: skip
 

@@ -215,14 +215,21 @@ def test_head_and_search_figures_in_the_paper_style():
     from relevance_lens.report.search_sections import _curves
 
     cells = [
-        dict(run="r", layer=layer, role=f"h{h}", value=0.01 * (h - layer), p_value=0.01 if h == 1 else 0.5)
+        dict(
+            run="r",
+            checkpoint="final",
+            layer=layer,
+            role=f"h{h}",
+            value=0.01 * (h - layer),
+            p_value=0.01 if h == 1 else 0.5,
+        )
         for layer in range(3)
         for h in range(4)
     ]
     choice = {"tried": [{"run": "a", "setting": {"lr": 1e-3}}, {"run": "b", "setting": {"lr": 2e-3}}], "chosen": "b"}
     rows = [dict(run=x, checkpoint=f"checkpoint-{s}", value=0.1 * s, p_value=None) for x in "ab" for s in (5, 10)]
     plots = [
-        _head_heatmaps(Results([]), ["r"], cells, "h", "nDCG@10 Δfull", "drop-head"),
+        _head_heatmaps(Results([]), [("r", "final")], cells, "h", "nDCG@10 Δfull", "drop-head"),
         Plot("search", "dev curves", partial(_curves, choice, rows, {}, "nDCG@10", "dev")),
     ]
     for plot in plots:

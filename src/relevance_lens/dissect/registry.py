@@ -71,6 +71,9 @@ class Analysis:
     target: Literal["run", "final"]  # what a study passes as Inputs.target: the run folder or its final adapter
     uses_eval: bool  # scores an eval set (the study runs it once per [evals] set)
     help: str
+    # A study may run it on other checkpoints than final/ (its `checkpoints` key), one cell each,
+    # and the report shows those checkpoints side by side.
+    per_checkpoint: bool = False
 
 
 # The runners import the analyses when called: the CLI builds its options from this module and
@@ -203,6 +206,7 @@ ANALYSES: dict[str, Analysis] = {
             "final",
             True,
             "Switch off one attention head's share of ΔW at a time (q/k/v rows, o columns; GQA kv heads).",
+            per_checkpoint=True,
         ),
         Analysis(
             "attribute",
@@ -211,6 +215,7 @@ ANALYSES: dict[str, Analysis] = {
             "final",
             True,
             "Token attributions (integrated gradients on input embeddings), fine-tuned vs base + head.",
+            per_checkpoint=True,
         ),
         Analysis(
             "patch",
@@ -220,6 +225,7 @@ ANALYSES: dict[str, Analysis] = {
             True,
             "Activation patching, relevant into non-relevant passage: the score difference moved per layer x "
             "token positions (residual stream, attention, MLP), fine-tuned vs base + head.",
+            per_checkpoint=True,
         ),
     )
 }

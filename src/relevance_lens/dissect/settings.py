@@ -196,7 +196,20 @@ class AttributeSettings:
         default="pad",
         metadata={"help": "Integrated-gradients baseline: pad (every position the pad token's embedding) or zero."},
     )
-    steps: int = field(default=32, metadata={"help": "Gauss-Legendre nodes of the path integral (more: smaller gap)."})
+    steps: int = field(
+        default=32,
+        metadata={
+            "help": "Gauss-Legendre nodes the path integral starts with (8 per sub-interval); sub-intervals that "
+            "fail their own completeness check are then halved, up to --max-steps."
+        },
+    )
+    max_steps: int = field(
+        default=1024,
+        metadata={
+            "help": "Most gradient evaluations per pair and model: the adaptive path integral stops here even if "
+            "the gap is above --tolerance (steps: no refinement)."
+        },
+    )
     pairs: int = field(
         default=2,
         metadata={
@@ -218,6 +231,11 @@ class AttributeSettings:
         if self.steps < 1 or self.pairs < 1 or not self.tolerance > 0:
             raise InputError(
                 f"steps {self.steps} / pairs {self.pairs} / tolerance {self.tolerance}: expected positive numbers"
+            )
+        if self.max_steps < self.steps:
+            raise InputError(
+                f"max_steps {self.max_steps} < steps {self.steps}: expected a budget of at least the starting "
+                f"nodes, e.g. max_steps = {max(1024, self.steps)}"
             )
 
 

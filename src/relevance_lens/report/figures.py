@@ -19,7 +19,7 @@ from relevance_lens.faults import kill_point
 from relevance_lens.model.roles import ROLES
 from relevance_lens.report.results import Results
 from relevance_lens.report.tables import mark
-from relevance_lens.train.rundir import FINAL
+from relevance_lens.train.rundir import FINAL, step_of
 
 TARGET_STYLES = {"all": "-", "mha": "--", "mlp": ":"}
 MAX_PANELS = 12  # small multiples per figure
@@ -256,10 +256,29 @@ def _heatmaps(res: Results, runs: list[str], cells: list[dict], label: str, dive
     return Plot(name, f"heat map {label}", figure)
 
 
-def title_run(ax, res, run: str, style: Style) -> None:
-    """Title a panel with its run's model and label (the run id where the store does not describe it)."""
+def title_run(ax, res, run: str, style: Style, checkpoint: str | None = None) -> None:
+    """Title a panel with its run's model and label (the run id where the store does not describe it),
+    and the checkpoint when given."""
     info = res.runs.get(run)
-    ax.set_title(f"{info.model} {info.label}" if info else run, fontsize=style.size(9))
+    title = f"{info.model} {info.label}" if info else run
+    ax.set_title(title + (f"\n{checkpoint}" if checkpoint else ""), fontsize=style.size(9))
+
+
+def by_step(checkpoint: str | None) -> tuple[int, int]:
+    """A sort key for checkpoint names: ``checkpoint-<step>`` by step, then ``final`` (and others)."""
+    step = step_of(checkpoint)
+    return (0, step) if step is not None else (1, 0)
+
+
+def checkpoint_panels(rows: list[dict], *keys: str) -> list[tuple]:
+    """The distinct ``(run, checkpoint, *keys)`` of ``rows``, by run, then checkpoint by step."""
+    found = {(r["run"], r["checkpoint"] or FINAL, *(r[k] for k in keys)) for r in rows}
+    return sorted(found, key=lambda p: (p[0], by_step(p[1]), *p[2:]))
+
+
+def shows_checkpoints(panels: list[tuple]) -> bool:
+    """Whether panels need their checkpoint named: some are not a run's final adapter."""
+    return any(p[1] != FINAL for p in panels)
 
 
 def _integer_axis(ax) -> None:

@@ -8,9 +8,19 @@ import html
 import math
 from functools import partial
 
-from relevance_lens.report.figures import Plot, Style, _chunks, _figure, slug, title_run
+from relevance_lens.report.figures import (
+    Plot,
+    Style,
+    _chunks,
+    _figure,
+    checkpoint_panels,
+    shows_checkpoints,
+    slug,
+    title_run,
+)
 from relevance_lens.report.results import Results, _metrics
 from relevance_lens.report.tables import Parts, Section, mark
+from relevance_lens.train.rundir import FINAL
 
 #: Unit labels as :mod:`relevance_lens.dissect.heads` writes them in the ``role`` column.
 UNIT_KINDS = (("h", "query head (q rows, o columns; k, v too when not shared)"), ("kv", "shared key/value head (GQA)"))
@@ -24,20 +34,23 @@ def _unit(role: str | None) -> tuple[str, int] | None:
     return None
 
 
-def _head_heatmaps(res: Results, runs: list[str], cells: list[dict], kind: str, label: str, name: str) -> Plot:
-    return Plot(name, f"head heat map {label}", partial(_head_figure, res, runs, cells, kind, label))
+def _head_heatmaps(res: Results, panels: list[tuple], cells: list[dict], kind: str, label: str, name: str) -> Plot:
+    shown = f" ({', '.join(ck for _, ck in panels)})" if shows_checkpoints(panels) else ""
+    return Plot(name, f"head heat map {label}{shown}", partial(_head_figure, res, panels, cells, kind, label))
 
 
-def _head_figure(res: Results, runs: list[str], cells: list[dict], kind: str, label: str, style: Style):
+def _head_figure(res: Results, panels: list[tuple], cells: list[dict], kind: str, label: str, style: Style):
+    """One panel per (run, checkpoint): layers up, heads across."""
     import numpy as np
     from matplotlib.colors import Normalize
 
-    fig, axes = _figure(len(runs), style, width=3.6, height=3.8, cols=4)
+    fig, axes = _figure(len(panels), style, width=3.6, height=3.8, cols=4)
     values = [c["value"] for c in cells if not math.isnan(c["value"])]
     limit = max((abs(v) for v in values), default=1.0) or 1.0
+    named = shows_checkpoints(panels)
     image = None
-    for ax, run in zip(axes, runs):
-        mine = [(c, _unit(c["role"])[1]) for c in cells if c["run"] == run]
+    for ax, (run, checkpoint) in zip(axes, panels):
+        mine = [(c, _unit(c["role"])[1]) for c in cells if (c["run"], c["checkpoint"] or FINAL) == (run, checkpoint)]
         layers = sorted({c["layer"] for c, _ in mine})
         heads = max((h for _, h in mine), default=0) + 1
         grid = np.full((len(layers), heads), np.nan)
@@ -50,14 +63,15 @@ def _head_figure(res: Results, runs: list[str], cells: list[dict], kind: str, la
         ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=style.size(6))
         ax.set_xlabel("key/value head" if kind == "kv" else "head")
         ax.set_ylabel("layer")
-        title_run(ax, res, run, style)
+        title_run(ax, res, run, style, checkpoint if named else None)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label=label)
     return fig
 
 
 def heads_section(res: Results) -> Section:
-    """Layer x head heat maps of the metric change per head (drop-head: vs full; keep-head: vs base)."""
+    """Layer x head heat maps of the metric change per head (drop-head: vs full; keep-head: vs base),
+    one panel per run and checkpoint, a run's checkpoints side by side by step."""
     parts = Parts()
     for ev, ev_rows in res.evals(res.get("heads")).items():
         metric = (_metrics(ev_rows) or ["?"])[0]
@@ -68,14 +82,14 @@ def heads_section(res: Results) -> Section:
             rows = [r for r in ev_rows if r["config"].get("sweep") == sweep and r["metric"] == name]
             for kind, what in UNIT_KINDS:
                 cells = [r for r in rows if r["layer"] is not None and (_unit(r["role"]) or ("",))[0] == kind]
-                runs = sorted({r["run"] for r in cells})
-                if not runs:
+                panels = checkpoint_panels(cells)  # each run's checkpoints side by side, by step
+                if not panels:
                     continue
                 parts.add(
                     f"<h3>{html.escape(sweep)} on {html.escape(ev)}: {html.escape(name)}, per {html.escape(what)}</h3>"
                     f"<p>{html.escape(meaning)}; * Holm-adjusted paired randomization p &lt; 0.05 across the sweep.</p>"
                 )
-                for chunk in _chunks(runs):
+                for chunk in _chunks(panels):
                     parts.plot(_head_heatmaps(res, chunk, cells, kind, name, slug(sweep, kind, metric, ev)))
     return parts.section(
         "heads",

@@ -9,9 +9,10 @@ import html
 import math
 from functools import partial
 
-from relevance_lens.report.figures import Plot, Style, _chunks, _figure, slug, title_run
+from relevance_lens.report.figures import Plot, Style, _chunks, _figure, by_step, shows_checkpoints, slug, title_run
 from relevance_lens.report.results import Results
 from relevance_lens.report.tables import Parts, Section, Table
+from relevance_lens.train.rundir import FINAL
 
 #: Position classes and models as :mod:`relevance_lens.dissect.patch` writes them.
 POSITIONS = ("query", "passage", "last", "all")
@@ -24,13 +25,13 @@ MODELS = {
 COMPONENTS = {"resid": "residual stream", "attn": "attention output", "mlp": "MLP output"}
 
 
-def _cells(rows: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
-    """``(run, model, component) -> its 'moved' rows``."""
-    out: dict[tuple[str, str, str], list[dict]] = {}
+def _cells(rows: list[dict]) -> dict[tuple[str, str, str, str], list[dict]]:
+    """``(run, checkpoint, model, component) -> its 'moved' rows``."""
+    out: dict[tuple[str, str, str, str], list[dict]] = {}
     for r in rows:
         parts = (r["variant"] or "").split(" ")
         if r["metric"] == "moved" and len(parts) == 2 and r["layer"] is not None:
-            out.setdefault((r["run"], parts[0], parts[1]), []).append(r)
+            out.setdefault((r["run"], r["checkpoint"] or FINAL, parts[0], parts[1]), []).append(r)
     return out
 
 
@@ -38,17 +39,24 @@ def _order(model: str) -> tuple[int, str]:
     return (list(MODELS).index(model) if model in MODELS else len(MODELS), model)
 
 
-def _patch_figure(res: Results, panels: list[tuple[str, str]], cells: dict, component: str, style: Style):
-    """One panel per (run, model): layers up, position classes across; ``cells[run, model]`` its rows."""
+def _panel_order(key: tuple) -> tuple:
+    """(run, checkpoint, model, ...): by run, then model, then checkpoint by step, so one model's
+    checkpoints stand side by side."""
+    return (key[0], _order(key[2]), by_step(key[1]))
+
+
+def _patch_figure(res: Results, panels: list[tuple[str, str, str]], cells: dict, component: str, style: Style):
+    """One panel per (run, checkpoint, model): layers up, position classes across; ``cells[panel]`` its rows."""
     import numpy as np
     from matplotlib.colors import Normalize
 
     fig, axes = _figure(len(panels), style, width=2.6, height=3.6, cols=4)
     values = [r["value"] for key in panels for r in cells[key] if not math.isnan(r["value"])]
     limit = max([1.0] + [abs(v) for v in values])
+    named = shows_checkpoints(panels)
     image = None
-    for ax, (run, model) in zip(axes, panels):
-        mine = cells[run, model]
+    for ax, (run, checkpoint, model) in zip(axes, panels):
+        mine = cells[run, checkpoint, model]
         positions = [p for p in POSITIONS if any(r["role"] == p for r in mine)]
         layers = sorted({r["layer"] for r in mine})
         grid = np.full((len(layers), len(positions)), np.nan)
@@ -59,22 +67,23 @@ def _patch_figure(res: Results, panels: list[tuple[str, str]], cells: dict, comp
         ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=style.size(6))
         ax.set_xlabel(f"{MODELS.get(model, model)}: patched positions")
         ax.set_ylabel("layer")
-        title_run(ax, res, run, style)
+        title_run(ax, res, run, style, checkpoint if named else None)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label=f"share moved ({COMPONENTS.get(component, component)})")
     return fig
 
 
-def _counts(rows: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
-    out: dict[tuple[str, str], dict[str, float]] = {}
+def _counts(rows: list[dict]) -> dict[tuple[str, str, str], dict[str, float]]:
+    out: dict[tuple[str, str, str], dict[str, float]] = {}
     for r in rows:
         if r["metric"] in ("pairs", "skipped pairs", "unaligned pairs"):
-            out.setdefault((r["run"], r["variant"]), {})[r["metric"]] = r["value"]
+            out.setdefault((r["run"], r["checkpoint"] or FINAL, r["variant"]), {})[r["metric"]] = r["value"]
     return out
 
 
 def patch_section(res: Results) -> Section:
-    """Layer x position heat maps of the share of the score difference moved, per component and model."""
+    """Layer x position heat maps of the share of the score difference moved, per component and model, a
+    run's checkpoints side by side by step."""
     parts = Parts()
     for ev, ev_rows in res.evals(res.get("patch")).items():
         cells = _cells(ev_rows)
@@ -89,20 +98,22 @@ def patch_section(res: Results) -> Section:
             "tokens. With a query-first template the query positions are the same in both runs, so patching them "
             "alone moves nothing.</p>"
         )
-        for component in sorted({c for _, _, c in cells}, key=lambda c: list(COMPONENTS).index(c)):
-            panels = sorted(((run, m) for run, m, c in cells if c == component), key=lambda k: (k[0], _order(k[1])))
+        for component in sorted({k[3] for k in cells}, key=lambda c: list(COMPONENTS).index(c)):
+            panels = sorted((k[:3] for k in cells if k[3] == component), key=_panel_order)
             parts.add(f"<h4>{html.escape(COMPONENTS.get(component, component))}</h4>")
             for chunk in _chunks(panels):
                 name = slug("patch", component, ev)
-                mine = {(run, m): cells[run, m, component] for run, m in chunk}
+                mine = {panel: cells[(*panel, component)] for panel in chunk}
                 draw = partial(_patch_figure, res, chunk, mine, component)
-                parts.plot(Plot(name, f"activation patching heat map: {component}", draw))
+                shown = f" ({', '.join(ck for _, ck, _ in chunk)})" if shows_checkpoints(chunk) else ""
+                parts.plot(Plot(name, f"activation patching heat map: {component}{shown}", draw))
         body = []
-        for (run, model, component), mine in sorted(cells.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
+        for (run, checkpoint, model, component), mine in sorted(cells.items(), key=lambda kv: _panel_order(kv[0])):
             info = res.runs.get(run)
-            n = counts.get((run, model), {})
+            n = counts.get((run, checkpoint, model), {})
             row = [
                 info.label if info else run,
+                checkpoint,
                 MODELS.get(model, model),
                 component,
                 f"{n.get('pairs', 0):.0f} ({n.get('skipped pairs', 0):.0f} skipped, "
@@ -116,7 +127,7 @@ def patch_section(res: Results) -> Section:
         parts.table(
             Table(
                 slug("patch", ev),
-                ["run", "model", "component", "pairs", *[f"{p}: peak (layer)" for p in POSITIONS]],
+                ["run", "checkpoint", "model", "component", "pairs", *[f"{p}: peak (layer)" for p in POSITIONS]],
                 body,
                 "Largest mean share moved over layers per position class, and its layer.",
             )

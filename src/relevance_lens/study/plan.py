@@ -14,16 +14,16 @@ from typing import Any
 
 from relevance_lens.data.faq import load_faq
 from relevance_lens.dissect.ablate import build_variants
-from relevance_lens.dissect.registry import AblateSettings, CheckpointsSettings
+from relevance_lens.dissect.registry import ANALYSES, AblateSettings, CheckpointsSettings
 from relevance_lens.errors import InputError
 from relevance_lens.model.backbone import ModelInfo, model_info
 from relevance_lens.model.lora import LoraSettings
 from relevance_lens.model.roles import ARCHITECTURES, resolve_roles
 from relevance_lens.store import Store, config_hash
 from relevance_lens.study.search import choice, resolve
-from relevance_lens.study.spec import EvalSpec, ModelSpec, Study
+from relevance_lens.study.spec import ALL_CHECKPOINTS, EvalSpec, ModelSpec, Study
 from relevance_lens.train.config import TrainConfig
-from relevance_lens.train.rundir import complete_checkpoints, train_done
+from relevance_lens.train.rundir import FINAL, checkpoint_name, complete_checkpoints, step_of, train_done
 
 RUNS = "runs"  # WORKDIR/runs/<run>: the study's run folders
 
@@ -67,6 +67,7 @@ class Cell:
         if self.config.get("final_only"):
             return f"test once on {ev['name']} (chosen run, final)"
         text = self.config["analysis"] + (f" on {ev['name']}" if ev else "")
+        text += f" at {self.config['checkpoint']}" if self.config.get("checkpoint") else ""
         return text + (" (chosen run)" if self.config.get("after_choice") else "")
 
 
@@ -212,20 +213,47 @@ def _analysis_cells(
                 )
             )
             continue
+        checkpoints = _checkpoint_names(study, name, spec, run) if ANALYSES[name].per_checkpoint else [FINAL]
         for ev_name in spec.evals or study.default_evals():
             ev = study.evals[ev_name]
-            config = {
-                "analysis": name,
-                "run": run.run,
-                "eval": eval_config(ev_name, ev),
-                "settings": settings,
-                "scoring": study.scoring,
-                "baseline": needs[1] if len(needs) > 1 else None,
-            }
             cost, work = _analysis_cost(name, spec.settings, run, info, ev, eval_sizes[ev_name], head_only)
             flops = _flops(info, work, run.config["train"]["max_length"], 1) if work else None  # 0: unknown
-            cells.append(Cell("analyze", run.run, config, unit, tuple(needs), cost, work, flops))
+            for checkpoint in checkpoints:
+                config = {
+                    "analysis": name,
+                    "run": run.run,
+                    "eval": eval_config(ev_name, ev),
+                    "settings": settings,
+                    "scoring": study.scoring,
+                    "baseline": needs[1] if len(needs) > 1 else None,
+                }
+                if checkpoint != FINAL:  # left out for final/, so cells (and stored results) keep their ids
+                    config["checkpoint"] = checkpoint
+                cells.append(Cell("analyze", run.run, config, unit, tuple(needs), cost, work, flops))
     return cells
+
+
+def saved_steps(train: dict[str, Any]) -> list[int]:
+    """The steps a run with these training settings saves a ``checkpoint-<step>`` at (as the trainer does)."""
+    steps = set(train["save_steps"]) | {train["max_steps"]}
+    if train["save_every"]:
+        steps |= set(range(train["save_every"], train["max_steps"] + 1, train["save_every"]))
+    return sorted(s for s in steps if s <= train["max_steps"])
+
+
+def _checkpoint_names(study: Study, name: str, spec, run: Cell) -> list[str]:
+    """An analysis's ``checkpoints`` for one run, by step then final: ``all`` expanded, and every
+    named checkpoint one the run's training settings save."""
+    saved = [checkpoint_name(s) for s in saved_steps(run.config["train"])]
+    if ALL_CHECKPOINTS in spec.checkpoints:
+        return saved + [FINAL]
+    missing = [c for c in spec.checkpoints if c != FINAL and c not in saved]
+    if missing:
+        raise InputError(
+            f"{study.path} [analyses.{name}]: checkpoints names {missing[0]!r}, which run {run.run} does not save; "
+            f'expected "final", "all" or some of {", ".join(saved)} (its save_steps, save_every and max_steps)'
+        )
+    return sorted(spec.checkpoints, key=lambda c: (step_of(c) is None, step_of(c) or 0))
 
 
 def _search_cells(
@@ -380,10 +408,7 @@ def _analysis_cost(
     pairs = None if queries is None else queries * ev.depth
     train = run.config["train"]
     if name == "checkpoints":
-        steps = set(train["save_steps"]) | {train["max_steps"]}
-        if train["save_every"]:
-            steps |= set(range(train["save_every"], train["max_steps"] + 1, train["save_every"]))
-        passes = len([s for s in steps if s <= train["max_steps"]]) + 1 + (0 if head_only else 1)  # + final, + baseline
+        passes = len(saved_steps(train)) + 1 + (0 if head_only else 1)  # + final, + baseline
     elif name == "ablate":
         passes = sum(len(_variants(s, spec, train, info)) + 2 for s in spec.sweeps) if info.layers else None
     elif name == "patch":  # per pair: source + target, then each (component, position) batch's rows, one per layer
@@ -478,8 +503,8 @@ def select(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
 
 
 def marker(cell: Cell) -> str:
-    ev = cell.config.get("eval")
-    return cell.config["analysis"] + (f":{ev['name']}" if ev else "")
+    ev, checkpoint = cell.config.get("eval"), cell.config.get("checkpoint")
+    return cell.config["analysis"] + (f":{ev['name']}" if ev else "") + (f"@{checkpoint}" if checkpoint else "")
 
 
 def status(cell: Cell, workdir: Path, store: Store | None) -> str:
@@ -502,4 +527,5 @@ def status(cell: Cell, workdir: Path, store: Store | None) -> str:
         return "done"
     analysis = cell.config["analysis"]
     names = [f"ablate:{s}" for s in cell.config["settings"]["sweeps"]] if analysis == "ablate" else [analysis]
-    return "partial" if any(store.has(cell.run, name) for name in names) else "pending"
+    checkpoint = cell.config.get("checkpoint")  # None (final/'s cells): any checkpoint's rows, as before
+    return "partial" if any(store.has(cell.run, name, checkpoint=checkpoint) for name in names) else "pending"

@@ -275,7 +275,7 @@ def _analyze(cell: Cell, options: RunOptions, store: Store, console: Console) ->
     entry = ANALYSES[c["analysis"]]
     run_dir = options.workdir / RUNS / cell.run
     settings = entry.settings(**c["settings"])
-    target = run_dir if entry.target == "run" else run_dir / FINAL
+    target = run_dir if entry.target == "run" else run_dir / c.get("checkpoint", FINAL)
     ev = c["eval"]
     if ev is None:
         inputs, context = Inputs(target), Context(store=store, console=console)

@@ -26,6 +26,7 @@ from relevance_lens.errors import InputError
 from relevance_lens.evaluate.metrics import binary_relevance_level, parse_metrics
 from relevance_lens.score.config import ScoreConfig
 from relevance_lens.train.config import TrainConfig, fits_type, imply_data, type_name
+from relevance_lens.train.rundir import FINAL, step_of
 
 STUDIES_DIR = Path(__file__).parent.parent / "studies"
 #: Training settings a study sets through its grid (or its evals), never through [train].
@@ -112,6 +113,13 @@ class AnalysisSpec:
         default=None,
         metadata={"help": "weights: also compare each final adapter with this rank's (same model, targets, seed)."},
     )
+    checkpoints: list[str] = field(
+        default_factory=lambda: [FINAL],
+        metadata={
+            "help": 'heads, attribute, patch: the checkpoints of each run to analyze, one cell each: "final", '
+            '"checkpoint-<step>" names the run saves, or "all" (every saved checkpoint and final).'
+        },
+    )
 
 
 @dataclass
@@ -133,8 +141,11 @@ class SearchSpec:
         return [dict(zip(self.axes, values)) for values in itertools.product(*self.axes.values())]
 
 
-#: Keys of an ``[analyses.NAME]`` table that wire the study in rather than set the analysis.
-WIRING = {"evals": "uses_eval", "vs_rank": "weights"}
+#: Keys of an ``[analyses.NAME]`` table that wire the study in rather than set the analysis, and
+#: which analyses take them (a registry flag, or one analysis's name).
+WIRING = {"evals": "uses_eval", "vs_rank": "weights", "checkpoints": "per_checkpoint"}
+#: ``checkpoints = "all"``: every checkpoint the run saves, and final.
+ALL_CHECKPOINTS = "all"
 TABLES = ("study", "train", "baseline_train", "evals", "analyses", "scoring", "search")
 #: Study names and model labels become folder names under the workdir: no separators, no "..".
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}")
@@ -362,13 +373,28 @@ def _analysis(name: str, table: Any, where: str) -> AnalysisSpec:
     if not isinstance(table, dict):
         raise InputError(f"{where}: expected a table of settings, got {table!r}")
     entry = ANALYSES[name]
-    wiring = [k for k, who in WIRING.items() if (who == "uses_eval" and entry.uses_eval) or who == name]
+    wiring = [k for k, who in WIRING.items() if getattr(entry, who, False) is True or who == name]
     ours = {k: v for k, v in table.items() if k in wiring}
+    if ours.get("checkpoints") == ALL_CHECKPOINTS:  # the one string allowed for a list
+        ours["checkpoints"] = [ALL_CHECKPOINTS]
     settings = _build(entry.settings, {k: v for k, v in table.items() if k not in wiring}, where, extra=wiring)
     spec = _build(AnalysisSpec, {"name": name, "settings": settings, **ours}, where)
     if spec.vs_rank is not None and (not isinstance(spec.vs_rank, int) or spec.vs_rank < 1):
         raise InputError(f"{where}: vs_rank {spec.vs_rank!r}: expected a positive integer rank")
+    _check_checkpoints(spec.checkpoints, where)
     return spec
+
+
+def _check_checkpoints(names: list[str], where: str) -> None:
+    """``checkpoints``: final, all or checkpoint-<step> names, each once (which steps a run saves is
+    checked against its training settings when the study is expanded)."""
+    bad = [n for n in names if n not in (FINAL, ALL_CHECKPOINTS) and step_of(n) is None]
+    if bad or not names or len(set(names)) != len(names):
+        shown = f"{bad[0]!r} is not a checkpoint name" if bad else "names a checkpoint twice" if names else "is empty"
+        raise InputError(
+            f'{where}: checkpoints {shown}; expected "final", "all" or names such as "checkpoint-50", e.g. '
+            f'checkpoints = ["checkpoint-10", "final"]'
+        )
 
 
 def _train_table(table: Any, where: str) -> dict[str, Any]:
