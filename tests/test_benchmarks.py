@@ -279,6 +279,20 @@ def test_mechanisms_patch_smoke(tiny_folder, tmp_path):
     assert "heads" not in record and "patch" in (tmp_path / "mechanisms.md").read_text()
 
 
+def test_mechanisms_attribute_times_the_analysis_own_adaptive_rule(tiny_folder, tmp_path):
+    import bench_mechanisms
+
+    record = bench_mechanisms.main(
+        ["--model", str(tiny_folder), "--parts", "attribute", "--queries", "2", "--depth", "3", "--steps", "4"]
+        + ["--results", str(tmp_path)]
+    )["attribute"]
+    assert (record["steps"], record["tolerance"], record["max_steps"]) == (4, 0.05, 1024)
+    for model in ("fine-tuned", "base + head"):
+        found = record[model]
+        assert found["steps_used"] >= 4 and found["seconds"] > 0
+        assert found["gap"] <= record["tolerance"] or found["steps_used"] >= record["max_steps"], found
+
+
 def test_mechanisms_counts_forwards_at_the_reranker():
     import torch
 
