@@ -1,8 +1,13 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
+
+# compile="auto" chooses from the scoring calibration this machine measured (score.paths): tests
+# start from an empty one of their own (subprocesses inherit it), never the user's ~/.cache.
+os.environ["RELEVANCE_LENS_CALIBRATION"] = str(Path(tempfile.mkdtemp(prefix="rl-test-calibration-")) / "paths.json")
 
 #: Environment variables that choose the CPU kernels, and so the rounding, of every matmul.
 KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")

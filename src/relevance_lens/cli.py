@@ -120,6 +120,12 @@ def rerank(
     dtype: str = typer.Option("auto", help="auto (bf16 where the hardware is fast at it), bf16, fp32."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch_tokens: int = typer.Option(8192, help="Padded tokens per batch."),
+    compile: str = typer.Option(
+        "auto",
+        "--compile",
+        help="torch.compile the decoder blocks: auto (when this machine's measured rates say the job pays the "
+        "compile back) | on | off.",
+    ),
     allow_other_base: bool = typer.Option(
         False, "--allow-other-base", help="Experts: score an adapter on a base other than the one it was trained on."
     ),
@@ -133,7 +139,9 @@ def rerank(
     from relevance_lens.score.rerank import rerank as rerank_run
     from relevance_lens.score.stream import rerank_to_file
 
-    config = ScoreConfig(depth=depth, keep_tail=keep_tail, dtype=dtype, device=device, batch_tokens=batch_tokens)
+    config = ScoreConfig(
+        depth=depth, keep_tail=keep_tail, dtype=dtype, device=device, batch_tokens=batch_tokens, compile=compile
+    )
     _files_or_dataset(dataset, queries=queries, corpus=corpus)
     _columns_need_files(query_columns=(query_columns, queries), corpus_columns=(corpus_columns, corpus))
     if dataset:

@@ -38,7 +38,7 @@ from relevance_lens.model.reranker import CONFIG_FILE, HEAD_FILE, Reranker, read
 from relevance_lens.model.roles import ROLES
 from relevance_lens.score.batching import run_from_scores
 from relevance_lens.score.config import ScoreConfig, load_for_scoring, prepare
-from relevance_lens.score.fast import COMPILE_MIN_TOKENS
+from relevance_lens.score.paths import calibration_key, choose_compile, lookup
 from relevance_lens.score.scorer import PlainScorer
 from relevance_lens.store import Store, config_hash, normalize
 from relevance_lens.train.rundir import FINAL, RUN_FILE, is_run_member, run_checkpoints, step_of
@@ -293,8 +293,10 @@ def _compile_for_scoring(reranker: Reranker, score: ScoreConfig, tokens: int) ->
     """Compile the blocks once (a plain model's: LoRA taken out) when ``score.compile`` says the work pays."""
     if getattr(reranker, "_blocks_compiled", False) or score.compile == "off" or can_compile(reranker.device):
         return
-    if score.compile == "auto" and tokens < COMPILE_MIN_TOKENS:
-        return
+    if score.compile == "auto":
+        key = calibration_key(reranker, reranker.device, reranker.score.weight.dtype)
+        if not choose_compile(lookup(key), tokens).compile:
+            return
     compile_blocks(reranker)
     reranker._blocks_compiled = True
 

@@ -25,7 +25,8 @@ Each path is optional and tested against the plain forward (``tests/test_fastsco
 * **Compiled decoder blocks** (``compile``): ``torch.compile`` of each block (dynamic shapes),
   which fuses the element-wise work (RMSNorm, rotary, SiLU·up) that dominates a small model's
   CPU forward. Compiling takes seconds to tens of seconds, so ``auto`` compiles only when the
-  run holds enough tokens to pay it back (``benchmarks/bench_scoring.py`` measures both).
+  job's tokens pay it back at the rates this machine measured (:mod:`relevance_lens.score.paths`;
+  ``benchmarks/bench_scoring.py`` measures both paths).
 
 Everything works on token-id tensors; there is no Python loop over tokens.
 """
@@ -33,6 +34,7 @@ Everything works on token-id tensors; there is no Python loop over tokens.
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -45,12 +47,11 @@ from relevance_lens.model.compile import can_compile, compile_blocks
 from relevance_lens.model.reranker import Reranker, pool_last
 from relevance_lens.score.batching import batches, encode_texts, require_finite
 from relevance_lens.score.config import SCORING_ONLY, ScoreConfig
+from relevance_lens.score.paths import BatchTimer, calibration_key, choose_compile, lookup, record
 
-#: ``compile="auto"`` compiles when a run holds at least this many tokens. Measured on the
-#: 2-core AMX CPU of benchmarks/README.md: a warm compile (inductor's on-disk cache filled)
-#: costs ~5 s and the compiled blocks run ~1.8x faster, so it pays back after ~20k tokens; a
-#: cold compile (~25 s) after ~100k.
-COMPILE_MIN_TOKENS = 100_000
+#: A compiled run records its rate and compile cost only from this many batches on: with fewer,
+#: the compile's stall is most of the batches and no steady rate can be told from it.
+MIN_TIMED_BATCHES = 4
 
 
 @dataclass
@@ -64,6 +65,8 @@ class FastPlan:
     attention: str = ""
     dtype: str = ""
     notes: list[str] = field(default_factory=list)
+    #: compile="auto": the figures the choice was made from (score.paths.choose_compile).
+    compile_reason: str = ""
 
 
 # ---------------------------------------------------------------- the scoring copy
@@ -247,6 +250,7 @@ class FastScorer:
         self.config = config
         self.plan = FastPlan(dtype=str(reranker.score.weight.dtype).replace("torch.", ""))
         has_lora = hasattr(reranker.backbone, "peft_config")
+        self.key = calibration_key(reranker, reranker.device, reranker.score.weight.dtype)
         want_compile = self._want_compile(reranker.device, expected_tokens)
         if (config.merge_lora and has_lora) or want_compile:
             if getattr(reranker, SCORING_ONLY, False):
@@ -294,9 +298,12 @@ class FastScorer:
                 warnings.warn(f"compile=on ignored: {blocker}", stacklevel=3)
             self.plan.notes.append(f"not compiled: {blocker}")
             return False
-        if mode == "auto" and (expected_tokens or 0) < COMPILE_MIN_TOKENS:
-            self.plan.notes.append(f"not compiled: {expected_tokens or 0} tokens < {COMPILE_MIN_TOKENS} (compile=auto)")
-            return False
+        if mode == "auto":
+            choice = choose_compile(lookup(self.key), expected_tokens or 0)
+            self.plan.compile_reason = choice.reason
+            if not choice.compile:
+                self.plan.notes.append(f"not compiled (compile=auto): {choice.reason}")
+            return choice.compile
         return True
 
     # ------------------------------------------------------------ scoring
@@ -319,18 +326,40 @@ class FastScorer:
                 prefixes.append(ids[rows[0]][:p])
                 for i in rows:
                     prefix_len[i], group_of[i] = p, len(prefixes)  # group 0: no prefix
+        timer = BatchTimer()
+        start = time.perf_counter()
         states = prefix_states(model, prefixes, self.config.batch_tokens) if prefixes else None
+        timer.add(0, time.perf_counter() - start)  # the prefixes' forward: part of the job's time
         suffix = [ids[i][prefix_len[i] :] for i in range(len(ids))]
         lengths = [len(s) for s in suffix]
         order = sorted(range(len(ids)), key=lambda i: (lengths[i], group_of[i], i))
         scores = [0.0] * len(ids)
         for batch in batches(lengths, order, self.config.batch_tokens, self.config.max_batch):
+            start = time.perf_counter()
             values = self._forward(batch, suffix, group_of, states)
+            timer.add(sum(len(ids[i]) for i in batch), time.perf_counter() - start)
             for i, value in zip(batch, values):
                 scores[i] = value
             if bar is not None:
                 bar.advance(task, len(batch))
+        self._record(timer)
         return scores
+
+    def _record(self, timer: BatchTimer) -> None:
+        """Fold this run's timings into the machine's calibration (score.paths), for the next choice.
+
+        Only paths ``compile="auto"`` chooses between are recorded: merged (or LoRA-free) weights,
+        eager or compiled. Tokens are the pairs' own (the prefix's included), so a rate is per token
+        of the job whichever way it ran.
+        """
+        if not timer.batches or (hasattr(self.model.backbone, "peft_config") and not self.plan.merged):
+            return
+        if self.plan.compiled:
+            if len(timer.batches) >= MIN_TIMED_BATCHES:
+                record(self.key, compiled_s_per_token=timer.steady_s_per_token(), compile_s=timer.stall_s())
+        else:
+            tokens = sum(t for t, _ in timer.batches)
+            record(self.key, eager_s_per_token=sum(s for _, s in timer.batches) / tokens)
 
     def _forward(self, batch: list[int], suffix, group_of, states: PrefixStates | None) -> list[float]:
         model, device = self.model, self.model.device

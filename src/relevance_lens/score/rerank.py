@@ -28,18 +28,22 @@ def rerank(
     *,
     progress: bool = True,
     description: str = "reranking",
+    plans: list | None = None,
 ) -> Run:
     """Score each query's top-``depth`` passages; returns a run of reranker scores, followed by the
     first stage's tail (:func:`relevance_lens.data.candidates.with_tail`) unless ``config.keep_tail`` is off.
 
     With ``config.fast`` (the default) the scores come from a
     :class:`relevance_lens.score.fast.FastScorer` built once for the run; ``reranker`` itself is
-    left as it was (LoRA unmerged, not compiled).
+    left as it was (LoRA unmerged, not compiled). ``plans``, when given, receives the scorer's
+    :class:`relevance_lens.score.fast.FastPlan` (which paths ran, and why the others did not).
     """
     config = config or ScoreConfig()
     pairs = candidate_pairs(run, queries, corpus, config.depth)
     out: Run = {qid: {} for qid in run}
     scorer = make_scorer(reranker, config, expected_tokens=len(pairs) * reranker.settings.max_length)
+    if plans is not None and hasattr(scorer, "plan"):
+        plans.append(scorer.plan)
     with share_cores(), _progress(progress) as bar:
         task = bar.add_task(description, total=len(pairs))
         for start in range(0, len(pairs), config.chunk_pairs):
