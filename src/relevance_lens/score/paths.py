@@ -197,20 +197,23 @@ def _blend(old: float | None, new: float | None) -> float | None:
 def choose_compile(calibration: Calibration, tokens: int) -> CompileChoice:
     """Compile when ``tokens`` × (eager − compiled s/token) exceeds the compile's cost (module doc)."""
     eager, compiled = calibration.eager_s_per_token, calibration.compiled_s_per_token
-    cost = calibration.compile_s if calibration.compile_s is not None else PRIOR_COMPILE_S
-    measured = "measured here" if calibration.runs else "prior"
     if eager is None and compiled is None:
         pays = tokens >= PRIOR_MIN_TOKENS
         return CompileChoice(
             pays, f"{tokens:,} tokens {'>=' if pays else '<'} {PRIOR_MIN_TOKENS:,} (prior: no run measured here)"
         )
+    prior = [name for name, value in (("eager", eager), ("compiled", compiled)) if value is None]
+    if calibration.compile_s is None:
+        prior.append("compile")
+    cost = calibration.compile_s if calibration.compile_s is not None else PRIOR_COMPILE_S
     eager = eager if eager is not None else compiled * PRIOR_SPEEDUP
     compiled = compiled if compiled is not None else eager / PRIOR_SPEEDUP
     saved = tokens * (eager - compiled)
     pays = saved > cost
+    source = f"prior for {', '.join(prior)}; the rest measured here" if prior else "all measured here"
     reason = (
         f"{tokens:,} tokens x ({1e3 * eager:.3f} - {1e3 * compiled:.3f} ms/token) = {saved:.1f} s saved "
-        f"{'>' if pays else '<='} {cost:.1f} s to compile ({measured})"
+        f"{'>' if pays else '<='} {cost:.1f} s to compile ({source})"
     )
     return CompileChoice(pays, reason, saved, cost)
 
