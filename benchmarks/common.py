@@ -43,13 +43,9 @@ class BenchmarkError(SystemExit):
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from relevance_lens.score.paths import cpu_name
+
+    return cpu_name()
 
 
 def _version(package: str) -> str | None:

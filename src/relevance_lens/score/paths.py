@@ -80,7 +80,8 @@ def calibration_file() -> Path | None:
     return cache / "relevance-lens" / "scoring-paths.json"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -120,7 +121,7 @@ def calibration_key(model, device: torch.device, dtype: torch.dtype) -> str:
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
-        where = f"{_cpu_name()} [{_isa()}] {torch.get_num_threads()} threads"
+        where = f"{cpu_name()} [{_isa()}] {torch.get_num_threads()} threads"
     return f"{where} | torch {torch.__version__} | {'/'.join(shape)} | {str(dtype).replace('torch.', '')}"
 
 
