@@ -157,3 +157,22 @@ def test_path_chosen_from_calibration_scores_like_plain(calibration):
     scorer = FastScorer(reranker, ScoreConfig(dtype="fp32", device="cpu", batch_tokens=64), expected_tokens=100)
     assert scorer.plan.compiled
     assert_close(scorer.score(ITEMS), slow)
+
+
+def test_only_the_first_call_measures_the_compile(calibration, monkeypatch):
+    """rerank scores chunk by chunk: the second chunk's blocks are compiled already, so its stall
+    (none) must not overwrite the compile's measured cost."""
+    import relevance_lens.score.fast as fast
+
+    reranker = lora_reranker("llama")
+    scorer = FastScorer(reranker, ScoreConfig(dtype="fp32", device="cpu", compile="off", batch_tokens=64))
+    scorer.plan.compiled = True  # timings as a compiled run reports them, without compiling a tiny model
+    seen = []
+    monkeypatch.setattr(fast, "record", lambda key, **figures: seen.append(figures["compile_s"]))
+    for _ in range(2):
+        timer = BatchTimer()
+        timer.add(100, 5.0)
+        for _ in range(4):
+            timer.add(100, 0.1)
+        scorer._record(timer)
+    assert seen == [pytest.approx(4.9), None]

@@ -251,6 +251,7 @@ class FastScorer:
         self.plan = FastPlan(dtype=str(reranker.score.weight.dtype).replace("torch.", ""))
         has_lora = hasattr(reranker.backbone, "peft_config")
         self.key = calibration_key(reranker, reranker.device, reranker.score.weight.dtype)
+        self._calls = 0  # score() calls so far: only the first pays (and can measure) the compile
         want_compile = self._want_compile(reranker.device, expected_tokens)
         if (config.merge_lora and has_lora) or want_compile:
             if getattr(reranker, SCORING_ONLY, False):
@@ -352,11 +353,14 @@ class FastScorer:
         eager or compiled. Tokens are the pairs' own (the prefix's included), so a rate is per token
         of the job whichever way it ran.
         """
+        self._calls += 1
         if not timer.batches or (hasattr(self.model.backbone, "peft_config") and not self.plan.merged):
             return
         if self.plan.compiled:
             if len(timer.batches) >= MIN_TIMED_BATCHES:
-                record(self.key, compiled_s_per_token=timer.steady_s_per_token(), compile_s=timer.stall_s())
+                # Later calls (rerank's next chunk) run already-compiled blocks: their stall is not a compile's.
+                stall = timer.stall_s() if self._calls == 1 else None
+                record(self.key, compiled_s_per_token=timer.steady_s_per_token(), compile_s=stall)
         else:
             tokens = sum(t for t, _ in timer.batches)
             record(self.key, eager_s_per_token=sum(s for _, s in timer.batches) / tokens)
