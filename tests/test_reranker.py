@@ -197,3 +197,52 @@ def test_format_spans_are_where_the_passage_is(template, passage_part):
     ids, first, last = reranker.token_spans("capital of france", passage)
     assert ids == reranker.tokenize([text])[0]
     assert reranker.tokenizer.decode(ids[first:last]).strip() == passage_part.strip()
+
+
+def _batch_and_spy(reranker, side):
+    reranker.settings.padding_side = side
+    batch = reranker.collate(reranker.encode([(QUERY, p) for p in PASSAGES]))
+    seen = []
+    handle = reranker.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    return batch, seen, handle
+
+
+@pytest.mark.parametrize("sliding_window", [None, 4], ids=["full", "window-4"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causal_only_gives_the_masked_scores_and_gradients(family, sliding_window):
+    """Right padding: dropping the padding mask changes neither scores nor LoRA/head gradients."""
+    reranker = tiny_reranker(family)
+    config = reranker.base_config
+    if sliding_window and hasattr(config, "sliding_window"):
+        config.sliding_window = sliding_window  # shorter than the rows: the window mask must still apply
+    attach_lora(reranker, LoraSettings(rank=4, alpha=8, dropout=0.0))
+    _randomize(reranker)
+    batch, seen, handle = _batch_and_spy(reranker, "right")
+    assert batch["attention_mask"][:, -1].tolist().count(0) == 2  # two of three rows really are padded
+    runs = []
+    for causal_only in (False, True):
+        reranker.zero_grad()
+        scores = reranker(**batch, causal_only=causal_only)
+        (scores * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+        grads = {n: p.grad.clone() for n, p in reranker.named_parameters() if p.requires_grad and p.grad is not None}
+        runs.append((scores.detach(), grads))
+    handle.remove()
+    assert seen[0] is not None and seen[1] is None  # the mask really was dropped
+    assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5)
+    assert runs[0][1].keys() == runs[1][1].keys() and any("lora_A" in n for n in runs[0][1])
+    for name, grad in runs[0][1].items():
+        assert torch.allclose(grad, runs[1][1][name], atol=1e-5), name
+
+
+def test_causal_only_keeps_the_mask_of_a_left_padded_batch():
+    reranker = tiny_reranker("llama")
+    _randomize(reranker)
+    batch, seen, handle = _batch_and_spy(reranker, "left")
+    scores = reranker(**batch, causal_only=True)
+    handle.remove()
+    assert seen[0] is not None  # left pads precede the real tokens: only the mask hides them
+    reranker.settings.padding_side = "right"
+    right = reranker(**reranker.collate(reranker.encode([(QUERY, p) for p in PASSAGES])))
+    assert torch.allclose(scores, right, atol=1e-5)

@@ -320,15 +320,30 @@ class Reranker(nn.Module):
         return {"input_ids": input_ids, "attention_mask": mask}
 
     # ---------------------------------------------------------------- forward
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
-        """Run the backbone; position ids follow the mask so padding side does not matter."""
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, causal_only: bool = False, **kwargs
+    ):
+        """Run the backbone; position ids follow the mask so padding side does not matter.
+
+        ``causal_only``: when the batch is right-padded, give the backbone no padding mask, only
+        its causal one. Every real token precedes the pads of its row, so causal attention alone
+        keeps it from seeing them: the real tokens' states (and the pooled score) are the masked
+        forward's, while attention takes its mask-free causal kernel (SDPA ``is_causal``: no mask
+        tensor, masked blocks skipped, one compiled graph for every batch). The pads' own states
+        are then not meaningful, so only callers that read real positions alone may ask for it.
+        A left-padded batch keeps its mask.
+        """
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        mask = None if causal_only and right_padded(attention_mask) else attention_mask
         return self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.hidden_states(input_ids, attention_mask)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, causal_only: bool = False
+    ) -> torch.Tensor:
+        """Relevance scores of a batch, one per row (``causal_only``: see :meth:`hidden_states`)."""
+        out = self.hidden_states(input_ids, attention_mask, causal_only=causal_only)
         pooled = pool_last(out.last_hidden_state, attention_mask)
         return self.score(pooled.to(self.score.weight.dtype)).squeeze(-1)
 
@@ -690,6 +705,11 @@ def _typed(settings: object) -> dict:
         if f.name in settings and type(settings[f.name]) is not type(f.default):
             raise TypeError(f"{f.name} = {settings[f.name]!r}, expected {type(f.default).__name__}")
     return settings
+
+
+def right_padded(attention_mask: torch.Tensor) -> bool:
+    """True when every row of ``attention_mask`` is its real tokens first, then only pads."""
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
 def pool_last(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,11 @@ Each path is optional and tested against the plain forward (``tests/test_fastsco
 * **Length-bucketed batches**: pairs are sorted by the length that is actually computed and cut
   under a padded-token budget, so padding stays near zero.
 * **SDPA attention**: the scoring model is switched to ``torch.nn.functional.scaled_dot_product_attention``.
+* **No padding mask** (``Reranker.forward(causal_only=True)``): batches are right-padded, so
+  causal attention alone keeps each real token from its row's pads; the backbone gets no padding
+  mask and SDPA runs its mask-free causal kernel (bit-identical scores on SmolLM2 at 512 tokens,
+  ~18% less forward time there; one compiled graph instead of one with and one without a mask).
+  Batches that reuse a shared prefix keep their mask: their prefix is left-padded.
 * **Shared query prefix** (``share_prefix``): the candidates of one query share the tokens of
   ``query: {query} document:``. Their longest common prefix *of the token ids the plain path
   feeds the model* is run once per query; its key/value cache is reused by every candidate,
@@ -374,7 +379,7 @@ class FastScorer:
         ids, mask = ids.to(device), mask.to(device)
         groups = torch.as_tensor([group_of[i] for i in rows], device=device)
         if states is None or not bool(groups.any()):
-            scores = model(ids, mask)
+            scores = model(ids, mask, causal_only=True)  # right-padded: causal attention alone hides the pads
         else:
             width = int(states.lengths[groups].max())
             keys, values, prefix_mask = states.rows(groups, width)

@@ -82,7 +82,8 @@ def _make_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             group_size = int(inputs.pop("group_size"))
-            scores = model(**inputs)
+            # Only each row's last real token is scored: right padding needs no mask beyond the causal one.
+            scores = model(**inputs, causal_only=True)
             loss = group_loss(scores, group_size)
             _require_finite_loss(loss, self.state.global_step + 1, self.args.output_dir)
             return (loss, scores) if return_outputs else loss
