@@ -46,7 +46,7 @@ from relevance_lens.score.rerank import rerank  # noqa: E402
 from relevance_lens.score.scorer import PlainScorer  # noqa: E402
 
 TARGET_VS_PLAIN = 3.0
-TARGET_FRACTION = 0.40
+TARGET_FRACTION = 0.45  # issue #16: the forward at >= 45% of the bf16 matmul rate
 
 
 # ---------------------------------------------------------------- inputs
@@ -402,9 +402,13 @@ def main(argv: list[str] | None = None) -> dict:
                 cold_compile()
             plans: list = []
             load_start = common.load_average()
+            kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+            rate_before = common.sustained_rate(kind)
             start = time.perf_counter()
             scores = run_system(systems, spec, data, run, pairs, text_pairs, plans=plans)
             seconds = time.perf_counter() - start
+            # The host's rate can halve within a minute: each row is set against the rate around it.
+            rate_alongside = (rate_before + common.sustained_rate(kind)) / 2
             if name == "Tevatron loop fp32":
                 fp32_reference = scores
             row = timed.setdefault(name, {"system": name, "family": family, "dtype": dtype, "rounds_seconds": []})
@@ -415,6 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
                     passages_per_s=len(pairs) / seconds,
                     tokens_per_s=sum(lengths) / seconds,
                     load_average=[load_start, common.load_average()],
+                    rate_alongside_gflops=rate_alongside,
                     scores=scores,
                     plan=dataclasses.asdict(plans[0]) if plans else None,
                 )
@@ -454,6 +459,7 @@ def summarise(args, info, reranker, pairs, lengths, timed, checks, adapter) -> d
         rate = bf16_rate if row["dtype"] == "bf16" else fp32_rate
         row["achieved_gflops"] = flops["total"] / row["seconds"] / 1e9
         row["fraction_of_matmul_rate"] = flops["total"] / row["seconds"] / rate
+        row["fraction_of_rate_alongside"] = flops["total"] / row["seconds"] / (row["rate_alongside_gflops"] * 1e9)
         row.pop("scores", None)
     by = {r["system"]: r for r in timed}
     ours = by.get("relevance-lens")
@@ -476,6 +482,10 @@ def summarise(args, info, reranker, pairs, lengths, timed, checks, adapter) -> d
                 "target": 1.0,
             }
         ratios["fraction_of_bf16_matmul"] = {"value": ours["fraction_of_matmul_rate"], "target": TARGET_FRACTION}
+        ratios["fraction_of_bf16_rate_alongside"] = {
+            "value": ours["fraction_of_rate_alongside"],
+            "target": TARGET_FRACTION,
+        }
         fastest = min((r for r in timed if r["family"] in ("relevance-lens", "breakdown")), key=lambda r: r["seconds"])
         if fastest is not ours and plain:
             best = min(plain, key=lambda r: r["seconds"])
@@ -522,12 +532,24 @@ def render(record: dict) -> str:
                 r["passages_per_s"],
                 r["tokens_per_s"],
                 f"{100 * r['fraction_of_matmul_rate']:.1f}%",
+                f"{100 * r['fraction_of_rate_alongside']:.1f}% of {r['rate_alongside_gflops']:,.0f}",
                 f"{mem / 2**20:,.0f}" if mem else "",
                 f"{r['check']['max_abs_diff']:.2g}",
             ]
         )
     table = common.markdown_table(
-        ["system", "dtype", "seconds", "passages/s", "tokens/s", "of matmul rate", "peak RSS MiB", "max Δscore"], rows
+        [
+            "system",
+            "dtype",
+            "seconds",
+            "passages/s",
+            "tokens/s",
+            "of matmul rate",
+            "of rate alongside (GFLOP/s)",
+            "peak RSS MiB",
+            "max Δscore",
+        ],
+        rows,
     )
     cfg, flops = record["config"], record["flops"]
     lines = [
@@ -545,7 +567,9 @@ def render(record: dict) -> str:
     rounds = max((len(r.get("rounds_seconds", [])) for r in record["systems"]), default=1)
     lines.append(
         f"Each system's fastest of {rounds} interleaved round(s); every timed compile was cold "
-        f"(fresh inductor cache) unless `--warm-compile`: {record['config'].get('warm_compile', False)}."
+        f"(fresh inductor cache) unless `--warm-compile`: {record['config'].get('warm_compile', False)}. "
+        "*Of matmul rate*: of the fastest single 2048² product at the start (a peak); *of rate alongside*: of "
+        "the rate 2048² products sustained for a second just before and just after that row's kept round."
     )
     for row in record["systems"]:
         plan = row.get("plan")
@@ -561,10 +585,11 @@ def render(record: dict) -> str:
     lines.append("")
     ours_dtype = next((row["dtype"] for row in record["systems"] if row["system"] == "relevance-lens"), "bf16")
     for key, r in record["ratios"].items():
-        if key == "fraction_of_bf16_matmul":
+        if key.startswith("fraction_of_bf16"):
             met = "met" if r["value"] >= r["target"] else f"missed by {100 * (r['target'] - r['value']):.1f} points"
+            which = "sustained alongside" if key.endswith("alongside") else "peak at start"
             lines.append(
-                f"- forward at {100 * r['value']:.1f}% of the measured {ours_dtype} matmul rate (target ≥ "
+                f"- forward at {100 * r['value']:.1f}% of the measured {ours_dtype} matmul rate, {which} (target ≥ "
                 f"{100 * r['target']:.0f}%: {met})"
             )
         else:

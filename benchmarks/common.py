@@ -64,32 +64,55 @@ def load_average() -> float | None:
         return None
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
-    """Measured GFLOP/s of an ``n x n`` matmul in ``dtype`` on this process's threads (best of runs).
+def _square_operands(dtype: torch.dtype, n: int, seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two ``n x n`` operands, ``n`` halved until one product takes at most a quarter of ``seconds``.
 
     A dtype the CPU has no kernels for (bf16 on an AVX2-only CPU runs at ~1 GFLOP/s: 14 s for one
-    2048² product) is measured at the largest size that a quarter of ``seconds`` allows, from a
-    256² probe, so the measurement stays about ``seconds`` long on every CPU.
+    2048² product) is measured at the largest size that allows, from a 256² probe, so a
+    measurement stays about ``seconds`` long on every CPU.
     """
+    probe = torch.randn(256, 256).to(dtype)
+    probe @ probe
+    start = time.perf_counter()
+    probe @ probe
+    rough = 2 * 256**3 / max(time.perf_counter() - start, 1e-9)
+    while n > 256 and 2 * n**3 / rough > seconds / 4:
+        n //= 2
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    return a, b
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """Peak GFLOP/s of an ``n x n`` matmul in ``dtype`` on this process's threads: its fastest product."""
     with torch.inference_mode():
-        probe = torch.randn(256, 256).to(dtype)
-        probe @ probe
-        start = time.perf_counter()
-        probe @ probe
-        rough = 2 * 256**3 / max(time.perf_counter() - start, 1e-9)
-        while n > 256 and 2 * n**3 / rough > seconds / 4:
-            n //= 2
-        a = torch.randn(n, n).to(dtype)
-        b = torch.randn(n, n).to(dtype)
-        for _ in range(2):
-            a @ b
+        a, b = _square_operands(dtype, n, seconds)
         best = float("inf")
         stop = time.perf_counter() + seconds
         while time.perf_counter() < stop:
             start = time.perf_counter()
             a @ b
             best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * a.shape[0] ** 3 / best / 1e9
+
+
+def sustained_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """GFLOP/s an ``n x n`` matmul in ``dtype`` sustains over ``seconds``: all products over all time.
+
+    On a shared host the fastest single product (:func:`matmul_rate`) can catch a burst the
+    machine does not keep up (2026-12-03: 1,731 then 573 GFLOP/s a second apart); a benchmark row
+    is compared with this rate measured just before and after it, so both see the same host.
+    """
+    with torch.inference_mode():
+        a, b = _square_operands(dtype, n, seconds)
+        products = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            products += 1
+        elapsed = time.perf_counter() - start
+    return 2 * a.shape[0] ** 3 * products / elapsed / 1e9
 
 
 def machine(measure: bool = True) -> dict:

@@ -184,6 +184,13 @@ def test_scoring_smoke(tiny_folder, tmp_path):
     assert all(r["peak_rss_bytes"] > 0 for r in record["systems"])
     assert {c["system"] for c in record["checks"]} >= names
     assert {"vs_plain_loop_best", "vs_crossencoder_best", "fraction_of_bf16_matmul"} <= set(record["ratios"])
+    # Each row is set against the rate sampled around its own kept round, not only the start's peak.
+    for row in record["systems"]:
+        assert row["rate_alongside_gflops"] > 0
+        achieved = record["flops"]["total"] / row["seconds"] / 1e9
+        assert row["fraction_of_rate_alongside"] == pytest.approx(achieved / row["rate_alongside_gflops"])
+    ours = next(r for r in record["systems"] if r["system"] == "relevance-lens")
+    assert record["ratios"]["fraction_of_bf16_rate_alongside"]["value"] == ours["fraction_of_rate_alongside"]
 
 
 @pytest.mark.slow
