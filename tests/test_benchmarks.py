@@ -234,8 +234,10 @@ def test_training_smoke(tiny_folder, tmp_path):
         assert row["fraction_of_matmul_rate"] == pytest.approx(
             achieved / 1e9 / record["machine"]["matmul_gflops"][record["config"]["precision"]]
         )
+        assert row["fraction_of_rate_alongside"] == pytest.approx(achieved / 1e9 / row["rate_alongside_gflops"])
     assert record["fraction_of_matmul"]["value"] == record["systems"][0]["fraction_of_matmul_rate"]
-    assert "of matmul rate" in (tmp_path / "training.md").read_text()
+    assert record["fraction_of_matmul"]["alongside"] == record["systems"][0]["fraction_of_rate_alongside"]
+    assert "of rate alongside" in (tmp_path / "training.md").read_text()
 
 
 @pytest.mark.slow
