@@ -24,9 +24,11 @@ once to ``results/_work``: speed does not depend on what the weights learned, an
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -173,12 +175,19 @@ SYSTEMS = [
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def scratch_dir(prefix: str) -> str:
+    """A temporary folder removed when the benchmark exits (a cold cache per row leaves none behind)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def cold_compile() -> None:
     """Make the next compile a cold one: a fresh, empty inductor cache and dynamo's graphs dropped.
 
     A timed row must pay its own compile, not find one left by an earlier row or round.
     """
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = scratch_dir("bench-inductor-")
     torch._dynamo.reset()
 
 
@@ -355,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # compile=auto decides from this machine's measurements (score.paths): start from a known state.
     os.environ["RELEVANCE_LENS_CALIBRATION"] = str(
-        args.calibration or Path(tempfile.mkdtemp(prefix="bench-calibration-")) / "scoring-paths.json"
+        args.calibration or Path(scratch_dir("bench-calibration-")) / "scoring-paths.json"
     )
     info = common.machine(measure=True)
     systems = Systems(args, adapter, work)
