@@ -125,6 +125,26 @@ def test_versus_bm25_tests_every_checkpoint_against_the_first_stage(fake_run, tm
     assert any(p["base"][k] != p["alone"][k] for k in p["alone"] if k[1] != "bm25")
 
 
+@pytest.mark.parametrize(
+    "compile_setting,expected",
+    [("off", "merged weights, eager blocks (compile=off)"), ("auto", "merged weights, eager blocks (compile=auto: ")],
+)
+def test_checkpoints_say_how_they_were_scored(fake_run, compile_setting, expected, monkeypatch):
+    """Under the table, one line a run: merged or not, compiled or eager, and why (the figures of compile=auto)."""
+    from rich.console import Console
+
+    monkeypatch.setenv("RELEVANCE_LENS_CALIBRATION", "off")  # the priors: a tiny job never pays a compile
+    console = Console(record=True, width=400)
+    config = ScoreConfig(depth=3, dtype="fp32", device="cpu", compile=compile_setting)
+    analyze_checkpoints(fake_run["run"], tiny_evalset(), METRICS, baseline_run_dir=fake_run["baseline"], score=config,
+                        console=console)  # fmt: skip
+    lines = console.export_text().splitlines()
+    assert any(line.startswith(f"r2-all: scored on {expected}") for line in lines), lines[-3:]
+    assert "head-only: scored on the plain forward (no LoRA)" in lines
+    if compile_setting == "auto":
+        assert any("tokens < 100,000 (prior" in line for line in lines)
+
+
 def test_ablate_rows_agree_with_the_checkpoint_scores(fake_run, tmp_path, monkeypatch):
     evalset = tiny_evalset()
     store = Store(tmp_path / "results.sqlite")

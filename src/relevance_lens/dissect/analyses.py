@@ -191,6 +191,7 @@ def analyze_checkpoints(
         if force or store is None or not store.has(i.run, "checkpoints", checkpoint=i.checkpoint, config=config)
     ]
     base_info = describe_adapter(run_checkpoints(baseline_run_dir)[-1]) if baseline_run_dir is not None else None
+    paths: dict[str, str] = {}  # run -> how its checkpoints were scored
     if base_info is not None:
         reference_name = f"{base_info.run}/{base_info.checkpoint}"
         done = (
@@ -199,12 +200,12 @@ def analyze_checkpoints(
             and store.has(base_info.run, "checkpoints", checkpoint=base_info.checkpoint, config=config)
         )
         if (todo and versus == "baseline") or not done:  # its per-query values may be the p-values' reference
-            values = _score_folders([base_info], evalset, fns, score)[0]
+            values = _score_folders([base_info], evalset, fns, score, paths)[0]
             rows += _metric_rows(base_info, values, bm25, config)
             reference = values if versus == "baseline" else bm25
         if versus == "bm25":
             reference_name = "bm25"
-    for item, values in zip(todo, _score_folders(todo, evalset, fns, score)):
+    for item, values in zip(todo, _score_folders(todo, evalset, fns, score, paths)):
         rows += _metric_rows(item, values, reference, config)
     rows = [normalize(r) for r in rows]
     if store is not None:
@@ -217,13 +218,20 @@ def analyze_checkpoints(
             if r["config_hash"] == config_hash(config)
         ]
     _print(console, _checkpoint_table(rows, metrics, reference_name))
+    for run, path in paths.items():
+        if console is not None:
+            console.print(f"{run}: scored on {path}", highlight=False)
     return rows
 
 
 def _score_folders(
-    items: list[AdapterInfo], evalset: EvalSet, fns, score: ScoreConfig
+    items: list[AdapterInfo], evalset: EvalSet, fns, score: ScoreConfig, paths: dict[str, str] | None = None
 ) -> list[dict[str, dict[str, float]]]:
-    """Per-query metric values of each adapter folder (base weights loaded once)."""
+    """Per-query metric values of each adapter folder (base weights loaded once).
+
+    ``paths`` (when given) receives, per run, how its checkpoints were scored (merged or not,
+    compiled or eager, and why), for the line under the checkpoints table.
+    """
     if not items:
         return []
     # The base model once, with the saved text settings (template, max length) of the run.
@@ -242,6 +250,8 @@ def _score_folders(
             with adapter_loaded(reranker, item.folder, score):
                 scores, _ = checkpoint_scores(reranker, encoded, score, compile_tokens=tokens)
                 run = run_from_scores(encoded.pairs, scores)
+            if paths is not None:
+                paths[item.run] = reranker._scoring_path
             seen[key] = {m: fn(run) for m, fn in fns.items()}
         out.append(seen[key])
     return out
@@ -271,6 +281,8 @@ def checkpoint_scores(
         and merge_fits(reranker)
     )
     if not usable:
+        lora = hasattr(reranker.backbone, "peft_config")
+        reranker._scoring_path = "the plain forward, LoRA layers live" if lora else "the plain forward (no LoRA)"
         return plain.score_encoded(encoded), False
     # One module at a time in fp32, kept in the weight's dtype: one more copy of the adapted weights,
     # what merge_fits checked.
@@ -279,7 +291,7 @@ def checkpoint_scores(
             (module.get_base_layer().weight, merged_weight(module)) for module, _, _ in lora_modules(reranker).values()
         ]
     reranker.backbone = reranker.backbone.unload()
-    _compile_for_scoring(reranker, score, compile_tokens)
+    reranker._scoring_path = f"merged weights, {_compile_for_scoring(reranker, score, compile_tokens)}"
     bases = [weight.data for weight, _ in slots]
     try:
         for weight, merged in slots:
@@ -290,16 +302,29 @@ def checkpoint_scores(
             weight.data = base
 
 
-def _compile_for_scoring(reranker: Reranker, score: ScoreConfig, tokens: int) -> None:
-    """Compile the blocks once (a plain model's: LoRA taken out) when ``score.compile`` says the work pays."""
-    if getattr(reranker, "_blocks_compiled", False) or score.compile == "off" or can_compile(reranker.device):
-        return
+def _compile_for_scoring(reranker: Reranker, score: ScoreConfig, tokens: int) -> str:
+    """Compile the blocks once (a plain model's: LoRA taken out) when ``score.compile`` says the work pays.
+
+    Returns which blocks the checkpoints run and why, for the line under the checkpoints table.
+    """
+    if getattr(reranker, "_blocks_compiled", False):
+        return reranker._blocks_compiled_why
+    if score.compile == "off":
+        return "eager blocks (compile=off)"
+    why_not = can_compile(reranker.device)
+    if why_not:
+        return f"eager blocks ({why_not})"
+    how = "compile=on"
     if score.compile == "auto":
         key = calibration_key(reranker, reranker.device, reranker.score.weight.dtype)
-        if not choose_compile(lookup(key), tokens).compile:
-            return
+        choice = choose_compile(lookup(key), tokens)
+        if not choice.compile:
+            return f"eager blocks (compile=auto: {choice.reason})"
+        how = f"compile=auto: {choice.reason}"
     compile_blocks(reranker)
     reranker._blocks_compiled = True
+    reranker._blocks_compiled_why = f"compiled blocks ({how})"
+    return reranker._blocks_compiled_why
 
 
 def _weights_identity(folder: Path) -> tuple[str, ...]:
