@@ -161,8 +161,7 @@ def test_ablate_rows_agree_with_the_checkpoint_scores(fake_run, tmp_path, monkey
     saved = by["ablate:drop-layer", None, "work_saved"]["value"]
     assert saved == by["ablate:roles", None, "work_saved"]["value"] and 0.05 < saved < 0.3
     assert len(store.rows()) == len(rows)
-    skipped = lambda *a, **k: pytest.fail("should have been skipped")  # noqa: E731
-    monkeypatch.setattr("relevance_lens.dissect.analyses.run_sweeps", skipped)
+    monkeypatch.setattr("relevance_lens.dissect.analyses.run_sweeps", lambda *a, **k: pytest.fail("should have been skipped"))
     assert len(
         analyze_ablate(fake_run["run"] / "final", evalset, ["drop-layer"], METRICS, store=store, score=FP32)
     ) == len([r for r in rows if r["analysis"] == "ablate:drop-layer"])
