@@ -74,6 +74,48 @@ def test_each_path_alone(paths):
     assert_close(scorer.score(ITEMS), PlainScorer(reranker, fp32(fast=False)).score(ITEMS))
 
 
+def _older_keyword(model: torch.nn.Module) -> None:
+    """Give ``model`` the forward of transformers releases before the rename (5.17: ``past_key_values``)."""
+    from relevance_lens.model.backbone import cache_keyword
+
+    current, inner = model.forward, cache_keyword(model)
+
+    def forward(input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None, **kw):
+        assert "cache" not in kw, "the cache was passed under a keyword this transformers ignores"
+        kw[inner] = past_key_values
+        return current(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache, **kw
+        )
+
+    model.forward = forward
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_prefix_cache_reaches_models_of_either_keyword(family):
+    """transformers 5.17 takes the cache as ``past_key_values``, 5.24 as ``cache``; an unknown keyword is ignored."""
+    from relevance_lens.model.backbone import cache_keyword
+
+    reranker = lora_reranker(family)
+    slow = PlainScorer(reranker, fp32(fast=False)).score(ITEMS)
+    assert cache_keyword(reranker.base_model) in ("cache", "past_key_values")
+    _older_keyword(reranker.base_model)
+    assert cache_keyword(reranker.base_model) == "past_key_values"
+    scorer = FastScorer(reranker, fp32(merge_lora=False))
+    assert scorer.plan.share_prefix
+    assert_close(scorer.score(ITEMS), slow)
+
+
+def test_a_model_without_a_cache_keyword_is_named():
+    from relevance_lens.model.backbone import cache_keyword
+
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    with pytest.raises(TypeError, match="NoCache.forward takes neither `cache` nor `past_key_values`"):
+        cache_keyword(NoCache())
+
+
 def test_callers_reranker_left_unmerged_and_unchanged():
     reranker = lora_reranker("llama")
     before = {k: v.clone() for k, v in reranker.state_dict().items()}

@@ -222,6 +222,25 @@ def set_attention(reranker, implementation: str) -> str:
     return str(getattr(base.config, "_attn_implementation", current))
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword a transformers decoder takes its key/value cache by.
+
+    transformers renamed ``past_key_values`` to ``cache`` within the 5.x series (5.17 has the old
+    name, 5.24 the new); a keyword the model does not know lands in ``**kwargs`` and is silently
+    ignored, so the name is read from the forward's signature rather than assumed.
+    """
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise TypeError(
+        f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`: "
+        "prefix sharing needs a decoder that accepts a key/value cache; score with prefix sharing off"
+    )
+
+
 def bf16_supported(device: torch.device | str = "cpu") -> bool:
     """True where bf16 matmuls are fast: CUDA with bf16, or a CPU with AMX / AVX512-BF16."""
     device = torch.device(device)

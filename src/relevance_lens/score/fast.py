@@ -47,7 +47,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from relevance_lens.model.backbone import set_attention
+from relevance_lens.model.backbone import cache_keyword, set_attention
 from relevance_lens.model.compile import can_compile, compile_blocks
 from relevance_lens.model.reranker import Reranker, pool_last
 from relevance_lens.score.batching import batches, encode_texts, require_finite
@@ -220,8 +220,8 @@ def prefix_states(reranker: Reranker, prefixes: Sequence[Sequence[int]], batch_t
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             position_ids=position_ids.to(device),
-            cache=cache,
             use_cache=True,
+            **{cache_keyword(reranker.base_model): cache},
         )
         w = ids.shape[1]
         keep = mask.to(device)[:, None, :, None].bool()
@@ -389,8 +389,8 @@ class FastScorer:
                 input_ids=ids,
                 attention_mask=torch.cat([prefix_mask, mask], dim=1),
                 position_ids=position_ids,
-                cache=cache,
                 use_cache=True,
+                **{cache_keyword(model.base_model): cache},
             )
             pooled = pool_last(out.last_hidden_state, mask)
             scores = model.score(pooled.to(model.score.weight.dtype)).squeeze(-1)
