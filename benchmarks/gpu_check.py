@@ -51,6 +51,7 @@ from relevance_lens.data.formats import Passage  # noqa: E402
 from relevance_lens.model.reranker import Reranker, RerankerConfig  # noqa: E402
 from relevance_lens.score.config import SCORING_ONLY, ScoreConfig  # noqa: E402
 from relevance_lens.score.fast import FastScorer  # noqa: E402
+from relevance_lens.score.scorer import PlainScorer  # noqa: E402
 from relevance_lens.train.config import TrainConfig  # noqa: E402
 from relevance_lens.train.groups import group_loss  # noqa: E402
 from relevance_lens.train.trainable import make_trainable  # noqa: E402
@@ -62,6 +63,8 @@ SIZES = {
     "smoke": dict(max_length=32, group_size=4, queries=2, warmup=1, steps=1, score_queries=3, batch_tokens=256),
 }
 CANDIDATES = {"full": 32, "smoke": 4}
+#: Queries whose scores are also taken by the plain forward (LoRA unmerged, no prefix sharing).
+AGREEMENT_QUERIES = 4
 
 
 def sync(device: torch.device) -> None:
@@ -184,6 +187,9 @@ def score_phase(reranker: Reranker, device: torch.device, size: dict, candidates
     setattr(reranker, SCORING_ONLY, True)  # what load_for_scoring sets: merge LoRA in place, no copy
     config = ScoreConfig(dtype="bf16", device=str(device), compile="off", batch_tokens=size["batch_tokens"])
     items = score_items(size, candidates)
+    check = items[: AGREEMENT_QUERIES * candidates]
+    plain = PlainScorer(reranker, ScoreConfig(dtype="bf16", device=str(device), fast=False, batch_tokens=4096))
+    plain_scores = plain.score(check)  # before FastScorer merges the LoRA in place
     reset_peak(device)
     scorer = FastScorer(reranker, config)
     scorer.score(items[: len(items) // 4])  # warm-up: kernels, allocator
@@ -204,6 +210,29 @@ def score_phase(reranker: Reranker, device: torch.device, size: dict, candidates
         "peak_gpu_bytes": peak_memory(device),
         "plan": {"merged": scorer.plan.merged, "in_place": scorer.plan.in_place, "prefix": scorer.plan.share_prefix},
         "finite": all(s == s and abs(s) != float("inf") for s in scores),
+        "vs_plain": agreement(scores[: len(check)], plain_scores, candidates),
+    }
+
+
+def agreement(fast: list[float], plain: list[float], candidates: int) -> dict:
+    """How far the fast path's scores are from the plain forward's, in bf16 on this device.
+
+    The gap is set against the spread of the plain scores (their standard deviation), and the
+    ranking against each query's: the share of queries whose top candidate is the same.
+    """
+    gap = max(abs(a - b) for a, b in zip(fast, plain))
+    spread = statistics.pstdev(plain) or 1.0
+    queries = range(0, len(plain), candidates)
+    top = [
+        max(range(q, q + candidates), key=fast.__getitem__) == max(range(q, q + candidates), key=plain.__getitem__)
+        for q in queries
+    ]
+    return {
+        "pairs": len(plain),
+        "max_abs_diff": gap,
+        "plain_std": spread,
+        "gap_over_std": gap / spread,
+        "same_top1": sum(top) / len(top),
     }
 
 
@@ -232,7 +261,7 @@ def table(record: dict) -> str:
     rows = []
     for name, r in record["models"].items():
         if "error" in r:
-            rows.append([name, f"failed: {r['error'].splitlines()[-1][:80]}", *[""] * 7])
+            rows.append([name, f"failed: {r['error'].splitlines()[-1][:80]}", *[""] * 8])
             continue
         t, s = r["train"], r["score"]
         rows.append(
@@ -246,6 +275,7 @@ def table(record: dict) -> str:
                 round(s["tokens_per_s"]),
                 f"{s['share_of_matmul_rate']:.0%}",
                 _gib(s["peak_gpu_bytes"]),
+                f"{s['vs_plain']['gap_over_std']:.3f}" if "vs_plain" in s else "",
             ]
         )
     size = record["sizes"]
@@ -266,6 +296,7 @@ def table(record: dict) -> str:
         "score tokens/s",
         "score share of matmul rate",
         "score peak GiB",
+        "fast vs plain: max gap / score std",
     ]
     return head + markdown_table(headers, rows)
 
