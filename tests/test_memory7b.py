@@ -228,8 +228,9 @@ def test_gpu_check_smoke_runs_without_the_evaluation_stack(tmp_path):
         assert result["train"]["tokens_per_s"] > 0 and result["train"]["trainable_params"] > 0
         assert result["score"]["plan"] == {"merged": True, "in_place": True, "prefix": True}
         assert result["score"]["finite"] and result["score"]["tokens"] > 0
-        # bf16 on tiny shapes: the fast path's gap to the plain forward is ~0.02-0.1 of the scores' spread
-        assert result["score"]["vs_plain"]["gap_over_std"] < 0.5, result["score"]["vs_plain"]
+        # The paths' own gap (fp32: ~2e-6 of the scores' spread), then with bf16's rounding (~0.02-0.1 on tiny shapes)
+        assert result["score"]["vs_plain"]["fp32"]["gap_over_std"] < 1e-3, result["score"]["vs_plain"]
+        assert result["score"]["vs_plain"]["bf16"]["gap_over_std"] < 0.5, result["score"]["vs_plain"]
     assert "| mistral-7b-v0.1 |" in (tmp_path / "gpu-check-smoke.md").read_text()
 
 
