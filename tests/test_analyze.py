@@ -159,7 +159,8 @@ def test_ablate_rows_agree_with_the_checkpoint_scores(fake_run, tmp_path, monkey
     assert by["ablate:drop-layer", None, "work_saved"]["value"] > 0.2
     assert by["ablate:roles", None, "work_saved"]["value"] == 0.0
     assert len(store.rows()) == len(rows)
-    monkeypatch.setattr("relevance_lens.dissect.ablate.sweep", lambda *a, **k: pytest.fail("should have been skipped"))
+    skipped = lambda *a, **k: pytest.fail("should have been skipped")  # noqa: E731
+    monkeypatch.setattr("relevance_lens.dissect.analyses.run_sweeps", skipped)
     assert len(
         analyze_ablate(fake_run["run"] / "final", evalset, ["drop-layer"], METRICS, store=store, score=FP32)
     ) == len([r for r in rows if r["analysis"] == "ablate:drop-layer"])
