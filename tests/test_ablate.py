@@ -1,5 +1,7 @@
 """Ablating parts of ΔW: the switch against hand-merged weights, cached sweeps against naive ones."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from scipy import stats as scipy_stats
@@ -296,6 +298,31 @@ def test_sweep_driver_reports_deltas_and_tests():
     assert by_name["L2"].metrics["margin"] == pytest.approx(mean(direct))
     assert result.n_queries == 6 and by_name["L2"].layer == 2
     assert all(0 < v.p_full[m] <= 1 for v in result.variants for m in metrics)
+
+
+@pytest.mark.parametrize("merge", ["on", "off"])
+def test_sweeps_run_together_equal_each_run_alone(merge):
+    """Sharing the references (and variants two sweeps have in common) changes nothing a sweep reports."""
+    reranker = lora_reranker("llama")
+    evalset = tiny_evalset(depth=3)
+    encoded = encode_evalset(reranker, evalset, max_batch=8)
+    parts = lora_parts(reranker)
+    named = {name: build_variants(name, parts, 4) for name in ("drop-layer", "roles", "drop-role")}
+    metrics = ir_metrics(evalset, ["nDCG@10", "RR@10"])
+    config = SweepConfig(permutations=500, merge=merge)
+    together = ablate.sweeps(reranker, named, encoded, metrics, config)
+    alone = [sweep(reranker, variants, encoded, metrics, config, name=name) for name, variants in named.items()]
+    for joint, single in zip(together, alone):
+        assert joint.name == single.name and joint.full == single.full and joint.base == single.base
+        assert [asdict(v) for v in joint.variants] == [asdict(v) for v in single.variants]
+        assert joint.scores.keys() == single.scores.keys()
+        for key in single.scores:
+            assert joint.scores[key] == pytest.approx(single.scores[key], abs=1e-5), key
+        assert set(joint.shared_with) == set(named) - {joint.name}
+    # drop-role is a part of roles: its variants and the references ran once for all three sweeps.
+    assert together[0].work.computed < sum(r.work.computed for r in alone)
+    assert together[0].work.naive == sum(r.work.naive for r in alone)
+    assert together[0].work.saved > max(r.work.saved for r in alone)
 
 
 def test_sweep_refuses_reserved_and_duplicate_names():

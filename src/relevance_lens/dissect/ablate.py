@@ -367,9 +367,16 @@ class SweepResult:
     fallback: str | None = None
     per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict, repr=False)
     scores: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    shared_with: tuple[str, ...] = ()  # sweeps scored in the same forwards (``work`` is theirs together)
 
     def summary(self) -> dict:
-        return {"sweep": self.name, "work": asdict(self.work), "saved": self.work.saved, "fallback": self.fallback}
+        return {
+            "sweep": self.name,
+            "work": asdict(self.work),
+            "saved": self.work.saved,
+            "fallback": self.fallback,
+            "shared_with": list(self.shared_with),
+        }
 
 
 def sweep(
@@ -391,23 +398,65 @@ def sweep(
     variant vs base), Holm-adjusted across the variants of this sweep, per metric and
     comparison.
     """
+    return sweeps(reranker, {name: variants}, encoded, metrics, config, progress=progress, kind=kind)[0]
+
+
+def sweeps(
+    reranker,
+    named: Mapping[str, Sequence[Variant]],
+    encoded: EncodedPairs,
+    metrics: Mapping[str, MetricFn],
+    config: SweepConfig | None = None,
+    *,
+    progress=None,
+    kind: PartKind = ROLE_PARTS,
+) -> list[SweepResult]:
+    """Several sweeps over one set of forwards, one :class:`SweepResult` each, as :func:`sweep` gives.
+
+    The references (full adapter and base) run once for all of them, not once per sweep, and a
+    variant two sweeps share (the same parts on) runs once. Each sweep's statistics are its own
+    (Holm across its variants only), so a result equals its sweep run alone; ``work`` is the
+    forwards of all of them together, ``shared_with`` names the others.
+    """
     config = config or SweepConfig()
-    names = [v.name for v in variants]
-    clash = {FULL, BASE} & set(names) or {n for n in names if names.count(n) > 1}
-    if clash:
-        raise InputError(f"variant names must be unique and not 'full' or 'base': {sorted(clash)}")
+    for name, variants in named.items():
+        names = [v.name for v in variants]
+        clash = {FULL, BASE} & set(names) or {n for n in names if names.count(n) > 1}
+        if clash:
+            raise InputError(f"sweep {name}: variant names must be unique and not 'full' or 'base': {sorted(clash)}")
     if not metrics:
         raise InputError("sweep: expected at least one metric function")
+    parts = kind.parts(reranker)
+    unique: dict[frozenset, str] = {}  # the parts a variant keeps on -> the name it is scored under
+    for variants in named.values():
+        for v in variants:
+            unique.setdefault(v.keep & parts, f"#{len(unique)}")
     was_training = reranker.training
     reranker.eval()  # LoRA dropout off
     try:
         with torch.inference_mode():
-            scores, work, fallback = score_variants(reranker, variants, encoded, config, progress, kind)
+            to_score = [Variant(key, keep) for keep, key in unique.items()]
+            scored, work, fallback = score_variants(reranker, to_score, encoded, config, progress, kind)
     finally:
         reranker.train(was_training)
-    per_query = {v: {m: fn(run_from_scores(encoded.pairs, scores[v])) for m, fn in metrics.items()} for v in scores}
-    parts = kind.parts(reranker)
     n = num_layers(reranker.base_config)
+    tokens = sum(encoded.tokens(b) for b in encoded.batches)
+    # What each sweep run alone with no cache would cost, so ``saved`` counts the sharing too.
+    work.naive = sum(2 + len(variants) for variants in named.values()) * n * tokens
+    per_query_of = {
+        key: {m: fn(run_from_scores(encoded.pairs, scored[key])) for m, fn in metrics.items()} for key in scored
+    }
+    results = []
+    for name, variants in named.items():
+        keys = {FULL: FULL, BASE: BASE, **{v.name: unique[v.keep & parts] for v in variants}}
+        per_query = {v: per_query_of[key] for v, key in keys.items()}
+        scores = {v: scored[key] for v, key in keys.items()}
+        results.append(_sweep_result(name, variants, parts, n, per_query, scores, metrics, config, work, fallback))
+        results[-1].shared_with = tuple(other for other in named if other != name)
+    return results
+
+
+def _sweep_result(name, variants, parts, n, per_query, scores, metrics, config, work, fallback) -> SweepResult:
     results = [_variant_result(v, parts, n, per_query, metrics, config) for v in variants]
     _holm_in_place(results, metrics)
     some_metric = next(iter(metrics))

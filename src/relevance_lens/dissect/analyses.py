@@ -25,7 +25,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from relevance_lens.dissect.ablate import build_variants, sweep
+from relevance_lens.dissect.ablate import build_variants
+from relevance_lens.dissect.ablate import sweeps as run_sweeps
 from relevance_lens.dissect.evalset import EvalSet, encode_evalset, ir_metrics, mean
 from relevance_lens.dissect.lens import lens_curve
 from relevance_lens.dissect.settings import DEFAULT_METRICS, LensConfig, SweepConfig
@@ -408,14 +409,16 @@ def analyze_ablate(
     Rows: analysis ``ablate:<sweep>``; variant ``full``/``base`` (references) or the variant
     name, with ``layer``/``role`` when the variant is about one; per metric three rows: the
     value (``p_value`` vs full), ``<metric> Δfull`` and ``<metric> Δbase`` (their Holm-adjusted
-    p-values); plus ``work_saved`` (fraction of layer-token forward work the cache saved).
+    p-values); plus ``work_saved``: the fraction of layer-token forward work that the cached
+    restarts and the shared references saved, for all the sweeps of this call together (they run
+    in one pass: one full and one base forward per batch serve them all).
     """
     score = score or ScoreConfig(depth=evalset.depth)
     sweep_config = sweep_config or SweepConfig()
     info = describe_adapter(adapter_dir)
     fns = ir_metrics(evalset, metrics)
-    reranker = encoded = None
     rows: list[dict[str, Any]] = []
+    pending: dict[str, dict[str, Any]] = {}  # sweep -> its config, for the sweeps not in the store yet
     for name in sweeps:
         config = {
             **evalset.describe(),
@@ -434,13 +437,17 @@ def analyze_ablate(
                 if r["config_hash"] == config_hash(config)
             ]
             continue
-        if reranker is None:
-            reranker = load_reranker(adapter_dir, None, score)
-            encoded = encode_evalset(reranker, evalset, score.batch_tokens, score.max_batch)
-        n_layers = len(reranker.base_model.get_submodule(reranker.architecture.layers))
-        variants = build_variants(name, lora_parts(reranker), n_layers, window=window, stride=window_stride)
-        result = sweep(reranker, variants, encoded, fns, sweep_config, name=name)
-        new = [normalize(r) for r in _ablate_rows(info, analysis, result, config)]
+        pending[name] = config
+    if not pending:
+        return rows
+    reranker = load_reranker(adapter_dir, None, score)
+    encoded = encode_evalset(reranker, evalset, score.batch_tokens, score.max_batch)
+    n_layers = len(reranker.base_model.get_submodule(reranker.architecture.layers))
+    parts = lora_parts(reranker)
+    named = {name: build_variants(name, parts, n_layers, window=window, stride=window_stride) for name in pending}
+    # One pass for all pending sweeps: the full and base forwards are shared, not repeated per sweep.
+    for result in run_sweeps(reranker, named, encoded, fns, sweep_config):
+        new = [normalize(r) for r in _ablate_rows(info, f"ablate:{result.name}", result, pending[result.name])]
         if store is not None:
             store.append(new)
         rows += new
@@ -468,7 +475,8 @@ def _ablate_rows(info: AdapterInfo, analysis: str, result, config) -> list[dict[
 def _ablate_table(result, metrics: list[str]) -> Table:
     table = Table(
         title=f"ablate {result.name}: {result.n_queries} queries, {result.n_parts} parts; "
-        f"forward work {result.work.computed:,} of {result.work.naive:,} layer-tokens (saved {result.work.saved:.0%})"
+        f"forward work {result.work.computed:,} of {result.work.naive:,} layer-tokens (saved {result.work.saved:.0%}"
+        f"{', shared with ' + ', '.join(result.shared_with) if result.shared_with else ''})"
         f"{'; merged weights' if result.work.merged else ''}"
     )
     table.add_column("variant")
