@@ -262,6 +262,24 @@ def test_a_restart_that_breaks_falls_back_to_naive(monkeypatch):
     assert all(scores[k] == pytest.approx(naive[k], abs=1e-5) for k in naive)
 
 
+def test_sweeps_together_record_each_ones_work_when_the_restart_breaks(monkeypatch):
+    """After a failed restart check, a sweep that restarts nothing still records its own (cached) work."""
+    from relevance_lens.model.hooks import start_at_layer
+
+    monkeypatch.setattr(ablate, "start_at_layer", lambda m, a, layer, h: start_at_layer(m, a, layer, h * 2))
+    reranker = lora_reranker("llama")
+    encoded = encode_evalset(reranker, tiny_evalset(depth=3), max_batch=8)
+    parts = lora_parts(reranker)
+    named = {name: build_variants(name, parts, 4) for name in ("drop-layer", "roles")}
+    metrics = ir_metrics(tiny_evalset(depth=3), ["RR@10"])
+    with pytest.warns(UserWarning, match="running every variant in full"):
+        together = ablate.sweeps(reranker, named, encoded, metrics, SweepConfig(permutations=100))
+        alone = [sweep(reranker, v, encoded, metrics, SweepConfig(permutations=100), name=k) for k, v in named.items()]
+    for joint, single in zip(together, alone):
+        assert joint.work == single.work and joint.fallback == single.fallback
+    assert together[0].fallback is not None and together[1].fallback is None
+
+
 def _relevant_score(evalset):
     """A metric as any function of a run: the score margin of the relevant passage over the rest."""
 
@@ -319,10 +337,14 @@ def test_sweeps_run_together_equal_each_run_alone(merge):
         for key in single.scores:
             assert joint.scores[key] == pytest.approx(single.scores[key], abs=1e-5), key
         assert set(joint.shared_with) == set(named) - {joint.name}
-    # drop-role is a part of roles: its variants and the references ran once for all three sweeps.
-    assert together[0].work.computed < sum(r.work.computed for r in alone)
-    assert together[0].work.naive == sum(r.work.naive for r in alone)
-    assert together[0].work.saved > max(r.work.saved for r in alone)
+        # Each records the work it would have cost alone (a stored row must not depend on the grouping)...
+        assert joint.work == single.work and joint.fallback == single.fallback
+    # ...while the pass itself ran the references once for all three, and drop-role's variants (a part of roles') once.
+    shared = together[0].pass_work
+    assert all(r.pass_work is shared for r in together)
+    assert shared.computed < sum(r.work.computed for r in alone)
+    assert shared.naive == sum(r.work.naive for r in alone)
+    assert shared.saved > max(r.work.saved for r in alone)
 
 
 def test_sweep_refuses_reserved_and_duplicate_names():

@@ -367,7 +367,8 @@ class SweepResult:
     fallback: str | None = None
     per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict, repr=False)
     scores: dict[str, list[float]] = field(default_factory=dict, repr=False)
-    shared_with: tuple[str, ...] = ()  # sweeps scored in the same forwards (``work`` is theirs together)
+    shared_with: tuple[str, ...] = ()  # sweeps scored in the same forwards
+    pass_work: Work | None = None  # the forwards of that shared pass (``work`` is this sweep's as if run alone)
 
     def summary(self) -> dict:
         return {
@@ -415,8 +416,10 @@ def sweeps(
 
     The references (full adapter and base) run once for all of them, not once per sweep, and a
     variant two sweeps share (the same parts on) runs once. Each sweep's statistics are its own
-    (Holm across its variants only), so a result equals its sweep run alone; ``work`` is the
-    forwards of all of them together, ``shared_with`` names the others.
+    (Holm across its variants only), so a result equals its sweep run alone. So does ``work``:
+    what this sweep would have cost alone (a record must not depend on which sweeps happened to
+    run together, e.g. when a killed study resumes); ``pass_work`` is what the shared pass cost,
+    ``shared_with`` names the other sweeps in it.
     """
     config = config or SweepConfig()
     for name, variants in named.items():
@@ -440,9 +443,8 @@ def sweeps(
     finally:
         reranker.train(was_training)
     n = num_layers(reranker.base_config)
-    tokens = sum(encoded.tokens(b) for b in encoded.batches)
-    # What each sweep run alone with no cache would cost, so ``saved`` counts the sharing too.
-    work.naive = sum(2 + len(variants) for variants in named.values()) * n * tokens
+    tokens = [encoded.tokens(b) for b in encoded.batches]
+    work.naive = sum(2 + len(variants) for variants in named.values()) * n * sum(tokens)
     per_query_of = {
         key: {m: fn(run_from_scores(encoded.pairs, scored[key])) for m, fn in metrics.items()} for key in scored
     }
@@ -451,9 +453,35 @@ def sweeps(
         keys = {FULL: FULL, BASE: BASE, **{v.name: unique[v.keep & parts] for v in variants}}
         per_query = {v: per_query_of[key] for v, key in keys.items()}
         scores = {v: scored[key] for v, key in keys.items()}
-        results.append(_sweep_result(name, variants, parts, n, per_query, scores, metrics, config, work, fallback))
+        alone, own_fallback = work_alone(variants, parts, n, tokens, config, fallback, work.merged)
+        results.append(_sweep_result(name, variants, parts, n, per_query, scores, metrics, config, alone, own_fallback))
         results[-1].shared_with = tuple(other for other in named if other != name)
+        results[-1].pass_work = work
     return results
+
+
+def work_alone(variants, parts, n: int, tokens: Sequence[int], config: SweepConfig, fallback, merged: bool):
+    """(work, fallback) of :func:`score_variants` run on ``variants`` alone, from a shared pass's outcome.
+
+    The accounting is ``score_variants``'s own, replayed: the two references per batch, the
+    restart check on the first batch when a variant restarts mid-model, each variant from its
+    restart layer (or from the bottom once the check has failed). The check's outcome is the
+    shared pass's: it ran on the same first batch with the same references.
+    """
+    plans = [restart_plan(v.keep, parts, n)[1] for v in variants]
+    restarts = config.cached and any(0 < layer < n for layer in plans)
+    checked = restarts and config.verify
+    own_fallback = fallback if checked else None
+    cached = config.cached and own_fallback is None
+    work = Work(merged=merged)
+    for i, t in enumerate(tokens):
+        if checked and i == 0:
+            work.computed += (n - n // 2) * t
+        work.computed += (
+            2 * n * t + sum(n - (layer if cached else 0) for layer in plans if not (cached and layer >= n)) * t
+        )
+        work.naive += (2 + len(variants)) * n * t
+    return work, own_fallback
 
 
 def _sweep_result(name, variants, parts, n, per_query, scores, metrics, config, work, fallback) -> SweepResult:

@@ -410,8 +410,8 @@ def analyze_ablate(
     name, with ``layer``/``role`` when the variant is about one; per metric three rows: the
     value (``p_value`` vs full), ``<metric> Δfull`` and ``<metric> Δbase`` (their Holm-adjusted
     p-values); plus ``work_saved``: the fraction of layer-token forward work that the cached
-    restarts and the shared references saved, for all the sweeps of this call together (they run
-    in one pass: one full and one base forward per batch serve them all).
+    restarts save this sweep, as if it ran alone. The pending sweeps of one call run in one pass
+    (one full and one base forward per batch serve them all); its table title says what that saved.
     """
     score = score or ScoreConfig(depth=evalset.depth)
     sweep_config = sweep_config or SweepConfig()
@@ -472,11 +472,19 @@ def _ablate_rows(info: AdapterInfo, analysis: str, result, config) -> list[dict[
     return rows
 
 
+def _shared_pass(result) -> str:
+    """What the pass this sweep shared with others cost (its own figures are as if it ran alone)."""
+    if not result.shared_with or result.pass_work is None:
+        return ""
+    w = result.pass_work
+    return f"; one pass with {', '.join(result.shared_with)}: {w.computed:,} of {w.naive:,} (saved {w.saved:.0%})"
+
+
 def _ablate_table(result, metrics: list[str]) -> Table:
     table = Table(
         title=f"ablate {result.name}: {result.n_queries} queries, {result.n_parts} parts; "
-        f"forward work {result.work.computed:,} of {result.work.naive:,} layer-tokens (saved {result.work.saved:.0%}"
-        f"{', shared with ' + ', '.join(result.shared_with) if result.shared_with else ''})"
+        f"forward work {result.work.computed:,} of {result.work.naive:,} layer-tokens (saved {result.work.saved:.0%})"
+        f"{_shared_pass(result)}"
         f"{'; merged weights' if result.work.merged else ''}"
     )
     table.add_column("variant")
