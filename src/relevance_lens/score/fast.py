@@ -160,6 +160,7 @@ class PrefixStates:
     values: list[torch.Tensor]
     mask: torch.Tensor  # (groups, width), 1 on real prefix tokens (right-aligned)
     lengths: torch.Tensor  # (groups,)
+    keyword: str = "cache"  # the decoder's cache keyword (model.backbone.cache_keyword), read once per job
 
     def rows(self, groups: torch.Tensor, width: int):
         """States for a batch whose rows belong to ``groups``, cut to the last ``width`` columns."""
@@ -209,6 +210,7 @@ def prefix_states(reranker: Reranker, prefixes: Sequence[Sequence[int]], batch_t
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     mask_all = torch.zeros((n, width), dtype=torch.long)
+    keyword = cache_keyword(reranker.base_model)
     order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
     step = max(1, batch_tokens // width)
     for start in range(0, len(order), step):
@@ -221,7 +223,7 @@ def prefix_states(reranker: Reranker, prefixes: Sequence[Sequence[int]], batch_t
             attention_mask=mask.to(device),
             position_ids=position_ids.to(device),
             use_cache=True,
-            **{cache_keyword(reranker.base_model): cache},
+            **{keyword: cache},
         )
         w = ids.shape[1]
         keep = mask.to(device)[:, None, :, None].bool()
@@ -236,7 +238,7 @@ def prefix_states(reranker: Reranker, prefixes: Sequence[Sequence[int]], batch_t
             values[layer_index][index, :, width - w :] = v
         mask_all[torch.as_tensor(rows) + 1, width - w :] = mask
     lengths = torch.as_tensor([0] + [len(p) for p in prefixes])
-    return PrefixStates(keys, values, mask_all.to(device), lengths.to(device))
+    return PrefixStates(keys, values, mask_all.to(device), lengths.to(device), keyword)
 
 
 # ---------------------------------------------------------------- the scorer
@@ -390,7 +392,7 @@ class FastScorer:
                 attention_mask=torch.cat([prefix_mask, mask], dim=1),
                 position_ids=position_ids,
                 use_cache=True,
-                **{cache_keyword(model.base_model): cache},
+                **{states.keyword: cache},
             )
             pooled = pool_last(out.last_hidden_state, mask)
             scores = model.score(pooled.to(model.score.weight.dtype)).squeeze(-1)
