@@ -31,6 +31,7 @@ results are written after each model, so a run cut short keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -221,13 +222,13 @@ def paths_agree(reranker: Reranker, items: list, device: torch.device, candidate
     The reranker is not marked scoring-only here, so the fast path merges a copy and leaves it as it was.
     """
     config = ScoreConfig(dtype="fp32", device=str(device), compile="off", batch_tokens=4096)
-    plain = PlainScorer(reranker, ScoreConfig(**{**config.__dict__, "fast": False})).score(items)
+    plain = PlainScorer(reranker, dataclasses.replace(config, fast=False)).score(items)
     fast = FastScorer(reranker, config).score(items)
     return agreement(fast, plain, candidates)
 
 
 def agreement(fast: list[float], plain: list[float], candidates: int) -> dict:
-    """How far the fast path's scores are from the plain forward's, in bf16 on this device.
+    """How far the fast path's scores are from the plain forward's (same dtype and device).
 
     The gap is set against the spread of the plain scores (their standard deviation), and the
     ranking against each query's: the share of queries whose top candidate is the same.
