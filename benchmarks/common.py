@@ -43,7 +43,7 @@ class BenchmarkError(SystemExit):
 
 
 def cpu_model() -> str:
-    from relevance_lens.score.paths import cpu_name
+    from relevance_lens.provenance import cpu_name
 
     return cpu_name()
 

@@ -120,10 +120,14 @@ def run_study(study_path: Path, workdir: Path, shard=None, store=None, log: Path
         return store, st.run_study(spec, options, Console(file=fh, width=300, color_system=None))
 
 
+#: The rows holding cells' measured seconds: a rerun's differ by nature, so store comparisons leave them out.
+NOT_TIMING = "NOT (analysis = 'study' AND metric = 'seconds')"
+
+
 def sorted_rows(store: Path) -> list[tuple]:
-    """Every row minus its timestamp, sorted."""
+    """Every row minus its timestamp, sorted (timing rows left out)."""
     with closing(sqlite3.connect(store)) as conn:
-        cursor = conn.execute("SELECT * FROM results")
+        cursor = conn.execute(f"SELECT * FROM results WHERE {NOT_TIMING}")
         names = [d[0] for d in cursor.description]
         rows = [tuple(v for n, v in zip(names, row) if n != "created") for row in cursor.fetchall()]
     return sorted(rows, key=repr)

@@ -317,3 +317,57 @@ def test_mechanisms_counts_forwards_at_the_reranker():
         reranker(**batches[1])  # not counted: the hook is gone
     assert counter.sequences == 3
     assert counter.tokens == sum(b["input_ids"].numel() for b in batches) >= 3 + 2 + 2
+
+
+# ---------------------------------------------------------------- the demo's time
+
+
+@pytest.mark.parametrize(
+    "features, bar",
+    [
+        ("amx_bf16,avx512_bf16,avx512f,avx2", (12.0, "AMX")),
+        ("avx512_bf16,avx512f,avx2", (20.0, "AVX-512 BF16 only")),
+        ("avx512_bf16,avx512f,avx2,ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16", (20.0, "AVX-512 BF16 only")),
+        ("avx2", None),
+    ],
+)
+def test_demo_bar_follows_the_cpu(features, bar):
+    import bench_demo
+
+    assert bench_demo.bar_for(features) == bar
+
+
+def test_demo_summary_refuses_untimed_cells_and_judges_the_bar():
+    import bench_demo
+
+    cells = [{"run": "r", "what": "train", "kind": "train", "seconds": 300.0}]
+    summary = bench_demo.summarize(cells, 13 * 60, "amx_bf16,avx512_bf16")
+    assert summary["within_bar"] is False and summary["outside_cells_seconds"] == 13 * 60 - 300
+    assert bench_demo.summarize(cells, 13 * 60, "avx512_bf16")["within_bar"] is True
+    with pytest.raises(common.BenchmarkError, match="without a timing.*lens · r"):
+        bench_demo.summarize([*cells, {"run": "r", "what": "lens", "kind": "analyze", "seconds": None}], 60, "avx2")
+
+
+@pytest.mark.slow
+def test_demo_smoke_times_every_cell_of_a_study(tmp_path):
+    import bench_demo
+    from studyfix import study_files, study_toml
+
+    make = study_files(tmp_path / "files", "t.toml", study_toml("t", max_steps=2, save_steps=(1,)))
+    bench_demo.main(
+        ["--study", str(make()), "--name", "t", "--results", str(tmp_path), "--work", str(tmp_path / "w")]
+        + ["--rate-seconds", "0.2"]
+    )
+    record = json.loads((tmp_path / "t.json").read_text())
+    cells = record["cells"]
+    # The head-only run, the LoRA run and their checkpoint analyses, each timed by the study itself.
+    assert sorted(c["what"] for c in cells) == ["checkpoints on tiny", "checkpoints on tiny", "train", "train"]
+    assert all(c["seconds"] > 0 for c in cells)
+    assert sum(c["seconds"] for c in cells) < record["wall_seconds"]
+    summary = record["summary"]
+    bar = summary["bar_minutes"]
+    assert summary["within_bar"] == (None if bar is None else record["wall_seconds"] / 60 <= bar)
+    assert record["command"].startswith("relevance-lens study run ") and record["peak_rss_bytes"] > 0
+    assert "checkpoints on tiny" in (tmp_path / "t.md").read_text()
+    with pytest.raises(common.BenchmarkError, match="exists"):  # never timed over a used work folder
+        bench_demo.main(["--study", str(make()), "--results", str(tmp_path), "--work", str(tmp_path / "w")])

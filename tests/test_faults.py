@@ -42,7 +42,7 @@ from relevance_lens.faults import KILL_AT, KILL_LOG, POINTS, kill_point, parse_p
 from relevance_lens.model.reranker import HEAD_FILE
 from relevance_lens.store import KEY
 from relevance_lens.train.rundir import FINAL, complete_checkpoints
-from studyfix import study_files, study_toml
+from studyfix import NOT_TIMING, study_files, study_toml
 
 FORK = multiprocessing.get_context("fork")
 SRC = Path(__file__).parents[1] / "src" / "relevance_lens"
@@ -181,7 +181,7 @@ def _rows(store: Path) -> dict[tuple, dict]:
     """The store's rows by identity (run, checkpoint, analysis, variant, layer, role, metric, settings)."""
     with closing(sqlite3.connect(store)) as conn:
         conn.row_factory = sqlite3.Row
-        rows = [dict(r) for r in conn.execute("SELECT * FROM results")]
+        rows = [dict(r) for r in conn.execute(f"SELECT * FROM results WHERE {NOT_TIMING}")]
     keyed = {tuple(r[k] for k in KEY): {k: v for k, v in r.items() if k != "created"} for r in rows}
     assert len(keyed) == len(rows), "a row is stored twice"
     return keyed

@@ -106,6 +106,10 @@ def test_grid_cells_rows_and_rerun_skips(reference, tiny_study):
     again = run_study(tiny_study(), reference["work"])[1]
     assert again["ran"] == 0 and again["skipped"] == 23
     assert sorted_rows(reference["store"]) == rows
+    # Every cell ran whole in this process: each has its wall seconds, and they add up to less than the study took.
+    store = Store(reference["store"])
+    took = [st.measured_seconds(c, store) for c in st.expand(st.load_study(tiny_study()))]
+    assert all(t is not None and t > 0 for t in took) and sum(took) < reference["seconds"]
 
 
 @pytest.mark.slow
@@ -204,6 +208,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(reference, tiny_study, tmp_path
     counts = run_study(study_path, work)[1]
     assert counts["skipped"] >= 1 and counts["ran"] >= 1
     assert sorted_rows(store) == sorted_rows(reference["store"])
+    # A run resumed from a checkpoint gets no timing: its seconds would be a part of its cost.
+    trains = {c.run: c for c in st.expand(st.load_study(study_path)) if c.kind == "train"}
+    assert all(st.measured_seconds(trains[run], Store(store)) is None for run in unfinished)
 
 
 @pytest.mark.slow
@@ -359,6 +366,44 @@ def test_paper_dry_run_estimates_gpu_hours(tmp_path):
         out.split(f"estimated GPU-hours of the {len(listed)} cells not done: ")[1].split()[0].replace(",", "")
     )
     assert abs(printed - total) <= slack + 0.5 * 10 ** (math.floor(math.log10(total)) - 2), (printed, total)
+
+
+@pytest.mark.usefixtures("no_weights_no_network")
+def test_dry_run_shows_what_each_timed_cell_took(tmp_path):
+    cells = st.expand(st.load_study("demo"))
+    train, checkpoints, ablate = (
+        next(c for c in cells if c.kind == "train" and "-head-" not in c.run),
+        next(c for c in cells if c.what == "checkpoints on dev" and "-head-" not in c.run),
+        next(c for c in cells if c.what.startswith("ablate")),
+    )
+    store = Store(tmp_path / "w" / "r.sqlite")
+    done = {"analysis": "study", "metric": "done", "value": 1.0}
+    store.append(
+        [
+            st.timing_row(train.run, "train", train.config, 292.4),
+            {**done, "run": checkpoints.run, "variant": st.marker(checkpoints), "config_json": checkpoints.config},
+            st.timing_row(checkpoints.run, st.marker(checkpoints), checkpoints.config, 301.6),
+            # Another cell's config under the same marker: not this cell's measure.
+            st.timing_row(ablate.run, st.marker(ablate), {**ablate.config, "eval": None}, 5.0),
+        ]
+    )
+    store.append([st.timing_row(checkpoints.run, st.marker(checkpoints), checkpoints.config, 250.0)])  # a rerun
+    assert st.measured_seconds(train, store) == 292.4
+    assert st.measured_seconds(checkpoints, store) == 250.0  # the latest measure
+    assert st.measured_seconds(ablate, store) is None
+    row = store.rows(run=train.run, analysis="study", metric="seconds")[0]
+    recorded = json.loads(row["config_json"])["machine"]
+    assert recorded["processor"] and recorded["threads"] == torch.get_num_threads() and "load_average" in recorded
+
+    listed = dry_run("demo", tmp_path / "w", tmp_path / "out.txt")
+    out = (tmp_path / "out.txt").read_text()
+    rows = [[part.strip() for part in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    took = {(r[1], r[2]): r[-1] for r in rows}
+    assert took[(train.run, train.what)] == "292 s" and took[(checkpoints.run, checkpoints.what)] == "250 s"
+    assert took[(ablate.run, ablate.what)] == "-"
+    assert sum(v != "-" for v in took.values()) == 2 and len(took) == len(listed)
+    # The checkpoints cell is done (its marker); the training cell is not (no run folder), yet its measure shows.
+    assert "took: 2 cells timed, 9.0 min in all" in out and "0 done cells untimed" in out
 
 
 @pytest.mark.parametrize("tflops, mfu, message", [(0, 0.4, "--gpu-tflops 0"), (989, 1.5, "--mfu 1.5")])

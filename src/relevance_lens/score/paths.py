@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from relevance_lens.provenance import cpu_features, cpu_name
+
 #: Environment variable: the calibration file's path, or ``off``.
 CALIBRATION_ENV = "RELEVANCE_LENS_CALIBRATION"
 #: Priors, measured on the 2-core AMX CPU of benchmarks/README.md (SmolLM2-135M, bf16, 128 tokens):
@@ -80,30 +82,6 @@ def calibration_file() -> Path | None:
     return cache / "relevance-lens" / "scoring-paths.json"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-def _isa() -> str:
-    """The CPU's matmul-relevant instruction sets, and the caps oneDNN and MKL run under."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    kinds = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
-    caps = [f"{v}={os.environ[v]}" for v in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if os.environ.get(v)]
-    return ",".join(kinds + caps)
-
-
 def calibration_key(model, device: torch.device, dtype: torch.dtype) -> str:
     """Machine (CPU or GPU, ISA and caps, threads, torch) × model shape × dtype."""
     cfg = model.base_config
@@ -121,7 +99,7 @@ def calibration_key(model, device: torch.device, dtype: torch.dtype) -> str:
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
-        where = f"{cpu_name()} [{_isa()}] {torch.get_num_threads()} threads"
+        where = f"{cpu_name()} [{cpu_features()}] {torch.get_num_threads()} threads"
     return f"{where} | torch {torch.__version__} | {'/'.join(shape)} | {str(dtype).replace('torch.', '')}"
 
 

@@ -12,12 +12,14 @@ from relevance_lens.study.plan import (
     GpuRate,
     assign_shards,
     expand,
+    marker,
+    measured_seconds,
     parse_shard,
     select,
     shard_of,
     status,
 )
-from relevance_lens.study.run import RunOptions, default_paths, dry_run, run_study
+from relevance_lens.study.run import RunOptions, default_paths, dry_run, run_study, timing_row
 from relevance_lens.study.spec import (
     GRID_KEYS,
     STUDIES_DIR,
@@ -53,9 +55,12 @@ __all__ = [
     "expand",
     "find_study",
     "load_study",
+    "marker",
+    "measured_seconds",
     "parse_shard",
     "run_study",
     "select",
     "shard_of",
     "status",
+    "timing_row",
 ]

@@ -8,6 +8,7 @@ status is read from its run folder and the results store only. The cells are run
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -500,6 +501,28 @@ def select(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
     mine = {c.id for c in cells if owner[_unit(c)] == i}
     needed = {r for c in cells if c.id in mine for r in c.needs}
     return [c for c in cells if c.id in mine or (c.kind == "train" and c.run in needed)]
+
+
+#: Metric of the rows holding a cell's measured wall seconds (analysis ``study``), and the variant of a
+#: training cell's (an analysis cell's is its :func:`marker`).
+SECONDS = "seconds"
+TRAIN_TIMING = "train"
+
+
+def measured_seconds(cell: Cell, store: Store | None) -> float | None:
+    """The wall seconds a done cell took when it ran whole in one process (the newest such
+    measure), or None: not done, run in parts (resumed), or done before timings were stored."""
+    if store is None or cell.kind == "search":
+        return None
+    variant = TRAIN_TIMING if cell.kind == "train" else marker(cell)
+    want = config_hash(cell.config)
+    measures = [
+        (config.get("started", ""), r["value"])
+        for r in store.rows(run=cell.run, analysis="study", variant=variant, metric=SECONDS)
+        if config_hash((config := json.loads(r["config_json"])).get("cell")) == want
+    ]
+    # The latest start; of two in one second, the row stored last.
+    return max(reversed(measures), key=lambda m: m[0])[1] if measures else None
 
 
 def marker(cell: Cell) -> str:

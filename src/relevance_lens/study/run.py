@@ -40,6 +40,7 @@ import gc
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,25 @@ from relevance_lens.errors import InputError
 from relevance_lens.faults import kill_point
 from relevance_lens.locks import FileLock, holder, lock_file
 from relevance_lens.model.backbone import model_info
+from relevance_lens.provenance import machine
 from relevance_lens.score.config import ScoreConfig
 from relevance_lens.store import Store
-from relevance_lens.study.plan import RUNS, Cell, GpuRate, expand, marker, select, status
+from relevance_lens.study.plan import (
+    RUNS,
+    SECONDS,
+    TRAIN_TIMING,
+    Cell,
+    GpuRate,
+    expand,
+    marker,
+    measured_seconds,
+    select,
+    status,
+)
 from relevance_lens.study.search import record_choice, resolve
 from relevance_lens.study.spec import Study
 from relevance_lens.train.config import TrainConfig
-from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, train_done
+from relevance_lens.train.rundir import FINAL, RUN_FILE, SUMMARY, complete_checkpoints, train_done
 from relevance_lens.train.trainer import train
 
 LOCKS = ".locks"  # WORKDIR/.locks/<cell id>.lock: analysis cells' locks (a training cell's is its run folder's)
@@ -167,7 +180,8 @@ def _work(
         if cell.kind == "search":
             record_choice(cell, store, console)
         elif cell.kind != "train":
-            _analyze(cell, options, store, console)
+            # Timed only when the whole cell runs here: a partial one skips the work already stored.
+            _analyze(cell, options, store, console, timed=state == "pending")
     finally:
         lock.release()
     gc.collect()
@@ -228,11 +242,17 @@ def _ensure_trained(cell: Cell, options: RunOptions, store: Store, console: Cons
     if not _take(lock, wait, console, f"train · {cell.run}"):
         return False
     try:
+        seconds = None
         if not train_done(run_dir):
+            # Timed only from scratch: a resumed run's seconds would be a part of its cost.
+            fresh = not run_dir.is_dir() or not complete_checkpoints(run_dir, on_corrupt=lambda problem: None)
             config = TrainConfig(**cell.config["train"], output=str(run_dir))
+            started = time.perf_counter()
             train(config, resume=True, progress=options.progress)
+            seconds = time.perf_counter() - started if fresh else None
         if not store.has(cell.run, "train"):
-            store.append(_train_rows(cell, run_dir))
+            timing = [timing_row(cell.run, TRAIN_TIMING, cell.config, seconds)] if seconds is not None else []
+            store.append(_train_rows(cell, run_dir) + timing)
     finally:
         lock.release()
     return True
@@ -269,8 +289,31 @@ def _train_rows(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _analyze(cell: Cell, options: RunOptions, store: Store, console: Console) -> None:
-    """Run one analysis cell through the registry, then write its marker row."""
+def timing_row(run: str, variant: str, cell_config: dict, seconds: float) -> dict[str, Any]:
+    """A cell's wall seconds (analysis ``study``, metric ``seconds``), with the machine it ran on.
+
+    What a study's status shows beside each done cell, and what ``benchmarks/bench_demo.py``
+    reads: the cost of a cell measured, not estimated. The config holds the cell's own config
+    (``cell``), so :func:`~relevance_lens.study.plan.measured_seconds` finds it, ``machine`` and
+    ``started``. The tests' and a merge's row comparisons leave these rows out: seconds differ between runs.
+    """
+    started = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    return {
+        "run": run,
+        "analysis": "study",
+        "variant": variant,
+        "metric": SECONDS,
+        "value": round(seconds, 3),
+        # The start time makes each measure a row of its own: two shards that both trained the
+        # head-only baseline keep both timings, and a merge sees no conflict between them.
+        "config_json": {"cell": cell_config, "machine": machine(), "started": started.isoformat(timespec="seconds")},
+    }
+
+
+def _analyze(cell: Cell, options: RunOptions, store: Store, console: Console, *, timed: bool = False) -> None:
+    """Run one analysis cell through the registry, then write its marker row (and, ``timed``,
+    its wall seconds, in the same append)."""
+    started = time.perf_counter()
     c = cell.config
     entry = ANALYSES[c["analysis"]]
     run_dir = options.workdir / RUNS / cell.run
@@ -289,18 +332,9 @@ def _analyze(cell: Cell, options: RunOptions, store: Store, console: Console) ->
     if c.get("vs"):  # weights: the final adapter's subspaces against the other rank's
         entry.run(Inputs(run_dir / FINAL, other=options.workdir / RUNS / c["vs"] / FINAL), settings, context)
     kill_point("study.marker")
-    store.append(
-        [
-            {
-                "run": cell.run,
-                "analysis": "study",
-                "variant": marker(cell),
-                "metric": "done",
-                "value": 1.0,
-                "config_json": c,
-            }
-        ]
-    )
+    done = {"run": cell.run, "analysis": "study", "variant": marker(cell), "metric": "done", "value": 1.0}
+    timing = [timing_row(cell.run, marker(cell), c, time.perf_counter() - started)] if timed else []
+    store.append([{**done, "config_json": c}] + timing)
 
 
 def _missing_metrics(cell: Cell, store: Store) -> bool:
@@ -373,10 +407,12 @@ def dry_run(study: Study, options: RunOptions, console: Console, gpu: GpuRate | 
     )
     table.add_column("#", justify="right")
     table.add_column("run", no_wrap=True)
-    for column in ("what", "estimated cost", "GPU-hours", "status"):
-        table.add_column(column, justify="right" if column == "GPU-hours" else "left")
-    for i, (cell, state) in enumerate(listed, 1):
-        table.add_row(str(i), cell.run, cell.what, cell.cost, _gpu_hours(cell.flops, gpu), state)
+    for column in ("what", "estimated cost", "GPU-hours", "status", "took"):
+        table.add_column(column, justify="right" if column in ("GPU-hours", "took") else "left")
+    took = [measured_seconds(cell, store) for cell, _ in listed]
+    for i, ((cell, state), seconds) in enumerate(zip(listed, took), 1):
+        shown = "-" if seconds is None else f"{seconds:,.0f} s"
+        table.add_row(str(i), cell.run, cell.what, cell.cost, _gpu_hours(cell.flops, gpu), state, shown)
     console.print(table)
     train_work = sum(c.work for c, _ in listed if c.kind == "train")
     eval_work = sum(c.work for c, _ in listed if c.kind != "train")
@@ -389,6 +425,15 @@ def dry_run(study: Study, options: RunOptions, console: Console, gpu: GpuRate | 
         highlight=False,
     )
     console.print(_gpu_summary([c for c, s in listed if s != "done"], gpu), highlight=False)
+    timed = [seconds for seconds in took if seconds is not None]
+    untimed = sum(1 for (c, s), t in zip(listed, took) if s == "done" and t is None and c.kind != "search")
+    if timed:
+        console.print(
+            f"took: {len(timed)} cells timed, {sum(timed) / 60:,.1f} min in all (wall seconds of each cell run whole "
+            f"in one process, on the machine its row names; {untimed} done cells untimed: resumed, or run "
+            f"before timings were kept)",
+            highlight=False,
+        )
     try:
         _preflight(study, cells)
     except InputError as exc:
