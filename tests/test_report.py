@@ -4,6 +4,7 @@ read-only, self-contained, and rendered by headless Chromium without console err
 from __future__ import annotations
 
 import base64
+import html
 import io
 import os
 import re
@@ -243,6 +244,34 @@ def test_images_are_valid_pngs(page):
     for data in images:
         with Image.open(io.BytesIO(base64.b64decode(data))) as im:
             assert im.format == "PNG" and im.width > 100 and im.height > 100
+
+
+def test_configs_section_shows_what_each_cell_took(tmp_path):
+    from relevance_lens import study as st
+    from relevance_lens.provenance import cpu_name
+    from relevance_lens.report.results import SECONDS
+    from relevance_lens.study.plan import SECONDS as WRITTEN
+
+    assert SECONDS == WRITTEN
+    store = tmp_path / "r.sqlite"
+    rows = [r for r in synthetic_rows() if r["analysis"] == "train"]
+    run = rows[0]["run"]
+    Store(store).append(
+        rows
+        + [
+            st.timing_row(run, "train", rows[0]["config_json"], 54.61),
+            st.timing_row(run, "checkpoints:dev", {"analysis": "checkpoints"}, 1234.5),
+            {**st.timing_row(run, "x", {}, 1.0), "metric": "done"},  # a marker row: no timing
+        ]
+    )
+    text = render(read_rows(store), "t")
+    time = _section(text, "configs").split("<h3>Time</h3>", 1)[1]
+    cells = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>", time)
+    # In the order they started: the 1,234.5 s cell began before the 54.6 s one (both just ended).
+    assert [(r, v, sec) for r, v, sec, _ in cells] == [(run, "checkpoints:dev", "1,234.5"), (run, "train", "54.6")]
+    assert all(machine.startswith(html.escape(cpu_name())) for *_, machine in cells)
+    # Timing rows are bookkeeping, not results: no section counts them.
+    assert f"{len(rows)} result rows" in text
 
 
 @pytest.mark.parametrize("keep", [(), ("checkpoints", "train")])

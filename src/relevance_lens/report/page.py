@@ -45,7 +45,7 @@ from relevance_lens.report.paper import write_figures
 from relevance_lens.report.patch_sections import patch_section
 from relevance_lens.report.results import Results, RunInfo, _eval_label, read_rows
 from relevance_lens.report.search_sections import search_section
-from relevance_lens.report.tables import Section, _table_raw, mark
+from relevance_lens.report.tables import Section, _table, _table_raw, mark
 from relevance_lens.report.train_sections import checkpoint_section, ranks_section, targets_section
 
 __all__ = [
@@ -109,7 +109,34 @@ def config_section(res: Results) -> Section:
         for (a, _), c in sorted(settings.items())
     )
     parts.append(f"<h3>Analysis settings</h3>{items}" if items else "")
+    parts.append(_timings(res))
     return Section("configs", "Runs and their exact configs", "".join(parts) or None, "No runs in this store.")
+
+
+def _timings(res: Results) -> str:
+    """What each cell took, on which machine (the study's timing rows; cells run whole only)."""
+    if not res.timings:
+        return ""
+    body = []
+    for r in sorted(res.timings, key=lambda r: r["config"].get("started", "")):
+        where = r["config"].get("machine") or {}
+        load = where.get("load_average")
+        body.append(
+            [
+                r["run"],
+                r["variant"],
+                f"{r['value']:,.1f}",
+                where.get("gpu") or f"{where.get('processor', '?')} [{where.get('cpu_features', '')}]",
+                where.get("threads"),
+                "-" if load is None else f"{load:.2f}",
+                r["config"].get("started", "-"),
+            ]
+        )
+    return "<h3>Time</h3>" + _table(
+        ["run", "cell", "seconds", "machine", "threads", "load at end", "started"],
+        body,
+        "Wall seconds of each cell that ran whole in one process (a run resumed after a kill is not timed).",
+    )
 
 
 SECTIONS: tuple[Callable[[Results], Section], ...] = (

@@ -15,6 +15,9 @@ from relevance_lens.store import read_results
 #: The variant of a recipe search's choice row (written by ``relevance_lens.study.search``, a
 #: stage the report does not import; tests/test_search.py holds the two names equal).
 CHOICE = "choice"
+#: The metric of a study's timing rows (analysis ``study``: a cell's wall seconds, written by
+#: ``relevance_lens.study.run``; tests/test_report.py holds the two names equal).
+SECONDS = "seconds"
 
 # ---------------------------------------------------------------- reading the store
 
@@ -61,6 +64,8 @@ class Results:
     def __init__(self, rows: list[dict[str, Any]]):
         # A recipe search's choice rows are keyed by the search, not a run: kept apart.
         self.choices = [r for r in rows if r["analysis"] == "search" and r["variant"] == CHOICE]
+        # The study's bookkeeping rows are not results; its timings are shown apart, in the configs section.
+        self.timings = [r for r in rows if r["analysis"] == "study" and r["metric"] == SECONDS]
         self.rows = [
             r for r in rows if r["analysis"] != "study" and not (r["analysis"] == "search" and r["variant"] == CHOICE)
         ]
