@@ -9,6 +9,7 @@ by ``benchmarks/bench_load.py`` (its bar not asserted here: a tiny model's peak 
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -206,6 +207,17 @@ def test_group_order_shuffled_once_per_epoch_same_groups(monkeypatch):
 # ---------------------------------------------------------------- the GPU check and the load benchmark, smoke
 
 
+def _bare_env() -> dict[str, str]:
+    """A child's environment as on the GPU image: our sources, one thread, and the tests' own
+    scoring calibration (conftest), so that the child never writes to the user's ~/.cache."""
+    return {
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "RELEVANCE_LENS_CALIBRATION": os.environ["RELEVANCE_LENS_CALIBRATION"],
+    }
+
+
 def _run_without(script: str, *args: str) -> subprocess.CompletedProcess:
     """Run a benchmark script in a child where ir_measures, bm25s and gguf cannot be imported (the GPU image)."""
     code = (
@@ -214,8 +226,7 @@ def _run_without(script: str, *args: str) -> subprocess.CompletedProcess:
         f"sys.argv = [{script!r}, *{list(args)!r}]\n"
         f"runpy.run_path({script!r}, run_name='__main__')\n"
     )
-    env = {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_bare_env(), timeout=1800)
 
 
 def test_gpu_check_smoke_runs_without_the_evaluation_stack(tmp_path):
@@ -241,7 +252,7 @@ def test_bench_load_smoke_compares_both_loadings(tmp_path):
         [sys.executable, str(ROOT / "benchmarks" / "bench_load.py"), *args],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        env=_bare_env(),
         timeout=1800,
     )
     assert done.returncode == 0, done.stderr[-3000:]
