@@ -295,7 +295,7 @@ def timing_row(run: str, variant: str, cell_config: dict, seconds: float) -> dic
     What a study's status shows beside each done cell, and what ``benchmarks/bench_demo.py``
     reads: the cost of a cell measured, not estimated. The config holds the cell's own config
     (``cell``), so :func:`~relevance_lens.study.plan.measured_seconds` finds it, ``machine`` and
-    ``started``. The tests' and a merge's row comparisons leave these rows out: seconds differ between runs.
+    ``started``. Seconds differ between runs by nature: the tests' store comparisons leave these rows out.
     """
     started = datetime.now(timezone.utc) - timedelta(seconds=seconds)
     return {
